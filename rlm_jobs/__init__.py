@@ -1,0 +1,1 @@
+"""rlm-jobs: Recursive Language Model jobs as a distributed service."""

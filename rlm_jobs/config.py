@@ -1,0 +1,120 @@
+"""Settings: the only reader of the environment.
+
+Every variable takes the prefix ``RLM_JOBS_``; provider keys are also read from the
+standard ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``. Nothing is read at import time:
+call ``Settings()`` at the edge (CLI, worker start, ``RLM(...)``) and pass it down.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+# Public list prices (USD / 1M tokens) at the time of writing; override with RLM_JOBS_PRICES.
+# The scripted provider is priced like a small real model so budgets can be exercised offline.
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "openai/gpt-4o": ModelPrice(input_per_mtok=2.50, output_per_mtok=10.00),
+    "openai/gpt-4o-mini": ModelPrice(input_per_mtok=0.15, output_per_mtok=0.60),
+    "openai/gpt-4.1": ModelPrice(input_per_mtok=2.00, output_per_mtok=8.00),
+    "openai/gpt-4.1-mini": ModelPrice(input_per_mtok=0.40, output_per_mtok=1.60),
+    "openai/gpt-5": ModelPrice(input_per_mtok=1.25, output_per_mtok=10.00),
+    "openai/gpt-5-mini": ModelPrice(input_per_mtok=0.25, output_per_mtok=2.00),
+    "anthropic/claude-sonnet-4-5": ModelPrice(input_per_mtok=3.00, output_per_mtok=15.00),
+    "anthropic/claude-haiku-4-5": ModelPrice(input_per_mtok=1.00, output_per_mtok=5.00),
+    "anthropic/claude-opus-4-1": ModelPrice(input_per_mtok=15.00, output_per_mtok=75.00),
+    "scripted/*": ModelPrice(input_per_mtok=1.00, output_per_mtok=2.00),
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RLM_JOBS_", extra="ignore", populate_by_name=True
+    )
+
+    # None: library mode and `rlm-jobs run` start a private redis-server instead.
+    redis_url: str | None = None
+
+    # The root model; None picks one from whichever provider key is set (scripted if none).
+    model: str | None = None
+    # Sub-calls often go to a cheaper model; None uses the root model.
+    sub_model: str | None = None
+
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("RLM_JOBS_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RLM_JOBS_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+    )
+    # None: the SDK's default endpoint. Set for vLLM, OpenRouter or any compatible server.
+    openai_base_url: str | None = None
+    anthropic_base_url: str | None = None
+    # Where the scripted provider listens when the model is "scripted/...".
+    scripted_base_url: str | None = None
+
+    # Long generations take a minute or two; past this the call is retried.
+    request_timeout_s: float = Field(default=180.0, gt=0)
+    # Five tries ride out a typical rate-limit window without hiding an outage.
+    max_retries: int = Field(default=5, ge=0, le=20)
+    # Backoff doubles from the base up to the cap, with full jitter.
+    retry_base_s: float = Field(default=0.5, ge=0)
+    retry_max_s: float = Field(default=30.0, ge=0)
+    # Completion cap per call; providers need one (Anthropic requires it).
+    max_output_tokens: int = Field(default=4096, ge=1)
+    # Merged over DEFAULT_PRICES; "provider/*" entries price a whole provider.
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    # In-process dispatcher threads: sub-calls are I/O-bound, so many threads are cheap.
+    subcall_concurrency: int = Field(default=32, ge=1, le=1024)
+
+    sandbox_backend: Literal["process", "docker"] = "process"
+    # Interpreter that runs the process sandbox; the one running rlm-jobs by default.
+    sandbox_python: str = Field(default_factory=lambda: sys.executable)
+    # A Unix socket of the Redis server that sandboxes use (they have no network).
+    sandbox_redis_socket: str | None = None
+    # Address space of one sandbox; 2 GiB holds a 100 MB context with room to work.
+    sandbox_memory_mb: int = Field(default=2048, ge=64)
+    # Processes one sandbox may run at once: enough for a subprocess, not a fork bomb.
+    sandbox_max_processes: int = Field(default=64, ge=1)
+    # Largest file a sandbox may write, and the size of its scratch directory.
+    sandbox_scratch_mb: int = Field(default=256, ge=1)
+    # Seconds a sandbox gets to connect, load its context and say ready.
+    sandbox_start_timeout_s: float = Field(default=60.0, gt=0)
+    # Process backend only: run without an isolation layer (namespaces, unprivileged uid).
+    sandbox_allow_unsafe: bool = False
+    docker_image: str = "rlm-jobs-sandbox:latest"
+
+    def resolved_model(self) -> str:
+        if self.model:
+            return self.model
+        if self.openai_api_key:
+            return "openai/gpt-4o-mini"
+        if self.anthropic_api_key:
+            return "anthropic/claude-haiku-4-5"
+        return "scripted/generic"
+
+    def resolved_sub_model(self) -> str:
+        return self.sub_model or self.resolved_model()
+
+    def price_table(self) -> dict[str, ModelPrice]:
+        return {**DEFAULT_PRICES, **self.prices}
+
+
+def child_environment() -> dict[str, str]:
+    """The minimal environment for processes we start that must not see secrets."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ")
+    return {k: v for k, v in os.environ.items() if k in keep}

@@ -1,0 +1,78 @@
+"""Every error rlm-jobs raises on purpose.
+
+::
+
+    RLMJobsError
+    ├── ConfigError              settings or arguments that cannot work (unknown provider, bad model name)
+    ├── SpecError                a job spec, batch file or wire message that fails validation
+    ├── ProviderError            an LLM call that failed for good (4xx other than 429, bad body)
+    │   └── ProviderRetryableError   429, 5xx, timeouts, connection drops: worth another try
+    ├── SandboxError             the sandbox could not start, died, or broke the wire protocol
+    │   └── SandboxTimeout       no answer from the sandbox within its deadline
+    ├── StorageError             a record or blob that should be in Redis is not
+    └── JobStopped               a job ended early (limit, cancel); carries status and partial answer
+
+Retry decisions look at the type, never at the message text.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rlm_jobs.models import JobStatus
+
+
+class RLMJobsError(Exception):
+    """Root of every error raised by rlm-jobs."""
+
+
+class ConfigError(RLMJobsError):
+    """Settings or arguments that cannot work."""
+
+
+class SpecError(RLMJobsError):
+    """Input that fails validation at a boundary."""
+
+
+class ProviderError(RLMJobsError):
+    """An LLM provider call that failed and should not be retried."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ProviderRetryableError(ProviderError):
+    """An LLM provider call that failed in a way worth retrying."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after_s = retry_after_s
+
+
+class SandboxError(RLMJobsError):
+    """The sandbox could not start, died, or broke the wire protocol."""
+
+
+class SandboxTimeout(SandboxError):
+    """The sandbox did not answer within its deadline."""
+
+
+class StorageError(RLMJobsError):
+    """A record or blob that should be in Redis is missing or unreadable."""
+
+
+class JobStopped(RLMJobsError):
+    """A job ended before a final answer: a limit was hit or it was cancelled."""
+
+    def __init__(self, status: JobStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason

@@ -1,0 +1,94 @@
+"""Every Redis key and channel name rlm-jobs uses, with its type and lifetime.
+
+Nothing else in the code base spells a key. Sandboxes receive their names in their
+bootstrap message and never derive any.
+"""
+
+from __future__ import annotations
+
+PREFIX = "rlm"
+
+# How long finished-job data stays: a week lets users fetch results after a weekend.
+RESULT_TTL_S = 7 * 24 * 3600
+# Sandbox replies and blobs only matter while the cell that asked is waiting.
+SANDBOX_KEY_TTL_S = 3600
+
+
+def context_blob(sha256: str) -> str:
+    """STRING: a context serialised as JSON, content-addressed; TTL refreshed on each use."""
+    return f"{PREFIX}:ctx:{sha256}"
+
+
+def job(job_id: str) -> str:
+    """STRING: the job record (spec, status, usage, result, timestamps) as JSON."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_children(job_id: str) -> str:
+    """SET: ids of child RLM jobs started by this job."""
+    return f"{PREFIX}:job:{job_id}:children"
+
+
+def job_trajectory(job_id: str) -> str:
+    """LIST: trajectory events of this job as JSON, in order."""
+    return f"{PREFIX}:job:{job_id}:traj"
+
+
+def job_lease(job_id: str) -> str:
+    """STRING with TTL: the worker currently running the job; expiry means it died."""
+    return f"{PREFIX}:job:{job_id}:lease"
+
+
+def job_cancel(job_id: str) -> str:
+    """STRING: present when the job was asked to stop; lives as long as the record."""
+    return f"{PREFIX}:job:{job_id}:cancel"
+
+
+def job_progress(job_id: str) -> str:
+    """HASH: live counters (iteration, sub-calls, tokens, cost) for watchers."""
+    return f"{PREFIX}:job:{job_id}:progress"
+
+
+def batch(batch_id: str) -> str:
+    """STRING: the batch record (query, model, created_at) as JSON."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_jobs(batch_id: str) -> str:
+    """HASH: document id -> job id, for idempotent resubmission."""
+    return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def subcall_prompt(call_id: str) -> str:
+    """STRING: a sub-call's prompt, so task messages carry only its id; short TTL."""
+    return f"{PREFIX}:call:{call_id}:prompt"
+
+
+def subcall_replies(waiter_id: str) -> str:
+    """LIST: replies to sub-calls for one waiting orchestrator process, pushed by llm workers."""
+    return f"{PREFIX}:replies:{waiter_id}"
+
+
+def sandbox_prefix(sandbox_id: str) -> str:
+    """The namespace a sandbox's ACL user may touch (channels and keys)."""
+    return f"{PREFIX}:sbx:{sandbox_id}:"
+
+
+def sandbox_to_sandbox(sandbox_id: str) -> str:
+    """CHANNEL: orchestrator -> sandbox (exec, sub-call replies, shutdown)."""
+    return f"{sandbox_prefix(sandbox_id)}in"
+
+
+def sandbox_to_host(sandbox_id: str) -> str:
+    """CHANNEL: sandbox -> orchestrator (ready, cell results, sub-call requests, heartbeats)."""
+    return f"{sandbox_prefix(sandbox_id)}out"
+
+
+def sandbox_message(sandbox_id: str, message_id: str) -> str:
+    """STRING with TTL: a copy of every wire message, for a side that missed the publish."""
+    return f"{sandbox_prefix(sandbox_id)}msg:{message_id}"
+
+
+def sandbox_user(sandbox_id: str) -> str:
+    """ACL user name of a sandbox; deleted when the sandbox ends."""
+    return f"rlm-sbx-{sandbox_id}"

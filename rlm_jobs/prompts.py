@@ -1,0 +1,78 @@
+"""What the root model reads: the system prompt and the messages the loop writes.
+
+Written in our own words. The scripted provider's policies parse the markers defined
+here (``QUERY_HEADER``, ``OUTPUT_HEADER``, ``LAST_CALL``), so change them together.
+"""
+
+from __future__ import annotations
+
+from rlm_jobs.models import ContextRef
+
+QUERY_HEADER = "QUERY:\n"
+OUTPUT_HEADER = "Output:\n"
+LAST_CALL = "You have no REPL turns left."
+# The query a child RLM (started by rlm_query) answers; its context is the parent's prompt.
+CHILD_QUERY = "The variable `context` holds a task from a parent RLM. Do it and give the result."
+
+SYSTEM_PROMPT = """\
+You answer a query about a context that is far too large to read at once. You never see \
+the context directly: it lives in a persistent Python REPL as the variable `context`, and \
+you work on it by writing code.
+
+Each turn, write your reasoning and then one or more code blocks fenced as ```repl ... ```. \
+We run the blocks in order and show you what each printed (long output is cut, so print \
+summaries, not whole documents). Variables persist between blocks and turns.
+
+Available in the REPL:
+- `context`: the data ({context_kind}).
+- `llm_query(prompt, model=None) -> str`: ask a language model one question. It can read \
+roughly a few hundred thousand characters, so give it chunks of the context, not all of it.
+- `llm_query_batched(prompts, model=None) -> list[str]`: many questions at once, answered in \
+parallel and returned in order. Much faster than a loop of llm_query. A failed prompt yields \
+a string starting with "Error:" in its slot.
+- `rlm_query(prompt, model=None) -> str` and `rlm_query_batched(prompts, model=None)`: hand \
+a sub-task to a child RLM that gets `prompt` as its own `context` and REPL. Use it for parts \
+that need several steps of their own.
+- `SHOW_VARS()`: list the variables you have defined.
+- `answer`: a dict {{"content": "", "ready": False}}. Set answer["content"] to your answer \
+and answer["ready"] = True to finish.
+- `FINAL(text)` finishes with `text`; `FINAL_VAR(name)` finishes with the value of the \
+variable called `name`. You may also write FINAL(your answer) in your reply outside code.
+
+A good plan: look at the size and shape of `context`, split it into chunks, ask sub-models \
+about the chunks with llm_query_batched, collect their findings in variables, combine them, \
+check the result, then finish. Do not finish before you have looked at the data."""
+
+
+def system_prompt(ref: ContextRef) -> str:
+    return SYSTEM_PROMPT.format(context_kind=ref.describe())
+
+
+def first_user_message(query: str, ref: ContextRef, root_prompt: str | None = None) -> str:
+    hint = f"\nNote from the user: {root_prompt}\n" if root_prompt else ""
+    return (
+        f"The variable `context` holds {ref.describe()}. Explore it in the REPL before "
+        f"answering.{hint}\n\n{QUERY_HEADER}{query}"
+    )
+
+
+def block_feedback(code: str, output: str) -> str:
+    return f"Code:\n```python\n{code}\n```\n{OUTPUT_HEADER}{output}"
+
+
+def turn_feedback(blocks: list[tuple[str, str]], iteration: int, max_iterations: int) -> str:
+    if not blocks:
+        return (
+            "Your reply had no ```repl``` block and no final answer. Write code to make "
+            f"progress, or finish. (turn {iteration} of {max_iterations})"
+        )
+    parts = [block_feedback(code, out) for code, out in blocks]
+    parts.append(f"(turn {iteration} of {max_iterations})")
+    return "\n\n".join(parts)
+
+
+def last_call_message() -> str:
+    return (
+        f"{LAST_CALL} Give your final answer now, written as FINAL(your answer), based on "
+        "what you have found so far."
+    )

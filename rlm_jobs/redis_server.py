@@ -1,0 +1,90 @@
+"""A private ``redis-server`` child on a free port and a Unix socket.
+
+Library mode, ``rlm-jobs run``, the tests and the benchmarks use it when no Redis is
+configured. The socket lets network-less sandboxes reach it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from rlm_jobs.errors import ConfigError
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """Start with ``RedisServer.start()``; ``stop()`` kills it and removes its directory."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, workdir: Path) -> None:
+        self._proc = proc
+        self.port = port
+        self.workdir = workdir
+        self.unix_socket = str(workdir / "redis.sock")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @classmethod
+    def start(cls, *, timeout_s: float = 10.0, appendonly: bool = False) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ConfigError(
+                "redis-server not found: install Redis (apt-get install redis-server) "
+                "or set RLM_JOBS_REDIS_URL"
+            )
+        workdir = Path(tempfile.mkdtemp(prefix="rlm-redis-"))
+        workdir.chmod(0o755)  # sandboxes running as another uid must reach the socket
+        port = free_port()
+        args = [
+            binary,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--unixsocket", str(workdir / "redis.sock"),
+            "--unixsocketperm", "777",  # access is governed by ACL users, not file modes
+            "--dir", str(workdir),
+            "--save", "",
+            "--appendonly", "yes" if appendonly else "no",
+            "--daemonize", "no",
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        server = cls(proc, port, workdir)
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0)
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return server
+                except redis.ConnectionError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        server.stop()
+                        raise ConfigError(f"redis-server did not start on port {port}") from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=5)
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,62 @@
+"""Host-side sandbox protocols: what the loop needs from a REPL, what a backend provides.
+
+A *backend* only starts and stops the isolated runtime process (a local process, a
+container). Talking to the runtime over Redis is the same for every backend and lives in
+``rlm_jobs.sandboxes.session``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from rlm_jobs.models import ContextRef, SubcallOutcome
+from sandbox.wire import Bootstrap, SubcallRequest
+
+# Answers one llm_query/rlm_query request of a sandbox, one outcome per prompt, in order.
+# Called from a helper thread; may be called concurrently.
+SubcallHandler = Callable[[SubcallRequest], list[SubcallOutcome]]
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    stdout: str
+    stderr: str
+    error: str | None = None
+    final: str | None = None
+    timed_out: bool = False
+    # The runtime died or had to be killed; a fresh one (empty namespace) now serves the job.
+    sandbox_replaced: bool = False
+    note: str = ""
+    duration_s: float = 0.0
+
+
+class Repl(Protocol):
+    """A live REPL with a persistent namespace holding ``context`` and the RLM names."""
+
+    def run_cell(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellOutcome: ...
+
+    def close(self) -> None: ...
+
+
+# Opens a REPL over a stored context whose sub-calls go to the handler.
+ReplFactory = Callable[[ContextRef, SubcallHandler], Repl]
+
+
+class SandboxProcess(Protocol):
+    """A started runtime: process, container, ..."""
+
+    def alive(self) -> bool: ...
+
+    def kill(self) -> None:
+        """Stop it now and release everything it held; safe to call twice."""
+
+    def describe_exit(self) -> str:
+        """How it ended (exit code, signal, OOM), for error messages."""
+
+
+class SandboxBackend(Protocol):
+    name: str
+
+    def launch(self, bootstrap: Bootstrap) -> SandboxProcess: ...

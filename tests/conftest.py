@@ -1,0 +1,29 @@
+"""Session fixtures: a real redis-server of our own, flushed between tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from rlm_jobs.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushall()
+    # ACL users made by earlier tests would otherwise accumulate.
+    for user in client.acl_users():
+        if user != "default":
+            client.acl_deluser(user)
+    yield client
+    client.close()
