@@ -80,6 +80,8 @@ class Settings(BaseSettings):
 
     # In-process dispatcher threads: sub-calls are I/O-bound, so many threads are cheap.
     subcall_concurrency: int = Field(default=32, ge=1, le=1024)
+    # Child RLMs of one rlm_query_batched running at once: each holds a sandbox.
+    child_concurrency: int = Field(default=4, ge=1, le=64)
 
     sandbox_backend: Literal["process", "docker"] = "process"
     # Interpreter that runs the process sandbox; the one running rlm-jobs by default.

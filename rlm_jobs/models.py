@@ -154,28 +154,37 @@ class Usage(Strict):
 
 
 class UsageMeter:
-    """Thread-safe running usage for a job tree, checked against the tree's caps.
+    """Thread-safe running usage of one job, forwarded to its parent's meter.
 
-    Children share their root's meter, so every call anywhere in the tree counts
-    toward the one budget the user set.
+    A child RLM's meter chains to its parent's, so the root meter sees every call in the
+    tree while each job still knows its own subtree's usage. Caps are checked up the chain:
+    the limits the user set on the root bind the whole tree.
     """
 
-    def __init__(self, max_tokens: int | None = None, max_cost_usd: float | None = None) -> None:
+    def __init__(
+        self,
+        max_tokens: int | None = None,
+        max_cost_usd: float | None = None,
+        parent: UsageMeter | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._usage = Usage()
         self.max_tokens = max_tokens
         self.max_cost_usd = max_cost_usd
+        self.parent = parent
 
     def add(self, model: str, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
         with self._lock:
             self._usage.add(model, input_tokens, output_tokens, cost_usd)
+        if self.parent is not None:
+            self.parent.add(model, input_tokens, output_tokens, cost_usd)
 
     def snapshot(self) -> Usage:
         with self._lock:
             return self._usage.model_copy(deep=True)
 
     def exceeded(self) -> tuple[JobStatus, str] | None:
-        """The first cap the tree has gone past, with a readable reason."""
+        """The first cap this job or an ancestor has gone past, with a readable reason."""
         with self._lock:
             tokens, cost = self._usage.total_tokens, self._usage.cost_usd
         if self.max_tokens is not None and tokens > self.max_tokens:
@@ -185,7 +194,7 @@ class UsageMeter:
                 JobStatus.BUDGET_EXCEEDED,
                 f"spent ${cost:.6f}, budget is ${self.max_cost_usd:.6f}",
             )
-        return None
+        return self.parent.exceeded() if self.parent is not None else None
 
 
 class JobResult(Strict):

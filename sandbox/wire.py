@@ -78,6 +78,8 @@ class CellResult(_Msg):
     stderr: str
     error: str | None = None
     final: str | None = None
+    # answer["content"] after the cell, even when not ready: the job's best partial answer.
+    partial: str | None = None
     timed_out: bool = False
     duration_s: float = 0.0
 

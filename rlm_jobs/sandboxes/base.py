@@ -25,6 +25,8 @@ class CellOutcome:
     stderr: str
     error: str | None = None
     final: str | None = None
+    # answer["content"] after the cell, even when not ready: the job's best partial answer.
+    partial: str | None = None
     timed_out: bool = False
     # The runtime died or had to be killed; a fresh one (empty namespace) now serves the job.
     sandbox_replaced: bool = False
