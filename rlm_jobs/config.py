@@ -41,9 +41,7 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="RLM_JOBS_", extra="ignore", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="RLM_JOBS_", extra="ignore", populate_by_name=True)
 
     # None: library mode and `rlm-jobs run` start a private redis-server instead.
     redis_url: str | None = None

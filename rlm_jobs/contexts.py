@@ -39,7 +39,9 @@ def describe(value: ContextValue) -> tuple[str, int, int]:
     raise SpecError(f"a context must be str, list or dict, not {type(value).__name__}")
 
 
-def put_context(client: redis.Redis, value: ContextValue, *, ttl_s: int = keys.RESULT_TTL_S) -> ContextRef:
+def put_context(
+    client: redis.Redis, value: ContextValue, *, ttl_s: int = keys.RESULT_TTL_S
+) -> ContextRef:
     """Store a context (once per distinct content) and return its reference."""
     kind, length, total = describe(value)
     try:
@@ -51,7 +53,9 @@ def put_context(client: redis.Redis, value: ContextValue, *, ttl_s: int = keys.R
     # SET NX + EXPIRE: identical contexts cost one write, and each use extends the lifetime.
     if not client.set(key, blob, ex=ttl_s, nx=True):
         client.expire(key, ttl_s)
-    return ContextRef(sha256=sha, kind=kind, length=length, total_chars=total)  # type: ignore[arg-type]
+    return ContextRef.model_validate(
+        {"sha256": sha, "kind": kind, "length": length, "total_chars": total}
+    )
 
 
 def get_context(client: redis.Redis, ref: ContextRef) -> ContextValue:

@@ -3,14 +3,14 @@
 ::
 
     RLMJobsError
-    ├── ConfigError              settings or arguments that cannot work (unknown provider, bad model name)
+    ├── ConfigError              settings or arguments that cannot work (unknown provider, ...)
     ├── SpecError                a job spec, batch file or wire message that fails validation
     ├── ProviderError            an LLM call that failed for good (4xx other than 429, bad body)
     │   └── ProviderRetryableError   429, 5xx, timeouts, connection drops: worth another try
     ├── SandboxError             the sandbox could not start, died, or broke the wire protocol
     │   └── SandboxTimeout       no answer from the sandbox within its deadline
     ├── StorageError             a record or blob that should be in Redis is not
-    └── JobStopped               a job ended early (limit, cancel); carries status and partial answer
+    └── JobStopped               a job ended early (limit, cancel); carries its status
 
 Retry decisions look at the type, never at the message text.
 """

@@ -1,0 +1,244 @@
+"""Library mode: ``RLM(...).completion(prompt)``, compatible with the reference's API.
+
+A script written for the reference runs by changing its import to ``from rlm_jobs import
+RLM``. The REPL still runs in a separate sandbox reached through Redis: the configured
+``RLM_JOBS_REDIS_URL``, or a private ``redis-server`` started for the process lifetime.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from pydantic import SecretStr, ValidationError
+
+from rlm_jobs.clients.router import LLMRouter
+from rlm_jobs.config import Settings
+from rlm_jobs.contexts import ContextValue, put_context
+from rlm_jobs.dispatch import InProcessDispatcher
+from rlm_jobs.engine import Engine, JobControl
+from rlm_jobs.errors import ConfigError, SpecError
+from rlm_jobs.loop import run_loop_with_trajectory
+from rlm_jobs.models import JobSpec, JobStatus, Limits, Usage
+from rlm_jobs.redis_server import RedisServer
+from rlm_jobs.sandboxes.session import open_repl_factory
+from rlm_jobs.trajectory import to_jsonl
+
+# The reference's environment names that mean "a local sandbox process" here.
+_ENVIRONMENTS = {"process": "process", "local": "process", "docker": "docker"}
+_PROVIDERS = ("openai", "anthropic", "scripted")
+
+
+@dataclass(frozen=True)
+class ModelUsageSummary:
+    total_calls: int
+    total_input_tokens: int
+    total_output_tokens: int
+    total_cost_usd: float
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    """Shaped like the reference's: ``model_usage_summaries[model].total_input_tokens``."""
+
+    model_usage_summaries: dict[str, ModelUsageSummary]
+
+    @classmethod
+    def of(cls, usage: Usage) -> UsageSummary:
+        return cls(
+            {
+                model: ModelUsageSummary(u.calls, u.input_tokens, u.output_tokens, u.cost_usd)
+                for model, u in usage.by_model.items()
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_usage_summaries": {
+                m: {
+                    "total_calls": s.total_calls,
+                    "total_input_tokens": s.total_input_tokens,
+                    "total_output_tokens": s.total_output_tokens,
+                    "total_cost_usd": s.total_cost_usd,
+                }
+                for m, s in self.model_usage_summaries.items()
+            }
+        }
+
+
+@dataclass(frozen=True)
+class RLMCompletion:
+    root_model: str
+    prompt: Any
+    response: str | None
+    usage_summary: UsageSummary
+    execution_time: float
+    status: JobStatus
+    reason: str
+    job_id: str
+    iterations: int
+    usage: Usage
+    trajectory: list[dict[str, Any]] = field(repr=False)
+
+    def trajectory_jsonl(self) -> str:
+        return to_jsonl(self.trajectory)
+
+
+class _PrivateRedis:
+    """One redis-server per process for library mode, stopped at exit."""
+
+    _lock = threading.Lock()
+    _server: RedisServer | None = None
+
+    @classmethod
+    def get(cls) -> RedisServer:
+        with cls._lock:
+            if cls._server is None:
+                cls._server = RedisServer.start()
+                atexit.register(cls._server.stop)
+            return cls._server
+
+
+def _backend_settings(backend: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if backend not in _PROVIDERS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(_PROVIDERS)}")
+    update: dict[str, Any] = {}
+    if kwargs.get("api_key"):
+        update[f"{backend}_api_key"] = SecretStr(str(kwargs["api_key"]))
+    if kwargs.get("base_url"):
+        update[f"{backend}_base_url"] = str(kwargs["base_url"])
+    return update
+
+
+class RLM:
+    def __init__(
+        self,
+        backend: str = "openai",
+        backend_kwargs: dict[str, Any] | None = None,
+        environment: str = "process",
+        environment_kwargs: dict[str, Any] | None = None,
+        max_depth: int = 1,
+        max_iterations: int = 30,
+        max_budget: float | None = None,
+        max_timeout: float | None = None,
+        max_tokens: int | None = None,
+        max_errors: int | None = None,
+        other_backends: list[str] | None = None,
+        other_backend_kwargs: list[dict[str, Any]] | None = None,
+        settings: Settings | None = None,
+        **_ignored: Any,  # reference options with no meaning here (logger, verbose, ...)
+    ) -> None:
+        base = settings or Settings()
+        backend_kwargs = dict(backend_kwargs or {})
+        if environment not in _ENVIRONMENTS:
+            raise ConfigError(
+                f"unknown environment {environment!r}; choose one of {', '.join(_ENVIRONMENTS)}"
+            )
+        update = _backend_settings(backend, backend_kwargs)
+        update["sandbox_backend"] = _ENVIRONMENTS[environment]
+        model_name = backend_kwargs.get("model_name")
+        self.model = f"{backend}/{model_name}" if model_name else base.resolved_model()
+        if other_backends:
+            sub_backend = other_backends[0]
+            sub_kwargs = dict((other_backend_kwargs or [{}])[0])
+            update.update(_backend_settings(sub_backend, sub_kwargs))
+            if sub_kwargs.get("model_name"):
+                update["sub_model"] = f"{sub_backend}/{sub_kwargs['model_name']}"
+        for key, value in (environment_kwargs or {}).items():
+            if key in Settings.model_fields and key.startswith("sandbox_"):
+                update[key] = value
+        self.settings = base.model_copy(update=update)
+        try:
+            self.limits = Limits(
+                max_depth=max_depth,
+                max_iterations=max_iterations,
+                max_cost_usd=max_budget,
+                max_tokens=max_tokens,
+                **({"max_timeout_s": max_timeout} if max_timeout else {}),
+                **({"max_consecutive_errors": max_errors} if max_errors else {}),
+            )
+        except ValidationError as exc:
+            raise SpecError(f"invalid limits: {exc}") from exc
+        self._redis: redis.Redis | None = None
+        self._router: LLMRouter | None = None
+        self._dispatcher: InProcessDispatcher | None = None
+
+    def _connect(self) -> tuple[redis.Redis, Engine]:
+        if self._redis is None:
+            settings = self.settings
+            if settings.redis_url is None:
+                server = _PrivateRedis.get()
+                settings = settings.model_copy(
+                    update={"redis_url": server.url, "sandbox_redis_socket": server.unix_socket}
+                )
+                self.settings = settings
+            self._redis = redis.Redis.from_url(settings.redis_url or "", socket_timeout=30)
+            self._router = LLMRouter(settings)
+            self._dispatcher = InProcessDispatcher(
+                self._router, concurrency=settings.subcall_concurrency
+            )
+        assert self._router is not None and self._dispatcher is not None
+        client = self._redis
+        engine = Engine(
+            router=self._router,
+            dispatcher=self._dispatcher,
+            repl_factory=open_repl_factory(client, self.settings),
+            store_context=lambda value: put_context(client, value),
+            max_output_tokens=self.settings.max_output_tokens,
+            child_concurrency=self.settings.child_concurrency,
+            default_sub_model=self.settings.sub_model,
+        )
+        return client, engine
+
+    def completion(self, prompt: ContextValue, root_prompt: str | None = None) -> RLMCompletion:
+        """Answer ``root_prompt`` (or, as in the reference, the prompt itself) over ``prompt``."""
+        client, engine = self._connect()
+        ref = put_context(client, prompt)
+        try:
+            spec = JobSpec(
+                # As in the reference, without a root prompt the task is in the context itself.
+                query=root_prompt or "Answer the request contained in the context.",
+                context=ref,
+                model=self.model,
+                sub_model=self.settings.sub_model,
+                limits=self.limits,
+                root_prompt=root_prompt,
+            )
+        except ValidationError as exc:
+            raise SpecError(f"invalid job: {exc}") from exc
+        job_id = uuid.uuid4().hex
+        result, trajectory = run_loop_with_trajectory(
+            spec, job_id, engine, JobControl.for_root(spec)
+        )
+        return RLMCompletion(
+            root_model=self.model,
+            prompt=prompt,
+            response=result.answer,
+            usage_summary=UsageSummary.of(result.usage),
+            execution_time=result.execution_time_s,
+            status=result.status,
+            reason=result.reason,
+            job_id=job_id,
+            iterations=result.iterations,
+            usage=result.usage,
+            trajectory=trajectory.entries,
+        )
+
+    def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.close()
+        if self._router is not None:
+            self._router.close()
+        if self._redis is not None:
+            self._redis.close()
+        self._redis = self._router = self._dispatcher = None
+
+    def __enter__(self) -> RLM:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -1,0 +1,81 @@
+"""What a running job tree needs, passed in rather than looked up.
+
+``Engine`` holds the process-wide parts (model router, sub-call dispatcher, sandbox
+factory, context store); ``JobControl`` the per-tree state (usage meter, deadline,
+cancellation, observer). The loop receives both; nothing here imports Celery.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlm_jobs.dispatch import Completer, Dispatcher
+from rlm_jobs.models import ContextRef, JobResult, JobSpec, UsageMeter
+from rlm_jobs.sandboxes.base import ReplFactory
+from rlm_jobs.trajectory import Trajectory
+
+
+class LoopObserver:
+    """Hooks for the service layer (records, progress events); the default does nothing."""
+
+    def trajectory_sink(self, job_id: str) -> Callable[[dict[str, Any]], None] | None:
+        return None
+
+    def job_started(self, job_id: str, spec: JobSpec) -> None:
+        """A job (root or child) begins; children are announced before they start."""
+
+    def progress(self, job_id: str, spec: JobSpec, counters: dict[str, Any]) -> None:
+        """Counters changed: iteration, sub-calls done / in flight, tokens, cost."""
+
+    def job_finished(self, job_id: str, spec: JobSpec, result: JobResult) -> None:
+        """A job (root or child) ended with this result."""
+
+
+@dataclass
+class Engine:
+    router: Completer
+    dispatcher: Dispatcher
+    repl_factory: ReplFactory
+    store_context: Callable[[str], ContextRef]
+    max_output_tokens: int = 4096
+    child_concurrency: int = 4
+    default_sub_model: str | None = None
+
+
+@dataclass
+class JobControl:
+    """Per job tree: one meter chain, one deadline, one cancel switch."""
+
+    meter: UsageMeter
+    deadline: float
+    cancelled: Callable[[], str | None] = lambda: None
+    observer: LoopObserver = field(default_factory=LoopObserver)
+
+    @classmethod
+    def for_root(
+        cls,
+        spec: JobSpec,
+        *,
+        cancelled: Callable[[], str | None] | None = None,
+        observer: LoopObserver | None = None,
+    ) -> JobControl:
+        return cls(
+            meter=UsageMeter(spec.limits.max_tokens, spec.limits.max_cost_usd),
+            deadline=time.monotonic() + spec.limits.max_timeout_s,
+            cancelled=cancelled or (lambda: None),
+            observer=observer or LoopObserver(),
+        )
+
+    def for_child(self, spec: JobSpec) -> JobControl:
+        return JobControl(
+            meter=UsageMeter(parent=self.meter),
+            deadline=min(self.deadline, time.monotonic() + spec.limits.max_timeout_s),
+            cancelled=self.cancelled,
+            observer=self.observer,
+        )
+
+    def new_trajectory(self, job_id: str) -> Trajectory:
+        return Trajectory(sink=self.observer.trajectory_sink(job_id))

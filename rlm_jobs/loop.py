@@ -1,0 +1,313 @@
+"""The RLM iteration loop: root model ⇄ sandbox REPL until an answer or a limit.
+
+``run_loop`` receives everything it uses (``Engine``, ``JobControl``) and never imports
+Celery, so it runs the same in library mode, in tests and inside an orchestrator task.
+Every way a job ends is a ``JobResult`` with its own status, a readable reason and the best
+partial answer; nothing but a bug escapes as an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlm_jobs import parsing, prompts
+from rlm_jobs.clients.base import ChatMessage
+from rlm_jobs.engine import Engine, JobControl
+from rlm_jobs.errors import JobStopped, ProviderError, RLMJobsError, SandboxError
+from rlm_jobs.models import JobResult, JobSpec, JobStatus
+from rlm_jobs.sandboxes.base import CellOutcome, Repl
+from rlm_jobs.subcalls import SubcallHandlerForJob
+from rlm_jobs.trajectory import Trajectory, code_block_entry
+
+log = logging.getLogger(__name__)
+
+
+def truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    return f"{text[:limit]}\n... [output truncated: {cut:,} more characters not shown]"
+
+
+def render_outcome(outcome: CellOutcome, limit: int) -> str:
+    parts = [outcome.stdout]
+    if outcome.stderr:
+        parts.append(f"[stderr]\n{outcome.stderr}")
+    if outcome.error:
+        parts.append(outcome.error)
+    if outcome.note:
+        parts.append(f"[note] {outcome.note}")
+    text = "\n".join(p for p in parts if p)
+    return truncate(text, limit) if text else "(no output)"
+
+
+@dataclass
+class _State:
+    iteration: int = 0
+    consecutive_errors: int = 0
+    partial: str | None = None
+    messages: list[ChatMessage] = field(default_factory=list)
+
+
+class _Loop:
+    def __init__(self, spec: JobSpec, job_id: str, engine: Engine, control: JobControl) -> None:
+        self.spec = spec
+        self.job_id = job_id
+        self.engine = engine
+        self.control = control
+        self.limits = spec.limits
+        self.trajectory: Trajectory = control.new_trajectory(job_id)
+        self.state = _State()
+        self.started = time.monotonic()
+        self.handler = SubcallHandlerForJob(
+            spec=spec,
+            job_id=job_id,
+            engine=engine,
+            control=control,
+            trajectory=self.trajectory,
+            run_child=run_loop,
+            report=self.report,
+        )
+
+    # ---- limits ---------------------------------------------------------------------
+
+    def check(self) -> None:
+        reason = self.control.cancelled()
+        if reason:
+            raise JobStopped(JobStatus.CANCELLED, reason)
+        if time.monotonic() >= self.control.deadline:
+            raise JobStopped(
+                JobStatus.TIMEOUT,
+                f"the job ran past its time limit ({self.limits.max_timeout_s:g} s)",
+            )
+        over = self.control.meter.exceeded()
+        if over:
+            raise JobStopped(*over)
+
+    def report(self) -> None:
+        usage = self.control.meter.snapshot()
+        self.control.observer.progress(
+            self.job_id,
+            self.spec,
+            {
+                "iteration": self.state.iteration,
+                "max_iterations": self.limits.max_iterations,
+                "subcalls_done": self.handler.counters.done,
+                "subcalls_in_flight": self.handler.counters.in_flight,
+                "tokens": usage.total_tokens,
+                "cost_usd": usage.cost_usd,
+                "depth": self.spec.depth,
+            },
+        )
+
+    # ---- model and cells ------------------------------------------------------------
+
+    def ask_model(self) -> str:
+        self.check()
+        done = self.engine.router.complete(
+            self.spec.model, self.state.messages, max_output_tokens=self.engine.max_output_tokens
+        )
+        self.control.meter.add(
+            self.spec.model, done.input_tokens, done.output_tokens, done.cost_usd
+        )
+        return done.text
+
+    def run_cell(self, repl: Repl, code: str) -> CellOutcome:
+        self.check()
+        remaining = self.control.deadline - time.monotonic()
+        outcome = repl.run_cell(
+            code,
+            timeout_s=max(0.1, min(self.limits.cell_timeout_s, remaining)),
+            max_output_chars=self.limits.max_output_chars,
+        )
+        if outcome.partial:
+            self.state.partial = outcome.partial
+        return outcome
+
+    def record(
+        self,
+        prompt: list[ChatMessage],
+        reply: str,
+        blocks: list[dict[str, Any]],
+        final: str | None,
+        started: float,
+    ) -> None:
+        self.trajectory.iteration(
+            iteration=self.state.iteration,
+            prompt=[{"role": m["role"], "content": m["content"]} for m in prompt],
+            response=reply,
+            code_blocks=blocks,
+            final_answer=final,
+            iteration_time=time.monotonic() - started,
+            usage=self.control.meter.snapshot().summary(),
+        )
+
+    def turn(self, repl: Repl) -> str | None:
+        """One model reply and its cells; returns the final answer if the job is done."""
+        started = time.monotonic()
+        prompt_snapshot = list(self.state.messages)
+        reply = self.ask_model()
+        self.state.messages.append({"role": "assistant", "content": reply})
+        feedback: list[tuple[str, str]] = []
+        blocks: list[dict[str, Any]] = []
+        final: str | None = None
+        try:
+            for code in parsing.code_blocks(reply):
+                outcome = self.run_cell(repl, code)
+                blocks.append(
+                    code_block_entry(
+                        code,
+                        stdout=outcome.stdout,
+                        stderr=outcome.stderr,
+                        error=outcome.error,
+                        note=outcome.note,
+                        execution_time=outcome.duration_s,
+                        rlm_calls=self.trajectory.take_subcalls(),
+                    )
+                )
+                feedback.append((code, render_outcome(outcome, self.limits.max_output_chars)))
+                if outcome.final is not None:
+                    final = outcome.final
+                    return final
+                self.count_error(outcome)
+            final = self.final_from_prose(repl, reply)
+            if final is not None:
+                return final
+            self.state.messages.append(
+                {
+                    "role": "user",
+                    "content": prompts.turn_feedback(
+                        feedback, self.state.iteration, self.limits.max_iterations
+                    ),
+                }
+            )
+            return None
+        finally:
+            self.record(prompt_snapshot, reply, blocks, final, started)
+
+    def count_error(self, outcome: CellOutcome) -> None:
+        if outcome.error or outcome.timed_out:
+            self.state.consecutive_errors += 1
+            if self.state.consecutive_errors >= self.limits.max_consecutive_errors:
+                raise JobStopped(
+                    JobStatus.ERROR_LIMIT,
+                    f"{self.state.consecutive_errors} cells in a row failed "
+                    f"(limit {self.limits.max_consecutive_errors})",
+                )
+        else:
+            self.state.consecutive_errors = 0
+
+    def final_from_prose(self, repl: Repl, reply: str) -> str | None:
+        found = parsing.final_in_text(reply)
+        if found is None:
+            return None
+        if found.var_name is None:
+            return found.text
+        # Resolve FINAL_VAR(name) written in prose with the REPL's own FINAL_VAR.
+        outcome = self.run_cell(repl, f"FINAL_VAR({found.var_name!r})")
+        return outcome.final
+
+    def last_call(self, repl: Repl) -> str | None:
+        """Iterations ran out: one more reply, asked for with a user message."""
+        self.state.messages.append({"role": "user", "content": prompts.last_call_message()})
+        started = time.monotonic()
+        prompt_snapshot = list(self.state.messages)
+        reply = self.ask_model()
+        answer = self.final_from_prose(repl, reply)
+        if answer is None:
+            stripped = parsing.prose(reply).strip()
+            answer = stripped or None
+        self.record(prompt_snapshot, reply, [], answer, started)
+        return answer
+
+    # ---- the job ----------------------------------------------------------------------
+
+    def run(self) -> JobResult:
+        self.control.observer.job_started(self.job_id, self.spec)
+        self.trajectory.metadata(
+            job_id=self.job_id,
+            root_model=self.spec.model,
+            max_depth=self.limits.max_depth,
+            max_iterations=self.limits.max_iterations,
+            backend=self.spec.model.partition("/")[0],
+            backend_kwargs={"model_name": self.spec.model.partition("/")[2]},
+            environment_type="rlm-jobs",
+            environment_kwargs={},
+            other_backends=[self.spec.sub_model] if self.spec.sub_model else None,
+            depth=self.spec.depth,
+            parent_id=self.spec.parent_id,
+        )
+        self.state.messages = [
+            {"role": "system", "content": prompts.system_prompt(self.spec.context)},
+            {
+                "role": "user",
+                "content": prompts.first_user_message(
+                    self.spec.query, self.spec.context, self.spec.root_prompt
+                ),
+            },
+        ]
+        try:
+            result = self._run()
+        except Exception as exc:  # a bug must not take the worker down with it
+            log.exception("job %s crashed", self.job_id)
+            result = self.result(JobStatus.FAILED, f"internal error: {exc!r}", self.state.partial)
+        self.control.observer.job_finished(self.job_id, self.spec, result)
+        return result
+
+    def _run(self) -> JobResult:
+        repl: Repl | None = None
+        try:
+            repl = self.engine.repl_factory(self.spec.context, self.handler)
+            while self.state.iteration < self.limits.max_iterations:
+                self.state.iteration += 1
+                self.report()
+                answer = self.turn(repl)
+                if answer is not None:
+                    return self.result(JobStatus.COMPLETED, "final answer given", answer)
+            answer = self.last_call(repl)
+            return self.result(
+                JobStatus.MAX_ITERATIONS,
+                f"used all {self.limits.max_iterations} iterations; answer from a final request",
+                answer if answer is not None else self.state.partial,
+            )
+        except JobStopped as stop:
+            return self.result(stop.status, stop.reason, self.state.partial)
+        except ProviderError as exc:
+            return self.result(
+                JobStatus.FAILED, f"root model call failed: {exc}", self.state.partial
+            )
+        except SandboxError as exc:
+            return self.result(JobStatus.FAILED, f"sandbox failed: {exc}", self.state.partial)
+        except RLMJobsError as exc:
+            return self.result(JobStatus.FAILED, str(exc), self.state.partial)
+        finally:
+            if repl is not None:
+                repl.close()
+
+    def result(self, status: JobStatus, reason: str, answer: str | None) -> JobResult:
+        return JobResult(
+            job_id=self.job_id,
+            status=status,
+            answer=answer,
+            reason=reason,
+            usage=self.control.meter.snapshot(),
+            iterations=self.state.iteration,
+            execution_time_s=time.monotonic() - self.started,
+            depth=self.spec.depth,
+        )
+
+
+def run_loop(spec: JobSpec, job_id: str, engine: Engine, control: JobControl) -> JobResult:
+    """Run one RLM job (and, through rlm_query, its children) to a result."""
+    return _Loop(spec, job_id, engine, control).run()
+
+
+def run_loop_with_trajectory(
+    spec: JobSpec, job_id: str, engine: Engine, control: JobControl
+) -> tuple[JobResult, Trajectory]:
+    """Like ``run_loop`` but also returns the root's in-memory trajectory."""
+    loop = _Loop(spec, job_id, engine, control)
+    return loop.run(), loop.trajectory
