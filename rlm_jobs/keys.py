@@ -24,6 +24,21 @@ def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+def root_job_id(job_id: str) -> str:
+    """Child RLM jobs are named ``<parent id>.<n>``; the root id is the first segment."""
+    return job_id.split(".", 1)[0]
+
+
+def running_jobs() -> str:
+    """ZSET: ids of jobs marked running (score: start time); scanned for expired leases."""
+    return f"{PREFIX}:running"
+
+
+def job_requeue_claim(job_id: str, attempt: int) -> str:
+    """STRING with TTL: set by the one worker that requeues a dead attempt."""
+    return f"{PREFIX}:job:{job_id}:requeue:{attempt}"
+
+
 def job_children(job_id: str) -> str:
     """SET: ids of child RLM jobs started by this job."""
     return f"{PREFIX}:job:{job_id}:children"

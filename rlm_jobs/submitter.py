@@ -1,0 +1,246 @@
+"""Submitting jobs and batches, and following them: the service's Python API.
+
+The submitter stores contexts and job records in Redis and asks an ``Enqueue`` callable to
+start the job; ``workers.enqueue.celery_enqueuer`` is the Celery one. This module never
+imports Celery.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlm_jobs.config import Settings
+from rlm_jobs.contexts import ContextValue, put_context
+from rlm_jobs.errors import SpecError, StorageError
+from rlm_jobs.models import JobResult, JobSpec, JobStatus, Limits
+from rlm_jobs.store import JobRecord, Store
+
+# Sends the orchestrate task for a job id that is already recorded.
+Enqueue = Callable[[str], None]
+
+# Statuses a resubmitted batch leaves alone: done, or still on its way.
+_KEEP_ON_RESUBMIT = (JobStatus.COMPLETED, JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class Document(BaseModel):
+    """One document of a batch: its id, its content, optionally its own query."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=500)
+    context: str | list[Any] | dict[str, Any]
+    query: str | None = Field(default=None, min_length=1, max_length=100_000)
+
+
+def _spec(**fields: Any) -> JobSpec:
+    try:
+        return JobSpec(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
+        )
+        raise SpecError(f"invalid job: {problems}") from exc
+
+
+class JobHandle:
+    def __init__(self, store: Store, job_id: str) -> None:
+        self._store = store
+        self.id = job_id
+
+    def record(self) -> JobRecord:
+        return self._store.get(self.id)
+
+    def status(self) -> JobStatus:
+        return self.record().status
+
+    def progress(self) -> dict[str, Any]:
+        return self._store.progress(self.id)
+
+    def wait(self, timeout_s: float | None = None, poll_s: float = 0.2) -> JobRecord:
+        """Block until the job has finished; raises TimeoutError past ``timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            record = self.record()
+            if record.status.finished and record.result is not None:
+                return record
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still {record.status.value} after {timeout_s} s")
+            time.sleep(poll_s)
+
+    def result(self) -> dict[str, Any]:
+        return self.record().row()
+
+    def trajectory(self) -> list[dict[str, Any]]:
+        return self._store.trajectory(self.id)
+
+    def cancel(self, reason: str = "cancelled by user") -> None:
+        """Ask the job (and its children) to stop; a job still queued ends at once."""
+        self._store.request_cancel(self.id, reason)
+        if self.status() is JobStatus.QUEUED:
+            self._store.finish(JobResult(job_id=self.id, status=JobStatus.CANCELLED, reason=reason))
+
+
+class BatchHandle:
+    def __init__(self, store: Store, batch_id: str) -> None:
+        self._store = store
+        self.id = batch_id
+
+    def jobs(self) -> list[JobHandle]:
+        return [JobHandle(self._store, j) for j in self._store.batch_job_ids(self.id).values()]
+
+    def progress(self) -> dict[str, Any]:
+        """Counts by status plus totals: the numbers behind ``rlm-jobs watch``."""
+        records = list(self._store.batch_records(self.id))
+        counts = {s.value: 0 for s in JobStatus}
+        tokens = 0
+        cost = 0.0
+        for record in records:
+            counts[record.status.value] += 1
+            tokens += int(float(record.fields.get("tokens", 0)))
+            cost += float(record.fields.get("cost_usd", 0.0))
+        finished = sum(n for s, n in counts.items() if JobStatus(s).finished)
+        return {
+            "batch_id": self.id,
+            "total": len(records),
+            "finished": finished,
+            "completed": counts[JobStatus.COMPLETED.value],
+            "failed": finished - counts[JobStatus.COMPLETED.value],
+            "running": counts[JobStatus.RUNNING.value],
+            "queued": counts[JobStatus.QUEUED.value],
+            "by_status": {s: n for s, n in counts.items() if n},
+            "tokens": tokens,
+            "cost_usd": cost,
+        }
+
+    def wait(self, timeout_s: float | None = None, poll_s: float = 0.5) -> dict[str, Any]:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            progress = self.progress()
+            if progress["finished"] == progress["total"]:
+                return progress
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"batch {self.id}: {progress['finished']}/{progress['total']} done"
+                )
+            time.sleep(poll_s)
+
+    def results(self) -> Iterator[dict[str, Any]]:
+        for record in self._store.batch_records(self.id):
+            yield record.row()
+
+    def cancel(self, reason: str = "batch cancelled by user") -> int:
+        count = 0
+        for record in self._store.batch_records(self.id):
+            if not record.status.finished:
+                self._store.request_cancel(record.job_id, reason)
+                count += 1
+        return count
+
+
+class Submitter:
+    def __init__(self, client: redis.Redis, enqueue: Enqueue, settings: Settings) -> None:
+        self.store = Store(client)
+        self._client = client
+        self._enqueue = enqueue
+        self._settings = settings
+
+    def submit(
+        self,
+        query: str,
+        context: ContextValue,
+        *,
+        model: str | None = None,
+        sub_model: str | None = None,
+        limits: Limits | None = None,
+        job_id: str | None = None,
+        batch_id: str | None = None,
+        doc_id: str | None = None,
+    ) -> JobHandle:
+        # Validate everything before anything is written, so a bad job leaves no trace.
+        spec = _spec(
+            query=query,
+            context=put_context(self._client, context),
+            model=model or self._settings.resolved_model(),
+            sub_model=sub_model or self._settings.sub_model,
+            limits=limits or Limits(),
+            batch_id=batch_id,
+            doc_id=doc_id,
+        )
+        job_id = job_id or uuid.uuid4().hex
+        if "." in job_id:
+            raise SpecError("a job id may not contain '.' (reserved for child RLM ids)")
+        if self.store.create_job(job_id, spec):
+            self._enqueue(job_id)
+        return JobHandle(self.store, job_id)
+
+    def submit_batch(
+        self,
+        documents: Iterable[Document],
+        query: str | None,
+        *,
+        batch_id: str | None = None,
+        model: str | None = None,
+        sub_model: str | None = None,
+        limits: Limits | None = None,
+    ) -> tuple[BatchHandle, int]:
+        """Submit one job per document; returns the batch and how many jobs were started.
+
+        Idempotent per (batch, document): documents whose job completed or is still queued or
+        running are skipped; failed, cancelled or limit-stopped ones get a fresh job.
+        """
+        docs = list(documents)
+        seen: set[str] = set()
+        for doc in docs:
+            if doc.id in seen:
+                raise SpecError(f"document id {doc.id!r} appears twice in the batch")
+            seen.add(doc.id)
+            if not (doc.query or query):
+                raise SpecError(f"document {doc.id!r} has no query and no batch query was given")
+        batch_id = batch_id or uuid.uuid4().hex[:12]
+        model = model or self._settings.resolved_model()
+        self.store.create_batch(
+            batch_id, {"query": query, "model": model, "created_at": time.time()}
+        )
+        existing = self.store.batch_job_ids(batch_id)
+        records = {r.job_id: r for r in self.store.get_many(existing.values())}
+        started = 0
+        for doc in docs:
+            previous = records.get(existing.get(doc.id, ""))
+            if previous is not None and previous.status in _KEEP_ON_RESUBMIT:
+                continue
+            handle = self.submit(
+                doc.query or query or "",
+                doc.context,
+                model=model,
+                sub_model=sub_model,
+                limits=limits,
+                batch_id=batch_id,
+                doc_id=doc.id,
+            )
+            self.store.set_batch_job(batch_id, doc.id, handle.id)
+            started += 1
+        return BatchHandle(self.store, batch_id), started
+
+    def job(self, job_id: str) -> JobHandle:
+        self.store.get(job_id)  # fail now, with a clear message, on an unknown id
+        return JobHandle(self.store, job_id)
+
+    def batch(self, batch_id: str) -> BatchHandle:
+        self.store.batch_meta(batch_id)
+        return BatchHandle(self.store, batch_id)
+
+    def cancel(self, job_or_batch_id: str) -> str:
+        """Cancel a job (and its children) or a whole batch; says which it was."""
+        try:
+            self.store.get(job_or_batch_id)
+        except StorageError:
+            count = self.batch(job_or_batch_id).cancel()
+            return f"batch {job_or_batch_id}: {count} unfinished jobs cancelled"
+        self.job(job_or_batch_id).cancel()
+        return f"job {job_or_batch_id}: cancel requested"
