@@ -98,6 +98,20 @@ class Settings(BaseSettings):
     sandbox_allow_unsafe: bool = False
     docker_image: str = "rlm-jobs-sandbox:latest"
 
+    # Broker redelivery of unacknowledged messages; leases, not this, detect dead workers,
+    # so it only needs to outlast a worker restart.
+    visibility_timeout_s: float = Field(default=3600.0, gt=0)
+    # A running job's lease; renewed every lease_renew_s, so a dead worker is noticed
+    # within lease_ttl_s and its job resumed by a live one.
+    lease_ttl_s: float = Field(default=30.0, gt=0)
+    lease_renew_s: float = Field(default=5.0, gt=0)
+    # Executions of one job (first run plus restarts after worker deaths).
+    max_attempts: int = Field(default=3, ge=1)
+    # How often each orchestrator worker looks for jobs whose lease expired.
+    reaper_interval_s: float = Field(default=5.0, gt=0)
+    # Flower progress events per job at most this often (iteration changes always report).
+    progress_interval_s: float = Field(default=0.5, ge=0)
+
     def resolved_model(self) -> str:
         if self.model:
             return self.model

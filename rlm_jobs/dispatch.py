@@ -32,6 +32,8 @@ class SubcallResult:
     output_tokens: int = 0
     cost_usd: float = 0.0
     latency_s: float = 0.0
+    # Which worker served it ("" in process): shows how a batch spread over the pool.
+    worker: str = ""
 
 
 # Called once per prompt as its result arrives (index into the batch, result), so usage is

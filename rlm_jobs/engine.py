@@ -7,6 +7,7 @@ cancellation, observer). The loop receives both; nothing here imports Celery.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 
 from rlm_jobs.dispatch import Completer, Dispatcher
 from rlm_jobs.models import ContextRef, JobResult, JobSpec, UsageMeter
-from rlm_jobs.sandboxes.base import ReplFactory
+from rlm_jobs.sandboxes.base import Repl, ReplFactory
 from rlm_jobs.trajectory import Trajectory
 
 
@@ -45,6 +46,34 @@ class Engine:
     default_sub_model: str | None = None
 
 
+class OpenRepls:
+    """The live REPLs of a job tree, so a cancellation can stop them mid-cell."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._repls: set[Repl] = set()
+        self._interrupted = False
+
+    def add(self, repl: Repl) -> None:
+        with self._lock:
+            interrupted = self._interrupted
+            self._repls.add(repl)
+        if interrupted:
+            repl.close()
+
+    def discard(self, repl: Repl) -> None:
+        with self._lock:
+            self._repls.discard(repl)
+
+    def interrupt(self) -> None:
+        """Close every REPL of the tree now (and any opened later)."""
+        with self._lock:
+            self._interrupted = True
+            repls = list(self._repls)
+        for repl in repls:
+            repl.close()
+
+
 @dataclass
 class JobControl:
     """Per job tree: one meter chain, one deadline, one cancel switch."""
@@ -53,6 +82,7 @@ class JobControl:
     deadline: float
     cancelled: Callable[[], str | None] = lambda: None
     observer: LoopObserver = field(default_factory=LoopObserver)
+    repls: OpenRepls = field(default_factory=OpenRepls)
 
     @classmethod
     def for_root(
@@ -75,6 +105,7 @@ class JobControl:
             deadline=min(self.deadline, time.monotonic() + spec.limits.max_timeout_s),
             cancelled=self.cancelled,
             observer=self.observer,
+            repls=self.repls,
         )
 
     def new_trajectory(self, job_id: str) -> Trajectory:

@@ -261,6 +261,7 @@ class _Loop:
         repl: Repl | None = None
         try:
             repl = self.engine.repl_factory(self.spec.context, self.handler)
+            self.control.repls.add(repl)
             while self.state.iteration < self.limits.max_iterations:
                 self.state.iteration += 1
                 self.report()
@@ -280,11 +281,15 @@ class _Loop:
                 JobStatus.FAILED, f"root model call failed: {exc}", self.state.partial
             )
         except SandboxError as exc:
+            cancelled = self.control.cancelled()
+            if cancelled:  # the sandbox was stopped because the job was cancelled
+                return self.result(JobStatus.CANCELLED, cancelled, self.state.partial)
             return self.result(JobStatus.FAILED, f"sandbox failed: {exc}", self.state.partial)
         except RLMJobsError as exc:
             return self.result(JobStatus.FAILED, str(exc), self.state.partial)
         finally:
             if repl is not None:
+                self.control.repls.discard(repl)
                 repl.close()
 
     def result(self, status: JobStatus, reason: str, answer: str | None) -> JobResult:

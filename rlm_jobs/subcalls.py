@@ -100,6 +100,7 @@ class SubcallHandlerForJob:
                     output_tokens=result.output_tokens,
                     latency_s=result.latency_s,
                     error=not result.ok,
+                    worker=result.worker,
                 )
             )
             self.counters.finished()

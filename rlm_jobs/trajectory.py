@@ -28,6 +28,7 @@ def subcall_entry(
     error: bool = False,
     kind: str = "llm",
     child_job_id: str | None = None,
+    worker: str = "",
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "root_model": model,
@@ -49,6 +50,8 @@ def subcall_entry(
         entry["error"] = response
     if child_job_id is not None:
         entry["child_job_id"] = child_job_id
+    if worker:
+        entry["worker"] = worker
     return entry
 
 

@@ -1,0 +1,59 @@
+"""The Celery app: two queues, routing by task name, JSON only."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from rlm_jobs.config import Settings
+
+ORCHESTRATE_QUEUE = "rlm.orchestrate"
+LLM_QUEUE = "rlm.llm"
+RUN_JOB_TASK = "rlm.orchestrate.run_job"
+LLM_TASK = "rlm.llm.complete"
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    if not settings.redis_url:
+        raise RuntimeError("RLM_JOBS_REDIS_URL must be set for the Celery workers and submitter")
+    return {
+        "broker_url": settings.redis_url,
+        # We never wait on Celery results: replies travel through Redis keys and lists.
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_routes": {
+            "rlm.orchestrate.*": {"queue": ORCHESTRATE_QUEUE},
+            "rlm.llm.*": {"queue": LLM_QUEUE},
+        },
+        "task_default_queue": ORCHESTRATE_QUEUE,
+        # A task is acknowledged when it finishes, so a worker that dies mid-task loses
+        # nothing; every task is idempotent (leases, once-only results) to make that safe.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Orchestrator tasks run for minutes: a worker must not hoard messages it cannot start.
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_connection_retry_on_startup": True,
+        # Flower shows tasks from events: send them without needing `-E`.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """An app configured from ``settings`` (the CLI, tests and the local stack use this)."""
+    celery_app = Celery("rlm_jobs", include=["workers.tasks", "workers.signals"])
+    if settings is not None:
+        celery_app.conf.update(celery_config(settings))
+        celery_app.rlm_settings = settings
+    else:
+        celery_app.config_from_object("workers.celeryconfig")
+    return celery_app
+
+
+# The app `celery -A workers` loads; configured lazily from the environment.
+app = create_app()

@@ -1,0 +1,93 @@
+"""What one worker process shares between its tasks: connections, router, dispatcher.
+
+Built on first use (never at import, never before a fork) and kept for the process
+lifetime, one per Celery app.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from typing import Any
+
+import redis
+from celery import Celery
+
+from rlm_jobs.clients.router import LLMRouter
+from rlm_jobs.config import Settings
+from rlm_jobs.contexts import put_context
+from rlm_jobs.engine import Engine
+from rlm_jobs.sandboxes.base import ReplFactory
+from rlm_jobs.sandboxes.session import open_repl_factory
+from rlm_jobs.store import Store
+from workers.dispatcher import CeleryDispatcher
+from workers.replies import ReplyCollector
+
+_lock = threading.Lock()
+
+
+def settings_of(app: Celery) -> Settings:
+    """The settings an app was built with (``create_app(settings)``), else the environment."""
+    settings = getattr(app, "rlm_settings", None)
+    if settings is None:
+        settings = Settings()
+        app.rlm_settings = settings
+    assert isinstance(settings, Settings)
+    return settings
+
+
+class WorkerRuntime:
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        assert settings.redis_url
+        self.redis = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=30,
+            socket_connect_timeout=10,
+            health_check_interval=30,
+        )
+        self.store = Store(self.redis)
+        self.router = LLMRouter(settings)
+        self._engine: Engine | None = None
+        self._collector: ReplyCollector | None = None
+        self._repl_factory: ReplFactory | None = None
+
+    def engine(self) -> Engine:
+        """The orchestrator's engine; its reply collector starts with the first job."""
+        with _lock:
+            if self._engine is None:
+                # BLPOP blocks its connection: the collector gets its own client.
+                assert self.settings.redis_url
+                blocking = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30)
+                self._collector = ReplyCollector(blocking, self.worker_id.replace(":", "-"))
+                client = self.redis
+                self._engine = Engine(
+                    router=self.router,
+                    dispatcher=CeleryDispatcher(self.app, client, self._collector),
+                    repl_factory=open_repl_factory(client, self.settings),
+                    store_context=lambda value: put_context(client, value),
+                    max_output_tokens=self.settings.max_output_tokens,
+                    child_concurrency=self.settings.child_concurrency,
+                    default_sub_model=self.settings.sub_model,
+                )
+            return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispatcher.close()
+        self.router.close()
+        self.redis.close()
+
+
+def runtime_for(app: Celery) -> WorkerRuntime:
+    with _lock:
+        runtime: Any = getattr(app, "rlm_runtime", None)
+        if runtime is None:
+            runtime = WorkerRuntime(app, settings_of(app))
+            app.rlm_runtime = runtime
+        assert isinstance(runtime, WorkerRuntime)
+        return runtime

@@ -1,0 +1,87 @@
+"""Worker lifecycle: resume jobs of dead workers, clean up on the way out."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+from workers.app import ORCHESTRATE_QUEUE, RUN_JOB_TASK
+from workers.runtime import runtime_for
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    """Requeues jobs whose lease expired (their worker died); one live worker wins each."""
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rlm-reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def sweep(self) -> list[str]:
+        runtime = runtime_for(self._app)
+        store = runtime.store
+        requeued = []
+        for job_id in store.running_without_lease():
+            record = store.get(job_id)
+            if record.result is not None:
+                continue
+            if store.requeue_claim(job_id, record.attempts):
+                self._app.send_task(RUN_JOB_TASK, args=[job_id], queue=ORCHESTRATE_QUEUE)
+                requeued.append(job_id)
+                log.warning(
+                    "job %s lost its worker; requeued (attempt %d)", job_id, record.attempts
+                )
+        return requeued
+
+    def _run(self) -> None:
+        interval = runtime_for(self._app).settings.reaper_interval_s
+        while not self._stop.wait(interval):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("reaper sweep failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _consumes_orchestrate(sender: Any) -> bool:
+    queues = sender.app.amqp.queues.consume_from or sender.app.amqp.queues
+    return ORCHESTRATE_QUEUE in queues
+
+
+@worker_ready.connect
+def _on_ready(sender: Any, **_: Any) -> None:
+    app = sender.app
+    if not _consumes_orchestrate(sender):
+        return
+    reaper = Reaper(app)
+    reaper.start()
+    app.rlm_reaper = reaper
+    settings = runtime_for(app).settings
+    if settings.sandbox_backend == "docker":
+        from rlm_jobs.sandboxes.docker import reap_orphans
+
+        removed = reap_orphans(settings)
+        if removed:
+            log.warning("removed %d sandbox containers left by dead workers", removed)
+
+
+@worker_shutdown.connect
+def _on_shutdown(sender: Any, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    reaper = getattr(app, "rlm_reaper", None)
+    if reaper is not None:
+        reaper.stop()
+    runtime = getattr(app, "rlm_runtime", None)
+    if runtime is not None:
+        runtime.close()
