@@ -1,0 +1,73 @@
+"""One Redis ACL user per sandbox: its own channels and keys, its context read-only.
+
+The command list is the minimum the runtime uses (found by running it against an ACL user
+with nothing else allowed): AUTH and HELLO need no permission; redis-py's optional
+``CLIENT SETINFO`` is skipped by the runtime. Only the SHA-256 of the password is sent to
+Redis, so it never appears in MONITOR or the ACL list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import redis
+
+from rlm_jobs import keys
+from rlm_jobs.errors import ConfigError, SandboxError
+
+SANDBOX_COMMANDS = ("subscribe", "unsubscribe", "publish", "get", "set", "ping")
+
+
+def create_user(client: redis.Redis, sandbox_id: str, context_key: str) -> str:
+    """Create the sandbox's user and return its password (kept only in the bootstrap)."""
+    password = secrets.token_urlsafe(32)
+    prefix = keys.sandbox_prefix(sandbox_id)
+    rules = [
+        "reset",
+        "on",
+        "#" + hashlib.sha256(password.encode()).hexdigest(),
+        f"~{prefix}*",
+        f"%R~{context_key}",
+        f"&{prefix}*",
+        "-@all",
+        *(f"+{c}" for c in SANDBOX_COMMANDS),
+    ]
+    try:
+        # redis-py's acl_setuser cannot express a read-only %R~ key pattern.
+        client.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "SETUSER", keys.sandbox_user(sandbox_id), *rules
+        )
+    except redis.ResponseError as exc:
+        raise ConfigError(
+            f"Redis refused to create a sandbox ACL user (needs Redis 7+): {exc}"
+        ) from exc
+    except redis.RedisError as exc:
+        raise SandboxError(f"could not create the sandbox's ACL user: {exc}") from exc
+    return password
+
+
+def delete_user(client: redis.Redis, sandbox_id: str) -> None:
+    """Remove the user and close its connections (ACL DELUSER disconnects them)."""
+    try:
+        client.acl_deluser(keys.sandbox_user(sandbox_id))
+    except redis.RedisError as exc:
+        raise SandboxError(f"could not delete the sandbox's ACL user: {exc}") from exc
+
+
+def delete_keys(client: redis.Redis, sandbox_id: str) -> int:
+    """Delete every key in the sandbox's namespace; returns how many there were."""
+    pattern = keys.sandbox_prefix(sandbox_id) + "*"
+    deleted = 0
+    try:
+        batch: list[str] = []
+        for key in client.scan_iter(match=pattern, count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += int(client.unlink(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(client.unlink(*batch))
+    except redis.RedisError as exc:
+        raise SandboxError(f"could not delete the sandbox's keys: {exc}") from exc
+    return deleted

@@ -1,0 +1,186 @@
+"""One pub/sub connection per process for every sandbox's out-channel.
+
+Each ``SandboxSession`` subscribes its sandbox's channel here and reads a private queue, so
+200 concurrent sandboxes share one Redis connection and one reader thread. ``subscribe``
+returns only after Redis confirmed the subscription: a sandbox launched afterwards cannot
+publish into the void. The reader thread stops (closing the connection) when the last
+subscription goes and starts again with the next one.
+
+If the connection drops, redis-py reconnects and re-subscribes; if that fails, every
+subscription is failed with ``SandboxError`` and the hub forgets its connection, so the next
+subscriber starts afresh. Messages published while disconnected are lost — sessions cover
+that by also polling the stored copies of the replies they wait for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from typing import Any
+
+import redis
+
+from rlm_jobs.errors import SandboxError
+
+log = logging.getLogger(__name__)
+
+# How long the reader blocks per poll; also how fast it notices it has nothing left to do.
+POLL_S = 0.2
+# A sandbox that floods its channel fills its own queue, not the orchestrator's memory.
+MAX_QUEUED_PER_CHANNEL = 10_000
+SUBSCRIBE_TIMEOUT_S = 10.0
+
+
+class Subscription:
+    """Messages of one channel, in order; ``get`` raises once the hub has failed."""
+
+    def __init__(self, hub: PubSubHub, channel: str) -> None:
+        self.channel = channel
+        self._hub = hub
+        self._queue: queue.Queue[str | bytes] = queue.Queue(MAX_QUEUED_PER_CHANNEL)
+        self.confirmed = threading.Event()
+        self.failure: str | None = None
+        self.dropped = 0
+
+    def get(self, timeout_s: float) -> str | bytes | None:
+        """The next message, or None if none came within ``timeout_s``."""
+        if self.failure is not None:
+            raise SandboxError(self.failure)
+        try:
+            return self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            if self.failure is not None:
+                raise SandboxError(self.failure) from None
+            return None
+
+    def _put(self, data: str | bytes) -> None:
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            self.dropped += 1
+
+    def _fail(self, reason: str) -> None:
+        self.failure = reason
+        self.confirmed.set()
+
+    def close(self) -> None:
+        self._hub.unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PubSubHub:
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._subs: dict[str, Subscription] = {}
+        self._pubsub: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def subscriptions(self) -> int:
+        with self._lock:
+            return len(self._subs)
+
+    def subscribe(self, channel: str) -> Subscription:
+        sub = Subscription(self, channel)
+        with self._lock:
+            if channel in self._subs:
+                raise SandboxError(f"channel {channel} already has a subscriber in this process")
+            self._subs[channel] = sub
+            try:
+                if self._thread is None:
+                    self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+                    self._thread = threading.Thread(
+                        target=self._read, args=(self._pubsub,), name="rlm-pubsub-hub", daemon=True
+                    )
+                    self._pubsub.subscribe(channel)
+                    self._thread.start()
+                else:
+                    self._pubsub.subscribe(channel)
+            except redis.RedisError as exc:
+                del self._subs[channel]
+                raise SandboxError(f"could not subscribe to {channel}: {exc}") from exc
+        if not sub.confirmed.wait(SUBSCRIBE_TIMEOUT_S):
+            self.unsubscribe(sub)
+            raise SandboxError(f"Redis did not confirm the subscription to {channel}")
+        if sub.failure is not None:
+            self.unsubscribe(sub)
+            raise SandboxError(sub.failure)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            if self._subs.get(sub.channel) is not sub:
+                return
+            del self._subs[sub.channel]
+            if self._pubsub is not None:
+                try:
+                    self._pubsub.unsubscribe(sub.channel)
+                except redis.RedisError as exc:
+                    log.warning("unsubscribe from %s failed: %s", sub.channel, exc)
+
+    def _read(self, pubsub: Any) -> None:
+        while True:
+            with self._lock:
+                if not self._subs or self._pubsub is not pubsub:
+                    self._stop(pubsub)
+                    return
+            try:
+                msg = pubsub.get_message(timeout=POLL_S)
+            except (redis.RedisError, OSError, ValueError) as exc:
+                # redis-py already retried the reconnect; the connection is gone for good.
+                self._fail_all(pubsub, f"lost the Redis pub/sub connection: {exc}")
+                return
+            if msg is None:
+                continue
+            channel = msg["channel"]
+            if isinstance(channel, bytes):
+                channel = channel.decode()
+            with self._lock:
+                sub = self._subs.get(channel)
+            if sub is None:
+                continue
+            if msg["type"] == "message":
+                sub._put(msg["data"])
+            elif msg["type"] == "subscribe":
+                sub.confirmed.set()
+
+    def _stop(self, pubsub: Any) -> None:
+        """Called with the lock held: the last subscriber left."""
+        if self._pubsub is pubsub:
+            self._pubsub = None
+            self._thread = None
+        with contextlib.suppress(redis.RedisError, OSError):
+            pubsub.close()
+
+    def _fail_all(self, pubsub: Any, reason: str) -> None:
+        log.error("%s", reason)
+        with self._lock:
+            failed = list(self._subs.values())
+            self._subs.clear()
+            self._stop(pubsub)
+        for sub in failed:
+            sub._fail(reason)
+
+
+_hubs: dict[int, tuple[redis.ConnectionPool, PubSubHub]] = {}
+_hubs_lock = threading.Lock()
+
+
+def hub_for(client: redis.Redis) -> PubSubHub:
+    """The process-wide hub for the Redis server behind ``client``'s connection pool."""
+    pool = client.connection_pool
+    with _hubs_lock:
+        entry = _hubs.get(id(pool))
+        # The pool is kept in the entry so its id cannot be reused by another pool.
+        if entry is None or entry[0] is not pool:
+            entry = (pool, PubSubHub(client))
+            _hubs[id(pool)] = entry
+        return entry[1]

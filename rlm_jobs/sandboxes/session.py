@@ -1,0 +1,438 @@
+"""The host side of the sandbox wire: a ``Repl`` backed by a runtime in a sandbox.
+
+One ``SandboxSession`` owns one sandbox at a time: its ACL user, its subscription on the
+shared hub (made *before* launch, so ``Ready`` cannot be missed), its process. While a cell
+runs, sub-call requests are answered from a thread pool so several can be in flight and the
+channel keeps being read. A cell that outlives its timeout plus a grace period, or a runtime
+that dies, costs the sandbox: it is killed and a fresh one (new id, new ACL user, context
+reloaded, variables gone) takes its place, and the outcome says so.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import redis
+from pydantic import BaseModel, ValidationError
+
+from rlm_jobs import keys
+from rlm_jobs.config import Settings
+from rlm_jobs.errors import ConfigError, SandboxError, SandboxTimeout
+from rlm_jobs.models import ContextRef
+from rlm_jobs.sandboxes import acl
+from rlm_jobs.sandboxes.base import (
+    CellOutcome,
+    Repl,
+    ReplFactory,
+    SandboxBackend,
+    SandboxProcess,
+    SubcallHandler,
+)
+from rlm_jobs.sandboxes.hub import PubSubHub, Subscription, hub_for
+from sandbox import wire
+
+log = logging.getLogger(__name__)
+
+# A runtime that ignores its own interrupt gets this long before it is killed.
+HARD_DEADLINE_GRACE_S = 5.0
+# How often a waiting host checks that the runtime is still alive.
+LIVENESS_CHECK_S = 0.5
+# How often a waiting host reads the stored copy of the result, in case pub/sub lost it.
+STORED_REPLY_POLL_S = 1.0
+# A runtime asked to shut down gets this long before it is killed.
+SHUTDOWN_WAIT_S = 1.0
+# Sub-call requests of one sandbox served at once; a batch is one request.
+SUBCALL_THREADS = 16
+
+REPLACED_NOTE = (
+    "The sandbox was replaced by a fresh one. `context`, llm_query, rlm_query, SHOW_VARS, "
+    "FINAL, FINAL_VAR and `answer` are available again, but every variable, import and "
+    "function defined in earlier cells is gone: recompute what you still need."
+)
+
+
+@dataclass
+class _Sandbox:
+    id: str
+    sub: Subscription
+    process: SandboxProcess | None = None
+    prefix: str = field(init=False)
+    channel_in: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prefix = keys.sandbox_message(self.id, "")
+        self.channel_in = keys.sandbox_to_sandbox(self.id)
+
+
+class SandboxSession:
+    """A live REPL in a sandbox; use as a context manager or call ``close()``."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        backend: SandboxBackend,
+        context: ContextRef,
+        handler: SubcallHandler,
+        *,
+        hub: PubSubHub | None = None,
+        grace_s: float = HARD_DEADLINE_GRACE_S,
+        heartbeat_s: float = 5.0,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._backend = backend
+        self._context = context
+        self._handler = handler
+        self._hub = hub or hub_for(client)
+        self.grace_s = grace_s
+        self._heartbeat_s = heartbeat_s
+        self._seq = itertools.count()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(SUBCALL_THREADS, thread_name_prefix="rlm-subcall")
+        self._redis_address = _redis_address(client, settings)
+        self.start_duration_s = 0.0
+        self._sbx: _Sandbox | None = None
+        try:
+            self._sbx = self._start()
+        except BaseException:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    # ---- public --------------------------------------------------------------------------
+
+    @property
+    def sandbox_id(self) -> str | None:
+        sbx = self._sbx
+        return None if sbx is None else sbx.id
+
+    @property
+    def process(self) -> SandboxProcess | None:
+        sbx = self._sbx
+        return None if sbx is None else sbx.process
+
+    def run_cell(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellOutcome:
+        sbx = self._sbx
+        if self._closed or sbx is None:
+            raise SandboxError("the sandbox session is closed or has no live sandbox")
+        request = wire.ExecCell(
+            seq=self._next_seq(),
+            id=wire.new_id(),
+            code=code,
+            timeout_s=timeout_s,
+            max_output_chars=max(100, max_output_chars),
+        )
+        started = time.monotonic()
+        self._send(sbx, request)
+        deadline = started + timeout_s + self.grace_s
+        next_liveness = started + LIVENESS_CHECK_S
+        next_poll = started + STORED_REPLY_POLL_S
+        notes: list[str] = []
+        while True:
+            if self._closed:
+                raise SandboxError("the sandbox session was closed while a cell was running")
+            now = time.monotonic()
+            if now >= deadline:
+                return self._replace_after_timeout(sbx, timeout_s, started)
+            raw = self._receive(sbx, min(0.25, deadline - now))
+            if raw is not None:
+                result = self._handle(sbx, raw, request.id, notes)
+                if result is not None:
+                    return _outcome(result, notes)
+            now = time.monotonic()
+            if now >= next_liveness:
+                next_liveness = now + LIVENESS_CHECK_S
+                if sbx.process is not None and not sbx.process.alive():
+                    stored = self._stored_result(sbx, request.id)
+                    if stored is not None:  # it answered, then died: keep the answer
+                        self._replace(sbx)
+                        return _outcome(stored, [*notes, REPLACED_NOTE], replaced=True)
+                    return self._replace_after_death(sbx, started)
+            if now >= next_poll:
+                next_poll = now + STORED_REPLY_POLL_S
+                stored = self._stored_result(sbx, request.id)
+                if stored is not None:
+                    return _outcome(stored, notes)
+
+    def close(self) -> None:
+        """Shut the runtime down and remove everything it had; safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            sbx, self._sbx = self._sbx, None
+        try:
+            if sbx is not None:
+                self._shutdown(sbx)
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> SandboxSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def _start(self) -> _Sandbox:
+        if self._closed:
+            raise SandboxError("the sandbox session is closed")
+        started = time.monotonic()
+        sandbox_id = wire.new_id()
+        context_key = keys.context_blob(self._context.sha256)
+        password = acl.create_user(self._client, sandbox_id, context_key)
+        sbx: _Sandbox | None = None
+        try:
+            sbx = _Sandbox(sandbox_id, self._hub.subscribe(keys.sandbox_to_host(sandbox_id)))
+            socket_path, host, port = self._redis_address
+            bootstrap = wire.Bootstrap(
+                sandbox_id=sandbox_id,
+                redis_unix_socket=socket_path,
+                redis_host=host,
+                redis_port=port,
+                username=keys.sandbox_user(sandbox_id),
+                password=password,
+                channel_in=sbx.channel_in,
+                channel_out=keys.sandbox_to_host(sandbox_id),
+                message_key_prefix=sbx.prefix,
+                context_key=context_key,
+                heartbeat_s=self._heartbeat_s,
+            )
+            sbx.process = self._backend.launch(bootstrap)
+            self._await_ready(sbx)
+        except BaseException:
+            self._teardown(sandbox_id, sbx)
+            raise
+        self.start_duration_s = time.monotonic() - started
+        log.debug("sandbox %s ready in %.3f s", sandbox_id, self.start_duration_s)
+        return sbx
+
+    def _await_ready(self, sbx: _Sandbox) -> None:
+        timeout_s = self._settings.sandbox_start_timeout_s
+        deadline = time.monotonic() + timeout_s
+        next_liveness = time.monotonic() + LIVENESS_CHECK_S
+        while True:
+            raw = sbx.sub.get(0.1)
+            if raw is not None:
+                try:
+                    msg = wire.decode_to_host(self._client, sbx.prefix, raw)
+                except (wire.WireError, redis.RedisError) as exc:
+                    log.warning("sandbox %s sent a malformed message: %s", sbx.id, exc)
+                    continue
+                if isinstance(msg, wire.Ready):
+                    return
+                if isinstance(msg, wire.Fatal):
+                    self._wait_exit(sbx, SHUTDOWN_WAIT_S)
+                    raise SandboxError(
+                        f"sandbox failed to start: {msg.message} ({self._describe(sbx)})"
+                    )
+            now = time.monotonic()
+            if now >= next_liveness:
+                next_liveness = now + LIVENESS_CHECK_S
+                if sbx.process is not None and not sbx.process.alive():
+                    raise SandboxError(f"sandbox exited before it was ready: {self._describe(sbx)}")
+            if now >= deadline:
+                raise SandboxTimeout(
+                    f"sandbox was not ready within {timeout_s:g} s "
+                    f"(sandbox_start_timeout_s); {self._describe(sbx)}"
+                )
+
+    def _replace(self, sbx: _Sandbox) -> None:
+        with self._lock:
+            if self._sbx is sbx:
+                self._sbx = None
+        self._teardown(sbx.id, sbx)
+        fresh = self._start()
+        with self._lock:
+            if self._closed:
+                self._teardown(fresh.id, fresh)
+                raise SandboxError("the sandbox session was closed while replacing its sandbox")
+            self._sbx = fresh
+
+    def _replace_after_timeout(
+        self, sbx: _Sandbox, timeout_s: float, started: float
+    ) -> CellOutcome:
+        if sbx.process is not None:
+            sbx.process.kill()
+        error = (
+            f"TimeoutError: the cell did not stop within its {timeout_s:g} s limit plus a "
+            f"{self.grace_s:g} s grace period (it ignored the interrupt), so its sandbox was "
+            "killed."
+        )
+        self._replace(sbx)
+        return CellOutcome(
+            stdout="",
+            stderr="",
+            error=error,
+            timed_out=True,
+            sandbox_replaced=True,
+            note=REPLACED_NOTE,
+            duration_s=time.monotonic() - started,
+        )
+
+    def _replace_after_death(self, sbx: _Sandbox, started: float) -> CellOutcome:
+        how = self._describe(sbx)
+        error = (
+            f"The sandbox process died while running this cell ({how}). Typical causes: "
+            "running out of memory, too many processes, or calling os._exit/kill on itself."
+        )
+        self._replace(sbx)
+        return CellOutcome(
+            stdout="",
+            stderr="",
+            error=error,
+            sandbox_replaced=True,
+            note=REPLACED_NOTE,
+            duration_s=time.monotonic() - started,
+        )
+
+    def _shutdown(self, sbx: _Sandbox) -> None:
+        try:
+            if sbx.process is not None and sbx.process.alive():
+                self._send(sbx, wire.Shutdown(seq=self._next_seq(), id=wire.new_id()))
+                self._wait_exit(sbx, SHUTDOWN_WAIT_S)
+        except SandboxError as exc:
+            log.warning("could not ask sandbox %s to shut down: %s", sbx.id, exc)
+        finally:
+            self._teardown(sbx.id, sbx)
+
+    def _teardown(self, sandbox_id: str, sbx: _Sandbox | None) -> None:
+        """Kill, then remove user, keys and subscription; every step runs even if one fails."""
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("kill the process", lambda: sbx.process.kill() if sbx and sbx.process else None),
+            ("delete the ACL user", lambda: acl.delete_user(self._client, sandbox_id)),
+            ("delete its keys", lambda: acl.delete_keys(self._client, sandbox_id)),
+            ("unsubscribe", lambda: sbx.sub.close() if sbx else None),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("sandbox %s: could not %s", sandbox_id, what)
+
+    def _wait_exit(self, sbx: _Sandbox, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while sbx.process is not None and sbx.process.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _describe(self, sbx: _Sandbox) -> str:
+        return "no process" if sbx.process is None else sbx.process.describe_exit()
+
+    # ---- messages ------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        return next(self._seq)
+
+    def _send(self, sbx: _Sandbox, msg: BaseModel) -> None:
+        try:
+            wire.send(self._client, sbx.channel_in, sbx.prefix, msg)
+        except redis.RedisError as exc:
+            raise SandboxError(f"could not send to sandbox {sbx.id}: {exc}") from exc
+
+    def _receive(self, sbx: _Sandbox, timeout_s: float) -> str | bytes | None:
+        try:
+            return sbx.sub.get(timeout_s)
+        except SandboxError as exc:
+            # The hub lost its connection; resubscribe and rely on stored copies meanwhile.
+            log.warning("sandbox %s: %s; resubscribing", sbx.id, exc)
+            sbx.sub = self._hub.subscribe(keys.sandbox_to_host(sbx.id))
+            return None
+
+    def _stored_result(self, sbx: _Sandbox, request_id: str) -> wire.CellResult | None:
+        try:
+            stored = wire.fetch_reply_to_host(self._client, sbx.prefix, request_id)
+        except (ValidationError, redis.RedisError) as exc:
+            log.warning("sandbox %s: unreadable stored result: %s", sbx.id, exc)
+            return None
+        return stored if isinstance(stored, wire.CellResult) else None
+
+    def _handle(
+        self, sbx: _Sandbox, raw: str | bytes, request_id: str, notes: list[str]
+    ) -> wire.CellResult | None:
+        try:
+            msg = wire.decode_to_host(self._client, sbx.prefix, raw)
+        except (wire.WireError, redis.RedisError) as exc:
+            log.warning("sandbox %s sent a malformed message: %s", sbx.id, exc)
+            if len(notes) < 5:
+                notes.append(f"[host] ignored a malformed message from the sandbox: {exc}")
+            return None
+        if isinstance(msg, wire.CellResult):
+            return msg if msg.reply_to == request_id else None
+        if isinstance(msg, wire.SubcallRequest):
+            self._pool.submit(self._serve_subcall, sbx, msg)
+        elif isinstance(msg, wire.Fatal):
+            notes.append(f"[host] the sandbox reported a fatal error: {msg.message}")
+        return None
+
+    def _serve_subcall(self, sbx: _Sandbox, request: wire.SubcallRequest) -> None:
+        n = len(request.prompts)
+        try:
+            outcomes = self._handler(request)
+            slots = [wire.Slot(ok=o.ok, text=o.text) for o in outcomes[:n]]
+            missing = n - len(slots)
+            slots += [wire.Slot(ok=False, text="Error: no answer for this prompt")] * missing
+        except Exception as exc:
+            log.exception("sub-call handler failed for sandbox %s", sbx.id)
+            text = f"Error: the sub-call failed: {type(exc).__name__}: {exc}"
+            slots = [wire.Slot(ok=False, text=text)] * n
+        if self._sbx is not sbx:
+            return  # the sandbox that asked is gone; its keys must not be recreated
+        reply = wire.SubcallReply(
+            seq=self._next_seq(), id=wire.new_id(), reply_to=request.id, results=slots
+        )
+        try:
+            self._send(sbx, reply)
+        except SandboxError as exc:
+            log.warning("%s", exc)
+
+
+def _outcome(result: wire.CellResult, notes: list[str], *, replaced: bool = False) -> CellOutcome:
+    return CellOutcome(
+        stdout=result.stdout,
+        stderr=result.stderr,
+        error=result.error,
+        final=result.final,
+        partial=result.partial,
+        timed_out=result.timed_out,
+        sandbox_replaced=replaced,
+        note="\n".join(notes),
+        duration_s=result.duration_s,
+    )
+
+
+def _redis_address(
+    client: redis.Redis, settings: Settings
+) -> tuple[str | None, str | None, int | None]:
+    """How a sandbox reaches the same Redis as ``client``: a Unix socket if there is one."""
+    kwargs = client.connection_pool.connection_kwargs
+    if int(kwargs.get("db", 0) or 0) != 0:
+        raise ConfigError(
+            "sandboxes use Redis database 0 (the bootstrap carries no database number); "
+            "point RLM_JOBS_REDIS_URL at /0"
+        )
+    socket_path = settings.sandbox_redis_socket or kwargs.get("path")
+    host = kwargs.get("host")
+    port = kwargs.get("port")
+    return socket_path, host, int(port) if port is not None else None
+
+
+def open_repl_factory(
+    client: redis.Redis, settings: Settings, backend: SandboxBackend | None = None
+) -> ReplFactory:
+    """What the loop calls to get a REPL: one ``SandboxSession`` per call, same backend."""
+    from rlm_jobs.sandboxes.registry import create_backend
+
+    chosen = backend or create_backend(settings)
+
+    def open_repl(context: ContextRef, handler: SubcallHandler) -> Repl:
+        return SandboxSession(client, settings, chosen, context, handler)
+
+    return open_repl

@@ -1,0 +1,286 @@
+"""The REPL server that runs inside a sandbox: ``python -m sandbox.runtime``.
+
+Startup: read one ``Bootstrap`` JSON line from stdin (never argv or env, so the password
+stays out of process listings), connect to Redis, SUBSCRIBE to the input channel and wait
+for the confirmation, load ``context``, then publish ``Ready``. Only now can the host's
+first message not be lost.
+
+Threads: the main thread runs cells (so SIGALRM can interrupt them); a reader thread takes
+pub/sub messages and routes them (cells to the main thread, sub-call replies to their
+waiters); a heartbeat thread reports liveness and exits the process when Redis or the parent
+is gone. Dependencies: stdlib, redis, pydantic — never ``rlm_jobs``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ValidationError
+
+from sandbox import wire
+from sandbox.repl import Repl
+from sandbox.subcalls import SubcallClient, make_functions
+
+# A bootstrap line is small; a larger one is not ours.
+MAX_BOOTSTRAP_BYTES = 64 * 1024
+# Long enough for a 100 MB context GET over a Unix socket, short enough to notice a dead server.
+SOCKET_TIMEOUT_S = 120.0
+# Heartbeats that fail this many times in a row mean Redis is gone.
+MAX_HEARTBEAT_FAILURES = 3
+# Malformed messages remembered for the next cell's report.
+MAX_PROTOCOL_NOTES = 5
+
+EXIT_BAD_BOOTSTRAP = 2
+EXIT_REDIS_LOST = 3
+EXIT_PARENT_LOST = 4
+EXIT_FATAL = 5
+
+
+def log(text: str) -> None:
+    try:
+        sys.__stderr__.write(f"[rlm-sandbox] {text}\n")  # type: ignore[union-attr]
+        sys.__stderr__.flush()  # type: ignore[union-attr]
+    except (OSError, ValueError):
+        pass
+
+
+def connect(boot: wire.Bootstrap) -> redis.Redis:
+    options: dict[str, Any] = {
+        "username": boot.username,
+        "password": boot.password,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": 10.0,
+    }
+    if boot.redis_unix_socket:
+        options["unix_socket_path"] = boot.redis_unix_socket
+    else:
+        options["host"] = boot.redis_host or "127.0.0.1"
+        options["port"] = boot.redis_port or 6379
+    try:
+        # CLIENT SETINFO is not in the sandbox's ACL; skipping it keeps the ACL log clean.
+        return redis.Redis(driver_info=None, **options)
+    except TypeError:  # redis-py before 7 has no driver_info
+        return redis.Redis(lib_name=None, lib_version=None, **options)
+
+
+class Runtime:
+    def __init__(self, boot: wire.Bootstrap, client: redis.Redis) -> None:
+        self.boot = boot
+        self.redis = client
+        self._seq = itertools.count()
+        self._inbox: queue.Queue[wire.ExecCell | wire.Shutdown] = queue.Queue()
+        self._busy = False
+        self._seen_exec: set[str] = set()
+        self._protocol_notes: list[str] = []
+        self._notes_lock = threading.Lock()
+        self._parent = os.getppid()
+        self.subcalls = SubcallClient(self.send, self._fetch_reply, self.next_seq)
+
+    def next_seq(self) -> int:
+        return next(self._seq)
+
+    def send(self, msg: BaseModel) -> None:
+        wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg)
+
+    def _fetch_reply(self, request_id: str) -> wire.ToSandbox | None:
+        try:
+            return wire.fetch_reply_to_sandbox(self.redis, self.boot.message_key_prefix, request_id)
+        except (ValidationError, redis.RedisError) as exc:
+            log(f"could not read the stored reply to {request_id}: {exc}")
+            return None
+
+    # ---- startup -------------------------------------------------------------------------
+
+    def subscribe(self) -> Any:
+        pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
+        pubsub.subscribe(self.boot.channel_in)
+        deadline = time.monotonic() + SOCKET_TIMEOUT_S
+        while time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=1.0)
+            if msg is not None and msg["type"] == "subscribe":
+                return pubsub
+        raise TimeoutError("Redis never confirmed the subscription")
+
+    def load_context(self) -> Any:
+        started = time.monotonic()
+        blob = self.redis.get(self.boot.context_key)
+        if blob is None:
+            raise LookupError(f"context {self.boot.context_key} is not in Redis")
+        value = json.loads(blob)
+        log(f"context loaded: {len(blob):,} bytes in {time.monotonic() - started:.2f} s")
+        return value
+
+    # ---- threads -------------------------------------------------------------------------
+
+    def read_forever(self, pubsub: Any) -> None:
+        while True:
+            try:
+                msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except redis.RedisError as exc:
+                log(f"lost the Redis connection: {exc}; exiting")
+                os._exit(EXIT_REDIS_LOST)
+            if msg is not None and msg["type"] == "message":
+                self.route(msg["data"])
+
+    def route(self, raw: bytes | str) -> None:
+        try:
+            msg = wire.decode_to_sandbox(self.redis, self.boot.message_key_prefix, raw)
+        except (wire.WireError, redis.RedisError) as exc:
+            self.reject(raw, str(exc))
+            return
+        if isinstance(msg, wire.SubcallReply):
+            if not self.subcalls.deliver_slots(msg.reply_to, msg.results):
+                log(f"reply to unknown or finished sub-call {msg.reply_to}")
+        elif isinstance(msg, wire.ExecCell):
+            if msg.id not in self._seen_exec:  # a resent cell must not run twice
+                self._seen_exec.add(msg.id)
+                self._inbox.put(msg)
+        else:
+            self._inbox.put(msg)
+            if self._busy:  # a cell that will not end must not delay shutdown
+                log("shutdown requested during a cell")
+                os._exit(0)
+
+    def reject(self, raw: bytes | str, problem: str) -> None:
+        """A message we cannot use: answer its sender if we can tell who waits, else note it."""
+        text = raw[:200] if isinstance(raw, str) else raw[:200].decode("utf-8", "replace")
+        log(f"rejected a malformed message ({problem}): {text!r}")
+        head = _json_head(raw)
+        msg_id = head.get("id") if isinstance(head.get("id"), str) else None
+        reply_to = head.get("reply_to") if isinstance(head.get("reply_to"), str) else None
+        if head.get("type") == "exec" and msg_id:
+            self.send(
+                wire.CellResult(
+                    seq=self.next_seq(),
+                    id=wire.new_id(),
+                    reply_to=msg_id[:64],
+                    stdout="",
+                    stderr="",
+                    error=f"The sandbox could not run this cell: malformed exec message: {problem}",
+                )
+            )
+            return
+        if head.get("type") == "subcall_reply" and reply_to:
+            slot = wire.Slot(ok=False, text=f"Error: malformed sub-call reply ({problem})")
+            if self.subcalls.deliver_slots(reply_to, [slot] * 1000):
+                return
+        with self._notes_lock:
+            if len(self._protocol_notes) < MAX_PROTOCOL_NOTES:
+                self._protocol_notes.append(f"{problem}: {text[:80]!r}")
+
+    def heartbeat_forever(self) -> None:
+        failures = 0
+        while True:
+            time.sleep(self.boot.heartbeat_s)
+            if os.getppid() != self._parent:
+                log("the parent process is gone; exiting")
+                os._exit(EXIT_PARENT_LOST)
+            try:
+                self.send(wire.Heartbeat(seq=self.next_seq(), id=wire.new_id()))
+                failures = 0
+            except redis.RedisError as exc:
+                failures += 1
+                if failures >= MAX_HEARTBEAT_FAILURES:
+                    log(f"Redis unreachable ({exc}); exiting")
+                    os._exit(EXIT_REDIS_LOST)
+
+    # ---- main loop -----------------------------------------------------------------------
+
+    def serve(self, repl: Repl) -> None:
+        while True:
+            msg = self._inbox.get()
+            if isinstance(msg, wire.Shutdown):
+                log("shutdown")
+                return
+            self._busy = True
+            try:
+                run = repl.run(
+                    msg.code, timeout_s=msg.timeout_s, max_output_chars=msg.max_output_chars
+                )
+            finally:
+                self._busy = False
+            stderr = run.stderr + self._take_protocol_notes()
+            self.send(
+                wire.CellResult(
+                    seq=self.next_seq(),
+                    id=wire.new_id(),
+                    reply_to=msg.id,
+                    stdout=run.stdout,
+                    stderr=stderr,
+                    error=run.error,
+                    final=run.final,
+                    partial=run.partial,
+                    timed_out=run.timed_out,
+                    duration_s=run.duration_s,
+                )
+            )
+
+    def _take_protocol_notes(self) -> str:
+        with self._notes_lock:
+            notes, self._protocol_notes = self._protocol_notes, []
+        if not notes:
+            return ""
+        lines = "\n".join(f"  - {n}" for n in notes)
+        return f"\n[sandbox] ignored malformed messages on its input channel:\n{lines}"
+
+
+def _json_head(raw: bytes | str) -> dict[str, Any]:
+    try:
+        head = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return head if isinstance(head, dict) else {}
+
+
+def read_bootstrap() -> wire.Bootstrap:
+    line = sys.stdin.buffer.readline(MAX_BOOTSTRAP_BYTES)
+    return wire.Bootstrap.model_validate_json(line)
+
+
+def main() -> int:
+    try:
+        boot = read_bootstrap()
+    except (ValidationError, OSError) as exc:
+        log(f"bad bootstrap on stdin: {exc}")
+        return EXIT_BAD_BOOTSTRAP
+    sys.stdin.close()
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - model code's input() gets EOF for good
+    client = connect(boot)
+    runtime = Runtime(boot, client)
+    try:
+        pubsub = runtime.subscribe()
+        context = runtime.load_context()
+    except (redis.RedisError, TimeoutError) as exc:
+        log(f"cannot start: {exc}")
+        return EXIT_REDIS_LOST
+    except (LookupError, ValueError, MemoryError) as exc:
+        log(f"cannot load the context: {exc!r}")
+        with contextlib.suppress(redis.RedisError):
+            runtime.send(
+                wire.Fatal(
+                    seq=runtime.next_seq(),
+                    id=wire.new_id(),
+                    message=f"could not load the context: {exc!r}"[:2000],
+                )
+            )
+        return EXIT_FATAL
+    repl = Repl(context, make_functions(runtime.subcalls))
+    del context
+    threading.Thread(target=runtime.read_forever, args=(pubsub,), daemon=True).start()
+    threading.Thread(target=runtime.heartbeat_forever, daemon=True).start()
+    runtime.send(wire.Ready(seq=runtime.next_seq(), id=wire.new_id(), pid=os.getpid()))
+    runtime.serve(repl)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

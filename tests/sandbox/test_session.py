@@ -1,0 +1,147 @@
+"""Host-side session behaviour every backend shares: deaths, cleanup, bad messages, big contexts."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from rlm_jobs import keys
+from rlm_jobs.config import Settings
+from rlm_jobs.errors import SandboxError
+from rlm_jobs.models import ContextRef
+from rlm_jobs.sandboxes.registry import create_backend
+from rlm_jobs.sandboxes.session import SandboxSession, open_repl_factory
+from sandbox import wire
+from tests.sandbox.conftest import OpenSession, answer_from_text, wait_for
+
+
+def run(session: Any, code: str, timeout_s: float = 20.0) -> Any:
+    return session.run_cell(code, timeout_s=timeout_s, max_output_chars=2000)
+
+
+def sandbox_leftovers(client: redis.Redis) -> tuple[list[str], list[Any]]:
+    users = [str(u) for u in client.acl_users() if u != "default"]
+    return users, list(client.scan_iter(match=f"{keys.PREFIX}:sbx:*"))
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("import os\nos._exit(3)", "exited with code 3"),
+        ("import os\nos.kill(os.getpid(), 9)", "SIGKILL"),
+    ],
+    ids=["os-exit", "sigkill"],
+)
+def test_a_sandbox_that_dies_mid_cell_is_replaced(
+    open_session: OpenSession, code: str, expected: str
+) -> None:
+    session = open_session("ctx")
+    run(session, "kept = 1")
+    old_process, old_id = session.process, session.sandbox_id
+    out = run(session, code)
+    assert out.sandbox_replaced and not out.timed_out
+    assert out.error is not None and "died" in out.error and expected in out.error
+    assert "gone" in out.note
+    assert old_process is not None and not old_process.alive()
+    assert session.sandbox_id != old_id
+    assert run(session, "print(context)").stdout == "ctx\n"
+
+
+def test_replacing_a_sandbox_removes_the_old_user_and_keys(
+    open_session: OpenSession, redis_client: redis.Redis
+) -> None:
+    session = open_session()
+    old_id = session.sandbox_id
+    assert old_id is not None
+    run(session, "import os\nos._exit(1)")
+    users, leftover = sandbox_leftovers(redis_client)
+    assert users == [keys.sandbox_user(session.sandbox_id or "")]
+    assert not [k for k in leftover if old_id in k]
+
+
+def test_close_after_an_exception_leaves_nothing_behind(
+    open_session: OpenSession, redis_client: redis.Redis
+) -> None:
+    session = open_session()
+    process = session.process
+    with pytest.raises(RuntimeError), session:
+        run(session, "print(llm_query('x'))")
+        raise RuntimeError("the loop failed")
+    assert process is not None and not process.alive()
+    assert sandbox_leftovers(redis_client) == ([], [])
+    session.close()  # twice is fine
+    with pytest.raises(SandboxError):
+        run(session, "1")
+
+
+def test_non_json_and_schema_violating_input_is_reported_without_hanging(
+    open_session: OpenSession, redis_client: redis.Redis
+) -> None:
+    session = open_session()
+    sandbox_id = session.sandbox_id or ""
+    channel_in = keys.sandbox_to_sandbox(sandbox_id)
+    prefix = keys.sandbox_message(sandbox_id, "")
+    redis_client.publish(channel_in, "this is not json")
+    redis_client.publish(channel_in, json.dumps({"type": "exec", "seq": 0, "id": "bad-exec"}))
+    redis_client.publish(channel_in, json.dumps({"type": "nonsense", "seq": 0, "id": "n"}))
+    # The malformed exec is answered with an error, so a waiter would not hang.
+    assert wait_for(lambda: wire.fetch_reply_to_host(redis_client, prefix, "bad-exec") is not None)
+    reply = wire.fetch_reply_to_host(redis_client, prefix, "bad-exec")
+    assert isinstance(reply, wire.CellResult)
+    assert reply.error is not None and "malformed exec message" in reply.error
+    out = run(session, "print('still serving')")
+    assert out.stdout == "still serving\n"
+    assert "ignored malformed messages" in out.stderr and "not JSON" in out.stderr
+
+
+def test_garbage_from_the_sandbox_side_is_noted_and_ignored(
+    open_session: OpenSession, redis_client: redis.Redis
+) -> None:
+    session = open_session()
+    channel_out = keys.sandbox_to_host(session.sandbox_id or "")
+    redis_client.publish(channel_out, "{broken")
+    redis_client.publish(channel_out, json.dumps({"type": "cell_result", "seq": 1}))
+    out = run(session, "print('ok')")
+    assert out.stdout == "ok\n"
+    assert out.note.count("malformed message from the sandbox") == 2
+
+
+def test_a_50_mb_context_loads(open_session: OpenSession) -> None:
+    big = "0123456789" * 5_000_000
+    started = time.monotonic()
+    session = open_session(big)
+    opened_s = time.monotonic() - started
+    out = run(session, "print(len(context), context[-3:])")
+    assert out.stdout == "50000000 789\n"
+    print(f"50 MB context: session ready in {opened_s:.2f} s")
+    assert opened_s < 15
+
+
+def test_a_missing_context_fails_the_start_clearly(
+    redis_client: redis.Redis, settings: Settings, backend_name: str
+) -> None:
+    ref = ContextRef(sha256="0" * 64, kind="str", length=1, total_chars=1)
+    backend = create_backend(settings, backend_name)
+    with pytest.raises(SandboxError, match="could not load the context"):
+        SandboxSession(redis_client, settings, backend, ref, answer_from_text)
+    assert sandbox_leftovers(redis_client) == ([], [])
+
+
+def test_open_repl_factory_opens_working_sessions(
+    redis_client: redis.Redis, settings: Settings, backend_name: str
+) -> None:
+    from rlm_jobs.contexts import put_context
+
+    settings = settings.model_copy(update={"sandbox_backend": backend_name})
+    factory = open_repl_factory(redis_client, settings)
+    repl = factory(put_context(redis_client, ["a", "b"]), answer_from_text)
+    try:
+        out = repl.run_cell("print(context, llm_query('q'))", timeout_s=10, max_output_chars=500)
+        assert out.stdout == "['a', 'b'] llm/default: Q\n"
+    finally:
+        repl.close()
+    assert sandbox_leftovers(redis_client) == ([], [])
