@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     # Broker redelivery of unacknowledged messages; leases, not this, detect dead workers,
     # so it only needs to outlast a worker restart.
     visibility_timeout_s: float = Field(default=3600.0, gt=0)
+    # How often workers sweep for messages past the visibility timeout; None keeps kombu's
+    # default (about every 100 s), which is plenty since leases find dead workers first.
+    broker_restore_interval_s: int | None = Field(default=None, ge=1)
     # A running job's lease; renewed every lease_renew_s, so a dead worker is noticed
     # within lease_ttl_s and its job resumed by a live one.
     lease_ttl_s: float = Field(default=30.0, gt=0)

@@ -35,13 +35,21 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_reject_on_worker_lost": True,
         # Orchestrator tasks run for minutes: a worker must not hoard messages it cannot start.
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_transport_options": _transport_options(settings),
         "broker_connection_retry_on_startup": True,
         # Flower shows tasks from events: send them without needing `-E`.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
     }
+
+
+def _transport_options(settings: Settings) -> dict[str, object]:
+    options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
+    if settings.broker_restore_interval_s is not None:
+        options["unacked_restore_interval"] = settings.broker_restore_interval_s
+        options["unacked_restore_throttle"] = 1
+    return options
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rlm_jobs.engine import JobControl, LoopObserver
+from rlm_jobs.errors import StorageError
 from rlm_jobs.loop import run_loop
 from rlm_jobs.models import JobResult, JobSpec, JobStatus
 from rlm_jobs.store import Store
@@ -120,12 +121,15 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
     """Run a job to its one result; returns what happened, for logs and Flower."""
     store = runtime.store
     settings = runtime.settings
+    try:
+        record = store.get(job_id)
+    except StorageError as exc:
+        return f"rejected: {exc}"
     holder = f"{runtime.worker_id}:{time.monotonic_ns()}"
     if not store.acquire_lease(job_id, holder, settings.lease_ttl_s):
         return f"skipped: job {job_id} is running on {store.lease_holder(job_id)}"
     watcher = LeaseWatcher(store, job_id, holder, runtime)
     try:
-        record = store.get(job_id)
         attempt = store.mark_running(job_id, runtime.worker_id)
         if attempt is None:
             return f"skipped: job {job_id} already finished"
