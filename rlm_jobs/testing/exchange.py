@@ -1,0 +1,135 @@
+"""One completion request on the scripted server: faults, policy, latency, billing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from rlm_jobs.testing import wire
+from rlm_jobs.testing.policies import is_root, respond
+from rlm_jobs.testing.state import Fault, RequestRecord, Role
+
+if TYPE_CHECKING:
+    from rlm_jobs.testing.server import ScriptedHandler
+
+_log = logging.getLogger(__name__)
+
+WORKER_HEADER = "X-RLM-Worker"
+# What a "malformed" fault sends with status 200: JSON cut off mid-body.
+MALFORMED_BODY = b'{"id": "scripted-malformed", "choices": [{"index": 0, "message": {"con'
+
+
+class Exchange:
+    """One completion request, from fault check to recorded response."""
+
+    def __init__(
+        self,
+        handler: ScriptedHandler,
+        request: wire.ChatRequest,
+        path: str,
+        *,
+        started: float,
+        arrived: float,
+    ) -> None:
+        self.handler = handler
+        self.server = handler.server
+        self.request = request
+        self.path = path
+        # time.monotonic() for latency, time.time() for the log.
+        self.started = started
+        self.arrived = arrived
+        self.role: Role = "root" if is_root(request.messages) else "sub"
+        self.policy_name = request.model.removeprefix("scripted/")
+
+    def record(self, outcome: str, input_tokens: int = 0, output_tokens: int = 0) -> None:
+        headers = self.handler.headers
+        self.server.state.record(
+            RequestRecord(
+                timestamp=self.arrived,
+                path=self.path,
+                wire=self.request.wire,
+                model=self.request.model,
+                role=self.role,
+                worker=headers.get(WORKER_HEADER),
+                user_agent=headers.get("User-Agent"),
+                outcome=outcome,
+                latency_s=time.monotonic() - self.started,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+            )
+        )
+
+    def error(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        body = wire.error_body(self.request.wire, status, message)
+        self.handler.send_json(status, body, headers)
+
+    def run(self) -> None:
+        fault = self.server.state.take_fault(self.request.model)
+        if fault is not None:
+            self.fault(fault)
+            return
+        policy = self.server.policies.get(self.policy_name)
+        if policy is None:
+            self.record("404")
+            self.error(
+                404,
+                f"The model `{self.request.model}` does not exist or you do not have access "
+                f"to it. Scripted models: {', '.join(sorted(self.server.policies))}.",
+            )
+            return
+        try:
+            text = respond(policy, self.request.messages)
+        except Exception as exc:  # a policy bug must reach the test as a 500, not a hang
+            _log.exception("scripted policy %s failed", policy.name)
+            self.record("500")
+            self.error(500, f"scripted policy {policy.name!r} failed: {exc!r}")
+            return
+        self.answer(text)
+
+    def answer(self, text: str) -> None:
+        request = self.request
+        truncated = False
+        if request.max_tokens is not None and wire.count_tokens(text) > request.max_tokens:
+            # Cut like a real model that ran out of tokens: mid-sentence, four chars a token.
+            text, truncated = text[: request.max_tokens * 4], True
+        tokens_in, tokens_out = wire.input_tokens(request.messages), wire.count_tokens(text)
+        config = self.server.state.current_config()
+        latency_s = config.root_latency_s if self.role == "root" else config.sub_latency_s
+        if latency_s > 0 and self.server.stopping.wait(latency_s):
+            self.handler.close_connection = True
+            return
+        # Billed and logged before sending, so a caller holding the reply sees both.
+        self.server.state.bill(request.model, tokens_in, tokens_out)
+        self.record("ok", tokens_in, tokens_out)
+        build = wire.anthropic_message if request.wire == "anthropic" else wire.openai_completion
+        body = build(request.model, text, tokens_in, tokens_out, truncated)
+        self.handler.send_json(200, body)
+
+    def fault(self, fault: Fault) -> None:
+        self.record(fault.kind)
+        kind = fault.kind
+        if kind == "429":
+            self.error(
+                429,
+                "Rate limit reached for scripted requests (injected fault).",
+                {"Retry-After": f"{fault.retry_after_s:g}"},
+            )
+        elif kind == "500":
+            self.error(500, "The scripted server had an error (injected fault).")
+        elif kind == "400":
+            self.error(400, "Invalid request: scripted rejects this request (injected fault).")
+        elif kind == "401":
+            self.error(401, "Incorrect API key provided: scripted-invalid (injected fault).")
+        elif kind == "malformed":
+            self.handler.send_bytes(HTTPStatus.OK, MALFORMED_BODY)
+        else:  # hang: hold the request past the client's timeout, then drop it unanswered
+            hang_s = (
+                fault.hang_s
+                if fault.hang_s is not None
+                else self.server.state.current_config().hang_s
+            )
+            self.server.stopping.wait(hang_s)
+            self.handler.close_connection = True
