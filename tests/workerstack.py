@@ -92,9 +92,13 @@ class Worker:
         self._log.close()
 
 
-def sandbox_pids() -> list[int]:
-    """Live sandbox runtime processes on this machine (to check nothing is left behind)."""
-    pids = []
+def sandbox_pids(ignore: frozenset[int] = frozenset()) -> set[int]:
+    """Live sandbox runtime processes on this machine (to check nothing is left behind).
+
+    ``ignore`` holds pids that existed before a test started, so a test judges only what
+    it started itself.
+    """
+    pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -102,6 +106,8 @@ def sandbox_pids() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if b"sandbox.runtime" in cmdline or b"-m sandbox" in cmdline:
-            pids.append(int(entry.name))
+        if (b"sandbox.runtime" in cmdline or b"-m sandbox" in cmdline) and int(
+            entry.name
+        ) not in ignore:
+            pids.add(int(entry.name))
     return pids
