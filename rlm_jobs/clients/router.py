@@ -90,6 +90,15 @@ class LLMRouter:
                 self._clients[provider] = client
             return client
 
+    def warm_up(self, *model_names: str) -> None:
+        """Build the clients these models need now rather than on their first call.
+
+        Importing an SDK takes seconds on a busy machine; a worker that calls this when it
+        starts keeps that out of the first batch of sub-calls. No network I/O happens.
+        """
+        for name in model_names:
+            self.client(_split(name)[0])
+
     def close(self) -> None:
         """Close every client; a later call builds fresh ones."""
         with self._lock:

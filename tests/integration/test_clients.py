@@ -272,6 +272,17 @@ def test_router_routes_by_provider_and_caches_clients(scripted_settings: Setting
         assert router.client("anthropic") is not router.client("scripted")
 
 
+def test_router_warm_up_builds_clients_without_calling(
+    scripted_settings: Settings, scripted_provider: ScriptedProvider
+) -> None:
+    with LLMRouter(scripted_settings) as router:
+        router.warm_up("scripted/generic", "anthropic/generic", "scripted/needle")
+        assert router.client("scripted") is router.client("scripted")
+        with pytest.raises(ConfigError):
+            router.warm_up("acme/model")
+    assert scripted_provider.requests() == []
+
+
 @pytest.mark.parametrize("name", ["generic", "scripted/", "/generic", "acme/model"])
 def test_router_rejects_bad_model_names(scripted_settings: Settings, name: str) -> None:
     with LLMRouter(scripted_settings) as router, pytest.raises(ConfigError):
