@@ -6,7 +6,7 @@ either. The input is ``BatchHandle.progress()``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,3 +146,31 @@ def render_summary(snap: Snapshot, wall_s: float) -> str:
         f"{', '.join(parts)} | {snap.tokens:,} tokens | {format_cost(snap.cost_usd)} | "
         f"{format_duration(wall_s)} wall"
     )
+
+
+def render_preview(
+    rows: Sequence[Mapping[str, Any]], columns: int = 100, limit: int = 10
+) -> list[str]:
+    """A glance at the results: one line per row (id, status, answer's start), then "...".
+
+    ``rows`` are result rows (``JobRecord.row()``); answers are flattened to one line and cut
+    to fit ``columns``.
+    """
+    shown = rows[:limit]
+    if not shown:
+        return []
+    id_width = min(40, max(len(str(r["id"])) for r in shown))
+    status_width = max(len(str(r["status"])) for r in shown)
+    lines = []
+    for row in shown:
+        doc_id = str(row["id"])
+        if len(doc_id) > id_width:
+            doc_id = doc_id[: id_width - 3] + "..."
+        answer = " ".join(str(row.get("answer") or row.get("reason") or "").split())
+        line = f"  {doc_id:<{id_width}}  {row['status']:<{status_width}}  {answer}"
+        if len(line) > columns - 1:
+            line = line[: max(0, columns - 4)] + "..."
+        lines.append(line)
+    if len(rows) > limit:
+        lines.append(f"  ... and {len(rows) - limit} more")
+    return lines

@@ -15,6 +15,7 @@ from rlm_jobs.progress import (
     format_tokens,
     render_bar,
     render_line,
+    render_preview,
     render_summary,
 )
 
@@ -131,3 +132,24 @@ def test_summary_of_a_clean_run_and_of_an_unfinished_one() -> None:
     assert render_summary(clean, 3).startswith("50/50 completed | 123,456 tokens")
     unfinished = render_summary(Snapshot.of(progress()), 3)
     assert "8 RUNNING" in unfinished and "22 QUEUED" in unfinished
+
+
+def row(doc_id: str, status: str = "COMPLETED", answer: str | None = "yes") -> dict[str, Any]:
+    return {"id": doc_id, "status": status, "answer": answer, "reason": "why it ended"}
+
+
+def test_preview_aligns_ids_and_statuses_and_flattens_answers() -> None:
+    lines = render_preview([row("a.txt", answer="one\ntwo"), row("bb.txt", "TIMEOUT", None)])
+    assert lines == [
+        "  a.txt   COMPLETED  one two",
+        "  bb.txt  TIMEOUT    why it ended",
+    ]
+
+
+def test_preview_cuts_long_answers_and_long_lists() -> None:
+    rows = [row(f"d{i}", answer="x" * 500) for i in range(12)]
+    lines = render_preview(rows, columns=60, limit=10)
+    assert len(lines) == 11 and lines[-1] == "  ... and 2 more"
+    assert all(len(line) < 60 for line in lines)
+    assert lines[0].endswith("...")
+    assert render_preview([]) == []
