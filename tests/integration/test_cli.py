@@ -291,29 +291,43 @@ print(json.dumps({"rc": done.returncode, "stdout": done.stdout, "stderr": done.s
 
 
 def test_run_without_a_broker_completes_the_sample_and_leaves_no_process(tmp_path: Path) -> None:
-    # Given no broker and no API key: a private stack with the scripted provider
+    # Given no broker and no API key: `rlm-jobs run` starts a private stack, scripted model
     out = tmp_path / "results.jsonl"
-    env = {"PATH": os.environ.get("PATH", "")}
-    question = "What was the root cause of the incident?"
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
+    # When the newcomer's script runs the sample (it calls `rlm-jobs run examples/docs`)
     checked = subprocess.run(
-        [sys.executable, "-c", _ORPHAN_CHECK, *CLI, "run", "examples/docs", "-q", question,
-         "-o", str(out)],
+        [sys.executable, "-c", _ORPHAN_CHECK, "bash", "examples/run_sample.sh", str(out)],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=280, check=False,
     )  # fmt: skip
     report = json.loads(checked.stdout)
 
+    # Then it succeeds, reports counts, tokens, cost and time, and leaves no process behind
     assert report["rc"] == 0, report["stderr"]
     assert report["left"] == []
     lines = report["stderr"].strip().splitlines()
     assert lines[0].startswith("starting a local stack: redis-server")
-    assert lines[-1].startswith("10/10 completed |") and f"results: {out}" in lines[-1]
+    summary = lines[-1]
+    assert summary.startswith("10/10 completed |") and summary.endswith(f"results: {out}")
+    assert " tokens | $" in summary and "s wall" in summary
     rows = read_jsonl(out)
     assert [r["id"] for r in rows] == sorted(p.name for p in (ROOT / "examples/docs").iterdir())
-    # The scripted model answers extractively: the document's own root-cause sentence.
+    # The scripted model answers extractively: each document's own root-cause sentence.
     for row in rows:
         assert row["status"] == "COMPLETED"
         assert "root cause of the incident was" in row["answer"]
+    assert json.loads(report["stdout"].strip().splitlines()[-1]) == rows[0]
+
+
+def test_the_library_mode_example_runs_offline() -> None:
+    done = subprocess.run(
+        [sys.executable, "examples/library_mode.py"],
+        capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "")}, cwd=ROOT,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("status: COMPLETED")
+    assert "root cause of the incident was" in done.stdout
 
 
 # ---- bad input: exit 2, one line, nothing submitted ------------------------------------------
