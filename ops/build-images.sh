@@ -1,38 +1,38 @@
 #!/usr/bin/env bash
-# Build the rlm-jobs images: the sandbox (rlm-jobs-sandbox:latest) and the worker
-# (rlm-jobs-worker:latest).
+# Build the rlm-jobs images: the sandbox (rlm-jobs-sandbox:latest), the worker
+# (rlm-jobs-worker:latest) and Redis for the compose stack (rlm-jobs-redis:latest).
 #
-#   ops/build-images.sh              # both
+#   ops/build-images.sh              # all three
 #   ops/build-images.sh sandbox      # only the sandbox image (all the tests need)
 #
 # Base image: $BASE_IMAGE if set; else python:3.12-slim if present or pullable; else a
-# local Debian base built without any registry by ops/build-base-image.sh
-# (rlm-jobs-base:local). Docker's layer cache makes a rebuild with no changes take seconds.
+# local Debian base built without any registry (ops/detect-base-image.sh).
+# Docker's layer cache makes a rebuild with no changes take seconds.
 #
 # Builds use `--network host`, so pip reaches the package index even when dockerd runs
 # without a bridge (--bridge=none, see ops/start-dockerd.sh).
 #
 # Environment:
 #   BASE_IMAGE             base for both images (skips the detection above)
+#   RLM_JOBS_BASE_IMAGE    tag of the local base    (default rlm-jobs-base:local)
 #   RLM_JOBS_SANDBOX_IMAGE tag of the sandbox image (default rlm-jobs-sandbox:latest)
 #   RLM_JOBS_WORKER_IMAGE  tag of the worker image  (default rlm-jobs-worker:latest)
+#   RLM_JOBS_REDIS_IMAGE   tag of the Redis image   (default rlm-jobs-redis:latest)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-DEFAULT_BASE="python:3.12-slim"
-LOCAL_BASE="${RLM_JOBS_BASE_IMAGE:-rlm-jobs-base:local}"
 SANDBOX_IMAGE="${RLM_JOBS_SANDBOX_IMAGE:-rlm-jobs-sandbox:latest}"
 WORKER_IMAGE="${RLM_JOBS_WORKER_IMAGE:-rlm-jobs-worker:latest}"
 
 log() { printf 'build-images: %s\n' "$*" >&2; }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(sandbox worker)
+[ ${#targets[@]} -gt 0 ] || targets=(sandbox worker redis)
 for t in "${targets[@]}"; do
     case "$t" in
-        sandbox | worker) ;;
-        *) log "unknown target $t (choose sandbox, worker)"; exit 2 ;;
+        sandbox | worker | redis) ;;
+        *) log "unknown target $t (choose sandbox, worker, redis)"; exit 2 ;;
     esac
 done
 
@@ -41,16 +41,7 @@ if ! docker info >/dev/null 2>&1; then
     exit 1
 fi
 
-if [ -z "${BASE_IMAGE:-}" ]; then
-    if docker image inspect "$DEFAULT_BASE" >/dev/null 2>&1 \
-        || timeout 300 docker pull -q "$DEFAULT_BASE" >/dev/null 2>&1; then
-        BASE_IMAGE="$DEFAULT_BASE"
-    else
-        log "cannot pull $DEFAULT_BASE (no registry?); using the local base $LOCAL_BASE"
-        RLM_JOBS_BASE_IMAGE="$LOCAL_BASE" "$HERE/build-base-image.sh"
-        BASE_IMAGE="$LOCAL_BASE"
-    fi
-fi
+BASE_IMAGE="$("$HERE/detect-base-image.sh")"
 log "base image: $BASE_IMAGE"
 
 # Without the buildx plugin the CLI falls back to the classic builder anyway; say so
@@ -73,5 +64,6 @@ for t in "${targets[@]}"; do
     case "$t" in
         sandbox) build "$SANDBOX_IMAGE" sandbox/Dockerfile ;;
         worker) build "$WORKER_IMAGE" Dockerfile ;;
+        redis) build "${RLM_JOBS_REDIS_IMAGE:-rlm-jobs-redis:latest}" ops/redis.Dockerfile ;;
     esac
 done

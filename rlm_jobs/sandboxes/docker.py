@@ -426,6 +426,14 @@ class DockerBackend:
             raise ConfigError(f"the Redis socket {host_socket} does not exist: {exc}") from exc
         if not stat.S_ISSOCK(mode):
             raise ConfigError(f"{host_socket} is not a Unix socket")
+        if _answers_without_auth(host_socket):
+            # Every sandbox can connect to this socket without its ACL user and act as
+            # Redis's default user: all jobs' data, ACL and CONFIG commands.
+            log.error(
+                "SECURITY: Redis at %s answers without a password: sandboxes can bypass "
+                "their ACL users. Give the default user a password (requirepass).",
+                host_socket,
+            )
         mount_type = self._docker.types.Mount
         own = _own_container_id()
         if own is None:
@@ -458,6 +466,18 @@ class DockerBackend:
             f"the Redis socket {host_socket} is not on a volume or bind mount of this "
             f"container ({own[:12]}), so sandbox containers cannot be given it"
         )
+
+
+def _answers_without_auth(socket_path: str) -> bool:
+    """Whether Redis on this socket runs commands for a client that never authenticated."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(2.0)
+            conn.connect(socket_path)
+            conn.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return conn.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 # ---- orphans -----------------------------------------------------------------------------

@@ -369,3 +369,24 @@ def test_a_missing_socket_is_a_config_error(
     )
     with pytest.raises(ConfigError, match="does not exist"):
         backend.launch(peer_boot)
+
+
+@pytest.mark.parametrize(("password", "open_"), [(None, True), ("pw", False)])
+def test_a_redis_that_answers_without_auth_is_detected(
+    tmp_path: Any, password: str | None, open_: bool
+) -> None:
+    sock = tmp_path / "r.sock"
+    args = ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", ""]
+    proc = subprocess.Popen(
+        [*args, *(["--requirepass", password] if password else [])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert docker_backend._answers_without_auth(str(sock)) is open_
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
