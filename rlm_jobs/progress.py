@@ -108,18 +108,22 @@ def _money(snap: Snapshot) -> str:
     return f"{format_tokens(snap.tokens)} tok  {format_cost(snap.cost_usd)}"
 
 
+# Cells inside the bar's brackets: a fixed width, so the bar does not wobble as numbers grow.
+BAR_WIDTH = 24
+
+
 def render_bar(snap: Snapshot, elapsed_s: float, eta: float | None, columns: int = 100) -> str:
-    """One terminal line (no newline) that fits ``columns``: the bar shrinks first."""
+    """One terminal line (no newline) that fits ``columns``; the bar goes first if it must."""
     tail = (
-        f" {_counts(snap)}  {_money(snap)}  "
+        f"{_counts(snap)}  {_money(snap)}  "
         f"{format_duration(elapsed_s)} elapsed  ETA {format_duration(eta)}"
     )
     fraction = snap.finished / snap.total if snap.total else 1.0
-    width = min(40, columns - len(tail) - 3)
-    if width < 10:
-        # A narrow terminal: drop the bar and keep the numbers, cut to fit.
-        return tail.strip()[: max(1, columns - 1)]
-    return bar(fraction, width) + tail
+    line = f"{bar(fraction, BAR_WIDTH)} {tail}"
+    if len(line) < columns:
+        return line
+    # A narrow terminal: drop the bar and keep the numbers, cut to fit.
+    return tail[: max(1, columns - 1)]
 
 
 def render_line(snap: Snapshot, elapsed_s: float, eta: float | None, label: str = "") -> str:

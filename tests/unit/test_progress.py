@@ -153,3 +153,11 @@ def test_preview_cuts_long_answers_and_long_lists() -> None:
     assert all(len(line) < 60 for line in lines)
     assert lines[0].endswith("...")
     assert render_preview([]) == []
+
+
+def test_the_bar_keeps_its_width_as_numbers_grow_and_goes_first_when_narrow() -> None:
+    early = render_bar(Snapshot.of(progress(finished=1, tokens=5)), 1, None, columns=160)
+    late = render_bar(Snapshot.of(progress(finished=49, tokens=9_999_999)), 3600, 5, columns=160)
+    assert early.index("]") == late.index("]")
+    narrow = render_bar(Snapshot.of(progress()), 42, None, columns=60)
+    assert not narrow.startswith("[") and narrow.startswith("20/50 finished")
