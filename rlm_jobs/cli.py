@@ -38,8 +38,8 @@ from rlm_jobs.submitter import BatchHandle, Submitter
 from rlm_jobs.trajectory import to_jsonl
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-# A terminal redraws often enough to feel live; Redis sees one pipelined read per tick.
-_TTY_POLL_S = 0.5
+# Often enough for a live bar; Redis sees one pipelined read of the batch per tick.
+_POLL_S = 0.5
 _MODEL = TypeAdapter(ModelName)
 
 
@@ -192,36 +192,36 @@ def _write_results(batch: BatchHandle, path: str) -> list[dict[str, Any]]:
 
 
 def _follow(batch: BatchHandle, *, interval_s: float, timeout_s: float | None) -> fmt.Snapshot:
-    """Show progress until the batch has finished: a live bar on a terminal, lines otherwise."""
+    """Show progress until the batch has finished: a live bar on a terminal, lines otherwise.
+
+    Lines (for logs and CI) are printed when the counts change, at most every ``interval_s``.
+    """
     tty = sys.stderr.isatty()
     started = time.monotonic()
-    first = fmt.Snapshot.of(batch.progress())
-    snap, last_line, last_printed = first, "", 0.0
+    first = snap = fmt.Snapshot.of(batch.progress())
+    printed: tuple[int, ...] | None = None
+    printed_at = 0.0
     while True:
-        elapsed = time.monotonic() - started
-        eta = fmt.eta_s(snap.finished, snap.total, elapsed, finished_at_start=first.finished)
         now = time.monotonic()
+        elapsed = now - started
+        eta = fmt.eta_s(snap.finished, snap.total, elapsed, finished_at_start=first.finished)
+        counts = (snap.finished, snap.completed, snap.running, snap.queued)
         if tty:
             sys.stderr.write("\r" + fmt.render_bar(snap, elapsed, eta, _columns()) + "\x1b[K")
+            sys.stderr.write("\n" if snap.done else "")
             sys.stderr.flush()
-        else:
-            line = fmt.render_line(snap, elapsed, eta, label=f"batch {batch.id}")
-            changed = line.split(" | elapsed")[0] != last_line.split(" | elapsed")[0]
-            if snap.done or (changed and now - last_printed >= interval_s) or not last_line:
-                _note(line)
-                last_line, last_printed = line, now
+        elif printed is None or snap.done or (counts != printed and now - printed_at >= interval_s):
+            _note(fmt.render_line(snap, elapsed, eta, label=f"batch {batch.id}"))
+            printed, printed_at = counts, now
         if snap.done:
-            if tty:
-                sys.stderr.write("\n")
             return snap
         if timeout_s is not None and elapsed > timeout_s:
-            if tty:
-                sys.stderr.write("\n")
+            sys.stderr.write("\n" if tty else "")
             raise TimeoutError(
                 f"batch {batch.id}: {snap.finished}/{snap.total} finished after "
-                f"{fmt.format_duration(elapsed)}; it keeps running"
+                f"{fmt.format_duration(elapsed)}"
             )
-        time.sleep(_TTY_POLL_S if tty else min(_TTY_POLL_S * 2, interval_s))
+        time.sleep(_POLL_S)
         snap = fmt.Snapshot.of(batch.progress())
 
 
@@ -369,8 +369,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         from workers.local import LocalStack  # Celery, only now that it is needed
 
+        # The stack starts the scripted provider if either model needs it.
         chosen = settings.model_copy(
-            update={"model": model or settings.resolved_model(), "sub_model": sub_model}
+            update={
+                "model": model or settings.resolved_model(),
+                "sub_model": sub_model or settings.sub_model,
+            }
         )
         stack = LocalStack(chosen, orchestrators=args.workers)
         _note(f"starting a local stack: {stack.describe()}")
