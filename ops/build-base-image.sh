@@ -19,7 +19,7 @@
 set -euo pipefail
 
 IMAGE="${RLM_JOBS_BASE_IMAGE:-rlm-jobs-base:local}"
-CACHE_DIR="${RLM_JOBS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rlm-jobs}"
+CACHE_DIR="${RLM_JOBS_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/rlm-jobs}"
 FORCE="${FORCE:-0}"
 
 log() { printf 'build-base-image: %s\n' "$*" >&2; }

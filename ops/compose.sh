@@ -14,7 +14,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-CACHE_DIR="${RLM_JOBS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rlm-jobs}"
+CACHE_DIR="${RLM_JOBS_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/rlm-jobs}"
 
 log() { printf 'compose: %s\n' "$*" >&2; }
 

@@ -37,8 +37,10 @@ if [ "$(id -u)" -ne 0 ]; then
     log "must run as root to start dockerd (or start Docker through systemd)"
     exit 1
 fi
-if [ -S /var/run/docker.sock ] && ! pgrep -x dockerd >/dev/null; then
-    rm -f /var/run/docker.sock  # stale socket of a daemon that died
+if ! pgrep -x dockerd >/dev/null; then
+    # Leftovers of a daemon that was killed (e.g. at the end of a CI run): a stale pid
+    # file makes dockerd refuse to start if the pid has been reused.
+    rm -f /var/run/docker.sock /var/run/docker.pid
 fi
 if pgrep -x dockerd >/dev/null; then
     log "dockerd is running but not answering; waiting for it"
