@@ -232,6 +232,22 @@ def test_cancelling_a_batch_ends_its_unfinished_jobs(stack: Stack, tmp_path: Pat
     assert "CANCELLED" in statuses and set(statuses) <= {"CANCELLED", "COMPLETED"}
 
 
+def test_run_with_a_broker_uses_the_cluster_and_writes_results_to_stdout(
+    stack: Stack, tmp_path: Path
+) -> None:
+    codes = secret_docs(tmp_path / "docs", 4)
+    done = cli(
+        "run", str(tmp_path / "docs"), "-q", QUESTION, "--model", NEEDLE, "-o", "-",
+        "--interval", "1", env=stack.env, timeout_s=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(f"using the broker at redis://127.0.0.1:{stack.server.port}")
+    assert "local stack" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("4/4 completed |")
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {r["id"]: r["answer"] for r in rows} == codes
+
+
 # ---- single jobs ---------------------------------------------------------------------------
 
 
