@@ -427,12 +427,11 @@ class DockerBackend:
         if not stat.S_ISSOCK(mode):
             raise ConfigError(f"{host_socket} is not a Unix socket")
         if _answers_without_auth(host_socket):
-            # Every sandbox can connect to this socket without its ACL user and act as
-            # Redis's default user: all jobs' data, ACL and CONFIG commands.
-            log.error(
-                "SECURITY: Redis at %s answers without a password: sandboxes can bypass "
-                "their ACL users. Give the default user a password (requirepass).",
-                host_socket,
+            # Every sandbox could connect without its ACL user and act as Redis's default
+            # user: every job's data, ACL and CONFIG commands.
+            raise ConfigError(
+                f"Redis at {host_socket} answers without a password, so sandboxes could "
+                "bypass their ACL users; give the default user a password (requirepass)"
             )
         mount_type = self._docker.types.Mount
         own = _own_container_id()

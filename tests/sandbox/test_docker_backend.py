@@ -83,6 +83,18 @@ class Peer:
         self.pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         self.pubsub.subscribe(self.channel_out)  # before launch: Ready cannot be missed
         self._seq = 0
+        # A user of its own (Redis's default user may need a password the sandbox lacks);
+        # the ACL itself is the session's business, tested elsewhere.
+        self.username = "test-docker-" + sandbox_id[:12]
+        self.password = "pw-" + wire.new_id()
+        client.acl_setuser(
+            self.username,
+            enabled=True,
+            passwords=["+" + self.password],
+            categories=["+@all"],
+            keys=["*"],
+            channels=["*"],
+        )
 
     def bootstrap(self, socket_path: str, **extra: Any) -> wire.Bootstrap:
         return wire.Bootstrap(
@@ -92,6 +104,8 @@ class Peer:
             channel_out=self.channel_out,
             message_key_prefix=self.prefix,
             context_key=CONTEXT_KEY,
+            username=self.username,
+            password=self.password,
             **extra,
         )
 
@@ -179,26 +193,16 @@ def test_limits_and_hardening_are_visible_in_inspect(
 
 
 def test_bootstrap_secrets_stay_out_of_inspect_env_and_logs(
-    launch: Launch, docker_client: Any, redis_client: redis.Redis
+    launch: Launch, docker_client: Any
 ) -> None:
-    password = "pw-" + wire.new_id()
-    username = "test-docker-" + wire.new_id()[:8]
-    redis_client.acl_setuser(
-        username,
-        enabled=True,
-        passwords=["+" + password],
-        categories=["+@all"],
-        keys=["*"],
-        channels=["*"],
-    )
-    sandbox, peer = launch(username=username, password=password)  # ready: it authenticated
+    sandbox, peer = launch()  # ready: it authenticated with the password it was given
     attrs = json.dumps(inspect(docker_client, sandbox))
-    assert password not in attrs and "Bootstrap" not in attrs
+    assert peer.password not in attrs and "Bootstrap" not in attrs
     env = peer.run("import os, json\nprint(json.dumps(dict(os.environ)))").stdout
-    assert password not in env
+    assert peer.password not in env
     assert set(json.loads(env)) <= {"PATH", "HOME", "TMPDIR", "LANG", "HOSTNAME"}
     logs = docker_client.api.logs(sandbox.container_id).decode()
-    assert password not in logs
+    assert peer.password not in logs
 
 
 def test_code_runs_unprivileged_with_no_network_and_a_read_only_root(
@@ -371,22 +375,35 @@ def test_a_missing_socket_is_a_config_error(
         backend.launch(peer_boot)
 
 
-@pytest.mark.parametrize(("password", "open_"), [(None, True), ("pw", False)])
-def test_a_redis_that_answers_without_auth_is_detected(
-    tmp_path: Any, password: str | None, open_: bool
-) -> None:
-    sock = tmp_path / "r.sock"
-    args = ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", ""]
+@pytest.fixture
+def open_redis_socket(tmp_path: Any) -> Iterator[str]:
+    """A redis-server whose default user has no password, on a Unix socket."""
+    sock = tmp_path / "open.sock"
     proc = subprocess.Popen(
-        [*args, *(["--requirepass", password] if password else [])],
+        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", ""],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        deadline = time.monotonic() + 10
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert docker_backend._answers_without_auth(str(sock)) is open_
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield str(sock)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_a_redis_socket_open_without_a_password_is_refused(
+    docker_client: Any, docker_settings: Settings, open_redis_socket: str
+) -> None:
+    assert docker_backend._answers_without_auth(open_redis_socket)
+    backend = DockerBackend(docker_settings, client=docker_client)
+    bootstrap = wire.Bootstrap(
+        sandbox_id=wire.new_id(),
+        redis_unix_socket=open_redis_socket,
+        channel_in="a",
+        channel_out="b",
+        message_key_prefix="c",
+        context_key="d",
+    )
+    with pytest.raises(ConfigError, match="without a password"):
+        backend.launch(bootstrap)
