@@ -59,8 +59,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RLM_JOBS_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
     )
     # None: the SDK's default endpoint. Set for vLLM, OpenRouter or any compatible server.
-    openai_base_url: str | None = None
-    anthropic_base_url: str | None = None
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("RLM_JOBS_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+    )
+    anthropic_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RLM_JOBS_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"),
+    )
     # Where the scripted provider listens when the model is "scripted/...".
     scripted_base_url: str | None = None
 

@@ -6,6 +6,7 @@ configured. The socket lets network-less sandboxes reach it.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import subprocess
@@ -27,15 +28,21 @@ def free_port() -> int:
 class RedisServer:
     """Start with ``RedisServer.start()``; ``stop()`` kills it and removes its directory."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, workdir: Path) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], port: int, workdir: Path, password: str
+    ) -> None:
         self._proc = proc
         self.port = port
         self.workdir = workdir
-        self.unix_socket = str(workdir / "redis.sock")
+        self.password = password
+        # Its own directory: that is what gets mounted into sandboxes, and nothing else is in it.
+        self.unix_socket = str(workdir / "sock" / "redis.sock")
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        # The default user has a password: sandboxes can reach the socket, and without one
+        # model code could log in as `default` and bypass its ACL user.
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     @classmethod
     def start(cls, *, timeout_s: float = 10.0, appendonly: bool = False) -> RedisServer:
@@ -46,13 +53,21 @@ class RedisServer:
                 "or set RLM_JOBS_REDIS_URL"
             )
         workdir = Path(tempfile.mkdtemp(prefix="rlm-redis-"))
-        workdir.chmod(0o755)  # sandboxes running as another uid must reach the socket
+        # Sandboxes run as other uids: they may traverse to the socket but list nothing here.
+        workdir.chmod(0o711)
+        (workdir / "sock").mkdir(mode=0o755)
         port = free_port()
+        password = secrets.token_urlsafe(24)
+        # The password goes in a config file, not argv, so `ps` does not show it.
+        conf = workdir / "redis.conf"
+        conf.write_text(f"requirepass {password}\n")
+        conf.chmod(0o600)
         args = [
             binary,
+            str(conf),
             "--port", str(port),
             "--bind", "127.0.0.1",
-            "--unixsocket", str(workdir / "redis.sock"),
+            "--unixsocket", str(workdir / "sock" / "redis.sock"),
             "--unixsocketperm", "777",  # access is governed by ACL users, not file modes
             "--dir", str(workdir),
             "--save", "",
@@ -63,9 +78,9 @@ class RedisServer:
         proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        server = cls(proc, port, workdir)
+        server = cls(proc, port, workdir, password)
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0)
+        client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=1.0)
         try:
             while True:
                 try:

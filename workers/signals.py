@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
+from rlm_jobs.errors import RLMJobsError
 from workers.app import ORCHESTRATE_QUEUE, RUN_JOB_TASK
 from workers.runtime import runtime_for
 
@@ -59,9 +60,20 @@ def _consumes_orchestrate(sender: Any) -> bool:
     return ORCHESTRATE_QUEUE in queues
 
 
+def _warm_up(app: Celery) -> None:
+    """Build clients now: importing an SDK takes seconds that the first jobs should not pay."""
+    runtime = runtime_for(app)
+    settings = runtime.settings
+    try:
+        runtime.router.warm_up(settings.resolved_model(), settings.resolved_sub_model())
+    except RLMJobsError as exc:  # jobs naming another model still work; say why this failed
+        log.warning("could not prepare the default model's client: %s", exc)
+
+
 @worker_ready.connect
 def _on_ready(sender: Any, **_: Any) -> None:
     app = sender.app
+    _warm_up(app)
     if not _consumes_orchestrate(sender):
         return
     reaper = Reaper(app)
