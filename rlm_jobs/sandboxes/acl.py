@@ -1,9 +1,13 @@
 """One Redis ACL user per sandbox: its own channels and keys, its context read-only.
 
-The command list is the minimum the runtime uses (found by running it against an ACL user
-with nothing else allowed): AUTH and HELLO need no permission; redis-py's optional
-``CLIENT SETINFO`` is skipped by the runtime. Only the SHA-256 of the password is sent to
-Redis, so it never appears in MONITOR or the ACL list.
+The command list is the minimum the runtime uses, found by running it with nothing else
+allowed and reading ``ACL LOG`` (a test keeps it that way): AUTH needs no permission, the
+runtime skips redis-py's optional ``CLIENT SETINFO``, and closing a pub/sub connection sends
+no UNSUBSCRIBE. Only the SHA-256 of the password is sent to Redis, so the password itself
+never appears in MONITOR or ``ACL LIST``.
+
+The ACL only confines sandboxes if Redis's ``default`` user has a password: the sandbox can
+reach the server's socket and could otherwise simply not log in as its own user.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.errors import ConfigError, SandboxError
 
-SANDBOX_COMMANDS = ("subscribe", "unsubscribe", "publish", "get", "set", "ping")
+SANDBOX_COMMANDS = ("subscribe", "publish", "get", "set")
 
 
 def create_user(client: redis.Redis, sandbox_id: str, context_key: str) -> str:
@@ -71,3 +75,17 @@ def delete_keys(client: redis.Redis, sandbox_id: str) -> int:
     except redis.RedisError as exc:
         raise SandboxError(f"could not delete the sandbox's keys: {exc}") from exc
     return deleted
+
+
+def default_user_is_open(client: redis.Redis) -> bool:
+    """Whether Redis's ``default`` user needs no password.
+
+    Then a sandbox, which can reach the server through its socket, could skip its own ACL
+    user and connect as ``default`` with full access to every key.
+    """
+    try:
+        info = client.acl_getuser("default")
+    except redis.RedisError:
+        return False  # we may not be allowed to look; then we cannot tell
+    flags = info.get("flags") if isinstance(info, dict) else None
+    return isinstance(flags, list) and "on" in flags and "nopass" in flags

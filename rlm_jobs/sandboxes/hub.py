@@ -120,11 +120,16 @@ class PubSubHub:
             if self._subs.get(sub.channel) is not sub:
                 return
             del self._subs[sub.channel]
-            if self._pubsub is not None:
-                try:
-                    self._pubsub.unsubscribe(sub.channel)
-                except redis.RedisError as exc:
-                    log.warning("unsubscribe from %s failed: %s", sub.channel, exc)
+            if self._pubsub is None:
+                return
+            if not self._subs:
+                # Close now rather than when the reader wakes: the client may be closed next.
+                self._stop(self._pubsub)
+                return
+            try:
+                self._pubsub.unsubscribe(sub.channel)
+            except redis.RedisError as exc:
+                log.warning("unsubscribe from %s failed: %s", sub.channel, exc)
 
     def _read(self, pubsub: Any) -> None:
         while True:
@@ -135,8 +140,11 @@ class PubSubHub:
             try:
                 msg = pubsub.get_message(timeout=POLL_S)
             except (redis.RedisError, OSError, ValueError) as exc:
-                # redis-py already retried the reconnect; the connection is gone for good.
-                self._fail_all(pubsub, f"lost the Redis pub/sub connection: {exc}")
+                with self._lock:
+                    retired = self._pubsub is not pubsub
+                if not retired:
+                    # redis-py already retried the reconnect; the connection is gone for good.
+                    self._fail_all(pubsub, f"lost the Redis pub/sub connection: {exc}")
                 return
             if msg is None:
                 continue
@@ -153,7 +161,7 @@ class PubSubHub:
                 sub.confirmed.set()
 
     def _stop(self, pubsub: Any) -> None:
-        """Called with the lock held: the last subscriber left."""
+        """Called with the lock held: retire this connection (its reader thread then exits)."""
         if self._pubsub is pubsub:
             self._pubsub = None
             self._thread = None

@@ -50,6 +50,8 @@ SHUTDOWN_WAIT_S = 1.0
 # Sub-call requests of one sandbox served at once; a batch is one request.
 SUBCALL_THREADS = 16
 
+_checked_default_user: set[int] = set()
+
 REPLACED_NOTE = (
     "The sandbox was replaced by a fresh one. `context`, llm_query, rlm_query, SHOW_VARS, "
     "FINAL, FINAL_VAR and `answer` are available again, but every variable, import and "
@@ -98,6 +100,7 @@ class SandboxSession:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(SUBCALL_THREADS, thread_name_prefix="rlm-subcall")
         self._redis_address = _redis_address(client, settings)
+        _warn_if_default_user_open(client)
         self.start_duration_s = 0.0
         self._sbx: _Sandbox | None = None
         try:
@@ -422,6 +425,19 @@ def _redis_address(
     host = kwargs.get("host")
     port = kwargs.get("port")
     return socket_path, host, int(port) if port is not None else None
+
+
+def _warn_if_default_user_open(client: redis.Redis) -> None:
+    pool_id = id(client.connection_pool)
+    if pool_id in _checked_default_user:
+        return
+    _checked_default_user.add(pool_id)
+    if acl.default_user_is_open(client):
+        log.warning(
+            "SANDBOX ACL BYPASS: Redis's default user needs no password, so model code can "
+            "connect through the sandbox's socket as 'default' and read or change every key. "
+            "Give it a password (requirepass, or ACL SETUSER default >...) or switch it off."
+        )
 
 
 def open_repl_factory(

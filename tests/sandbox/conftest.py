@@ -19,7 +19,7 @@ from sandbox.wire import SubcallRequest
 
 # Every backend must pass the contract suite; the docker backend joins with
 # pytest.param("docker", marks=pytest.mark.docker).
-BACKENDS = ["process"]
+BACKENDS = ["process", pytest.param("docker", marks=pytest.mark.docker)]
 
 
 def answer_from_text(request: SubcallRequest) -> list[SubcallOutcome]:

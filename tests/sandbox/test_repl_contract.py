@@ -207,8 +207,9 @@ def test_queries_from_model_threads_run_concurrently(open_session: OpenSession) 
         "    answers = list(pool.map(ask, range(4)))\n"
         "print(answers)"
     )
+    session = open_session()
     started = time.monotonic()
-    out = run(open_session(), code)
+    out = run(session, code)
     assert out.error is None
     assert time.monotonic() - started < 1.8  # four 0.5 s calls, served in parallel
     assert out.stdout.count("asking") == 4  # prints from the model's threads are captured

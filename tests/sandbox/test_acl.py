@@ -1,0 +1,180 @@
+"""The per-sandbox Redis ACL user: only its own channels and keys, its context read-only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from rlm_jobs import keys
+from rlm_jobs.config import Settings
+from rlm_jobs.contexts import put_context
+from rlm_jobs.redis_server import RedisServer
+from rlm_jobs.sandboxes import acl
+from rlm_jobs.sandboxes.registry import create_backend
+from rlm_jobs.sandboxes.session import SandboxSession
+from tests.sandbox.conftest import OpenSession, answer_from_text
+
+CONTEXT_KEY = keys.context_blob("c" * 64)
+
+
+def run_command(client: redis.Redis, *args: Any) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def open_pubsub(client: redis.Redis) -> Any:
+    return client.pubsub()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+def sandbox_client(redis_client: redis.Redis, redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A connection with the credentials a sandbox called 'a' would get."""
+    redis_client.set(CONTEXT_KEY, '"the context"')
+    redis_client.set("rlm:job:someone-else", "secret record")
+    password = acl.create_user(redis_client, "a", CONTEXT_KEY)
+    client = redis.Redis(
+        unix_socket_path=redis_server.unix_socket,
+        username=keys.sandbox_user("a"),
+        password=password,
+        decode_responses=True,
+        driver_info=None,
+    )
+    yield client
+    client.close()
+
+
+def test_a_sandbox_user_may_use_its_own_channels_and_keys(sandbox_client: redis.Redis) -> None:
+    own_key = keys.sandbox_message("a", "m1")
+    assert sandbox_client.set(own_key, "x", ex=60)
+    assert sandbox_client.get(own_key) == "x"
+    assert sandbox_client.get(CONTEXT_KEY) == '"the context"'
+    sandbox_client.publish(keys.sandbox_to_host("a"), "hello")
+    pubsub = open_pubsub(sandbox_client)
+    pubsub.subscribe(keys.sandbox_to_sandbox("a"))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    pubsub.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("GET", "rlm:job:someone-else"),
+        ("GET", keys.sandbox_message("b", "m1")),
+        ("SET", CONTEXT_KEY, "overwritten"),  # the context is read-only
+        ("SET", "rlm:job:someone-else", "x"),
+        ("PUBLISH", keys.sandbox_to_host("b"), "spoof"),
+        ("PUBLISH", "rlm:other", "x"),
+        ("KEYS", "*"),
+        ("SCAN", "0"),
+        ("CONFIG", "GET", "*"),
+        ("FLUSHALL",),
+        ("ACL", "LIST"),
+        ("ACL", "SETUSER", "default", "off"),
+        ("DEL", keys.sandbox_message("a", "m1")),
+        ("EVAL", "return 1", "0"),
+        ("CLIENT", "LIST"),
+        ("SHUTDOWN",),
+    ],
+)
+def test_a_sandbox_user_is_refused_everything_else(
+    sandbox_client: redis.Redis, redis_client: redis.Redis, command: tuple[str, ...]
+) -> None:
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        run_command(sandbox_client, *command)
+    assert redis_client.get("rlm:job:someone-else") == "secret record"
+    assert redis_client.get(CONTEXT_KEY) == '"the context"'
+
+
+def test_a_sandbox_user_cannot_subscribe_to_another_sandbox(sandbox_client: redis.Redis) -> None:
+    pubsub = open_pubsub(sandbox_client)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        pubsub.subscribe(keys.sandbox_to_sandbox("b"))
+        pubsub.get_message(timeout=5)
+    pubsub.close()
+
+
+def test_the_runtime_needs_no_command_outside_its_acl(
+    open_session: OpenSession, redis_client: redis.Redis
+) -> None:
+    run_command(redis_client, "ACL", "LOG", "RESET")
+    session = open_session()
+    out = session.run_cell("print(llm_query('q'))\nFINAL('x')", timeout_s=20, max_output_chars=1000)
+    assert out.final == "x"
+    session.close()
+    denied = run_command(redis_client, "ACL", "LOG")
+    assert denied == [], denied
+
+
+STEAL_CREDENTIALS = """
+import gc, redis
+r = next(o for o in gc.get_objects() if isinstance(o, redis.Redis))
+attempts = {
+    "get other key": lambda: r.get("rlm:job:someone-else"),
+    "overwrite context": lambda: r.set(CONTEXT, "x"),
+    "publish elsewhere": lambda: r.publish("rlm:sbx:other:in", "x"),
+    "keys": lambda: r.keys("*"),
+    "config": lambda: r.config_get("*"),
+    "flushall": lambda: r.flushall(),
+    "acl": lambda: r.acl_list(),
+}
+for name, attempt in attempts.items():
+    try:
+        print(name, "ALLOWED", attempt())
+    except redis.exceptions.NoPermissionError:
+        print(name, "denied")
+"""
+
+
+def test_model_code_holding_the_runtime_credentials_is_still_confined(
+    open_session: OpenSession, redis_client: redis.Redis
+) -> None:
+    session = open_session("ctx")
+    redis_client.set("rlm:job:someone-else", "secret record")
+    context_key = next(iter(redis_client.scan_iter(match="rlm:ctx:*")))
+    code = f"CONTEXT = {context_key!r}\n" + STEAL_CREDENTIALS
+    out = session.run_cell(code, timeout_s=20, max_output_chars=5000)
+    assert out.error is None, out.error
+    assert "ALLOWED" not in out.stdout
+    assert out.stdout.count("denied") == 7
+    assert redis_client.get("rlm:job:someone-else") == "secret record"
+
+
+@pytest.fixture(scope="module")
+def protected_redis() -> Iterator[tuple[RedisServer, str]]:
+    """A Redis whose default user has a password, as production must have."""
+    server = RedisServer.start()
+    password = "orchestrator-only-password"
+    admin = redis.Redis(port=server.port)
+    run_command(admin, "ACL", "SETUSER", "default", "on", "resetpass", f">{password}")
+    admin.close()
+    yield server, password
+    server.stop()
+
+
+def test_with_a_protected_default_user_the_socket_gives_nothing_away(
+    protected_redis: tuple[RedisServer, str], backend_name: str
+) -> None:
+    server, password = protected_redis
+    client = redis.Redis(port=server.port, password=password, decode_responses=True)
+    assert not acl.default_user_is_open(client)
+    settings = Settings(sandbox_redis_socket=server.unix_socket, sandbox_start_timeout_s=30)
+    backend = create_backend(settings, backend_name)
+    client.set("rlm:job:someone-else", "secret record")
+    ref = put_context(client, "ctx")
+    code = (
+        "import gc, redis\n"
+        "r = next(o for o in gc.get_objects() if isinstance(o, redis.Redis))\n"
+        "path = r.connection_pool.connection_kwargs['path']\n"
+        "anon = redis.Redis(unix_socket_path=path)\n"
+        "try:\n"
+        "    print('ALLOWED', anon.get('rlm:job:someone-else'))\n"
+        "except redis.exceptions.AuthenticationError as exc:\n"
+        "    print('refused:', type(exc).__name__)\n"
+    )
+    with SandboxSession(client, settings, backend, ref, answer_from_text) as session:
+        out: Any = session.run_cell(code, timeout_s=20, max_output_chars=2000)
+    assert out.error is None, out.error
+    assert "ALLOWED" not in out.stdout and "refused" in out.stdout
+    client.close()
