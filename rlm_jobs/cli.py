@@ -29,7 +29,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from rlm_jobs import progress as fmt
 from rlm_jobs.batchfiles import load_context_file, load_documents
-from rlm_jobs.clients import CLIENT_FACTORIES
+from rlm_jobs.clients import check_model
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import ContextValue
 from rlm_jobs.errors import ConfigError, RLMJobsError, SpecError, StorageError
@@ -70,19 +70,7 @@ def _query(text: str | None, *, required: bool = True) -> str | None:
 
 def _model(name: str | None) -> str | None:
     """Fail before anything is written: a malformed name or an unknown provider."""
-    if name is None:
-        return None
-    try:
-        _MODEL.validate_python(name)
-    except ValidationError:
-        raise SpecError(
-            f"model {name!r} must look like provider/name, e.g. openai/gpt-4o-mini"
-        ) from None
-    provider = name.split("/", 1)[0]
-    if provider not in CLIENT_FACTORIES:
-        known = ", ".join(sorted(CLIENT_FACTORIES))
-        raise SpecError(f"unknown provider {provider!r} in model {name!r}; known: {known}")
-    return name
+    return None if name is None else check_model(name)
 
 
 def _limits(args: argparse.Namespace) -> Limits:

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rlm_jobs.clients import check_model
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import ContextValue, put_context
 from rlm_jobs.errors import SpecError, StorageError
@@ -163,11 +164,15 @@ class Submitter:
         doc_id: str | None = None,
     ) -> JobHandle:
         # Validate everything before anything is written, so a bad job leaves no trace.
+        model = check_model(model or self._settings.resolved_model())
+        sub_model = sub_model or self._settings.sub_model
+        if sub_model is not None:
+            check_model(sub_model)
         spec = _spec(
             query=query,
             context=put_context(self._client, context),
-            model=model or self._settings.resolved_model(),
-            sub_model=sub_model or self._settings.sub_model,
+            model=model,
+            sub_model=sub_model,
             limits=limits or Limits(),
             batch_id=batch_id,
             doc_id=doc_id,
@@ -203,7 +208,9 @@ class Submitter:
             if not (doc.query or query):
                 raise SpecError(f"document {doc.id!r} has no query and no batch query was given")
         batch_id = batch_id or uuid.uuid4().hex[:12]
-        model = model or self._settings.resolved_model()
+        model = check_model(model or self._settings.resolved_model())
+        if sub_model is not None:
+            check_model(sub_model)
         self.store.create_batch(
             batch_id, {"query": query, "model": model, "created_at": time.time()}
         )

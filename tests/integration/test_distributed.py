@@ -261,7 +261,10 @@ def test_bad_input_fails_alone_and_the_worker_carries_on(cluster: Cluster) -> No
         submitter.submit("q", "ctx", model="gpt4")
     with pytest.raises(SpecError, match="query"):
         submitter.submit("x" * 200_000, "ctx")
-    unknown = submitter.submit("q", "ctx", model="nope/x")
+    with pytest.raises(SpecError, match="unknown provider 'nope'"):
+        submitter.submit("q", "ctx", model="nope/x")
+    assert cluster.client.keys("rlm:job:*") == []  # refused jobs leave nothing behind
+    unknown = submitter.submit("q", "ctx", model="scripted/no-such-model")
     # A record whose spec was corrupted in Redis, and messages no submitter would send.
     cluster.client.hset(keys.job("corrupt"), mapping={"spec": "{not json", "status": "QUEUED"})
     cluster.app.send_task(RUN_JOB_TASK, args=["corrupt"], queue=ORCHESTRATE_QUEUE)
@@ -271,7 +274,7 @@ def test_bad_input_fails_alone_and_the_worker_carries_on(cluster: Cluster) -> No
         "What is the secret code?", needle_context(2, "OK-9", 1), model="scripted/needle"
     )
     record = unknown.wait(timeout_s=60)
-    assert record.status is JobStatus.FAILED and "nope" in record.fields["reason"]
+    assert record.status is JobStatus.FAILED and "no-such-model" in record.fields["reason"]
     corrupt = wait_for(lambda: submitter.store.get("corrupt").result, 30, "the corrupt job to fail")
     assert "invalid job spec" in corrupt.reason  # type: ignore[attr-defined]
     assert good.wait(timeout_s=60).row()["answer"] == "OK-9"
