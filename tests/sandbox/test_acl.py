@@ -9,13 +9,9 @@ import pytest
 import redis
 
 from rlm_jobs import keys
-from rlm_jobs.config import Settings
-from rlm_jobs.contexts import put_context
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes import acl
-from rlm_jobs.sandboxes.registry import create_backend
-from rlm_jobs.sandboxes.session import SandboxSession
-from tests.sandbox.conftest import OpenSession, answer_from_text
+from tests.sandbox.conftest import OpenSession
 
 CONTEXT_KEY = keys.context_blob("c" * 64)
 
@@ -141,28 +137,12 @@ def test_model_code_holding_the_runtime_credentials_is_still_confined(
     assert redis_client.get("rlm:job:someone-else") == "secret record"
 
 
-@pytest.fixture(scope="module")
-def protected_redis() -> Iterator[tuple[RedisServer, str]]:
-    """A Redis whose default user has a password, as production must have."""
-    server = RedisServer.start()
-    password = "orchestrator-only-password"
-    admin = redis.Redis(port=server.port)
-    run_command(admin, "ACL", "SETUSER", "default", "on", "resetpass", f">{password}")
-    admin.close()
-    yield server, password
-    server.stop()
-
-
-def test_with_a_protected_default_user_the_socket_gives_nothing_away(
-    protected_redis: tuple[RedisServer, str], backend_name: str
+def test_the_socket_gives_nothing_away_without_the_sandbox_credentials(
+    open_session: OpenSession, redis_client: redis.Redis
 ) -> None:
-    server, password = protected_redis
-    client = redis.Redis(port=server.port, password=password, decode_responses=True)
-    assert not acl.default_user_is_open(client)
-    settings = Settings(sandbox_redis_socket=server.unix_socket, sandbox_start_timeout_s=30)
-    backend = create_backend(settings, backend_name)
-    client.set("rlm:job:someone-else", "secret record")
-    ref = put_context(client, "ctx")
+    # Holds only because the server's default user has a password (see acl.py).
+    assert not acl.default_user_is_open(redis_client)
+    redis_client.set("rlm:job:someone-else", "secret record")
     code = (
         "import gc, redis\n"
         "r = next(o for o in gc.get_objects() if isinstance(o, redis.Redis))\n"
@@ -173,8 +153,6 @@ def test_with_a_protected_default_user_the_socket_gives_nothing_away(
         "except redis.exceptions.AuthenticationError as exc:\n"
         "    print('refused:', type(exc).__name__)\n"
     )
-    with SandboxSession(client, settings, backend, ref, answer_from_text) as session:
-        out: Any = session.run_cell(code, timeout_s=20, max_output_chars=2000)
+    out = open_session().run_cell(code, timeout_s=20, max_output_chars=2000)
     assert out.error is None, out.error
     assert "ALLOWED" not in out.stdout and "refused" in out.stdout
-    client.close()
