@@ -42,8 +42,12 @@ if [ -z "${RLM_JOBS_REDIS_PASSWORD:-}" ]; then
     export RLM_JOBS_REDIS_PASSWORD
 fi
 
-case "${1:-}" in
-    up | build | create | run)
+needs_images=0
+for arg in "$@"; do
+    case "$arg" in up | build | create | run) needs_images=1 ;; esac
+done
+case "$needs_images" in
+    1)
         BASE_IMAGE="$("$HERE/detect-base-image.sh")"
         export BASE_IMAGE
         if ! docker image inspect "${RLM_JOBS_DOCKER_IMAGE:-rlm-jobs-sandbox:latest}" >/dev/null 2>&1; then
