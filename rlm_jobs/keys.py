@@ -15,12 +15,12 @@ SANDBOX_KEY_TTL_S = 3600
 
 
 def context_blob(sha256: str) -> str:
-    """STRING: a context serialised as JSON, content-addressed; TTL refreshed on each use."""
+    """STRING: a context serialised as JSON, content-addressed; TTL renewed on each submit."""
     return f"{PREFIX}:ctx:{sha256}"
 
 
 def job(job_id: str) -> str:
-    """STRING: the job record (spec, status, usage, result, timestamps) as JSON."""
+    """HASH: the job record (spec, status, result, attempts, timestamps; see store.py)."""
     return f"{PREFIX}:job:{job_id}"
 
 
