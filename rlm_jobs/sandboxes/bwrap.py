@@ -145,13 +145,17 @@ def command(
     scratch_bytes: int,
     redis_socket: str | None,
     uid: int | None,
+    seccomp_fd: int | None,
     program: list[str],
 ) -> list[str]:
     """The full argv: bwrap, its options, then (as root) setpriv, then ``program``.
 
     ``uid`` None means we are not root: bwrap makes a user namespace instead.
+    ``seccomp_fd`` is an inherited descriptor holding a BPF program (``seccomp.build``).
     """
     args = [bwrap, "--die-with-parent", "--new-session", "--clearenv"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     if uid is None:
         args += ["--unshare-all", "--unshare-user", "--disable-userns"]
         args += ["--uid", str(NOBODY), "--gid", str(NOBODY)]

@@ -27,7 +27,7 @@ from pathlib import Path
 import sandbox
 from rlm_jobs.config import Settings, child_environment
 from rlm_jobs.errors import ConfigError, SandboxError
-from rlm_jobs.sandboxes import bwrap, cgroups
+from rlm_jobs.sandboxes import bwrap, cgroups, seccomp
 from sandbox.wire import Bootstrap
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ class ProcessBackend:
         self._as_root = os.geteuid() == 0
         self._uids = uids or bwrap.UidPool()
         self._layout: bwrap.PythonLayout | None = None
+        self._seccomp = seccomp.build()
         self._bwrap = bwrap_path or shutil.which("bwrap") or ""
         problem = self._check_isolation()
         if problem is not None:
@@ -216,6 +217,7 @@ class ProcessBackend:
             return f"cannot inspect {self._settings.sandbox_python}: {exc}"
         probe = "import os, socket, sandbox.runtime; print(os.getuid(), socket.if_nameindex())"
         uid = self._uids.acquire() if self._as_root else None
+        filter_fd = self._seccomp_fd()
         try:
             argv = bwrap.command(
                 layout,
@@ -224,6 +226,7 @@ class ProcessBackend:
                 scratch_bytes=MB,
                 redis_socket=None,
                 uid=uid,
+                seccomp_fd=filter_fd,
                 program=["-P", "-s", "-c", probe],
             )
             out = subprocess.run(
@@ -233,12 +236,15 @@ class ProcessBackend:
                 text=True,
                 timeout=bwrap.PROBE_TIMEOUT_S,
                 check=False,
+                pass_fds=() if filter_fd is None else (filter_fd,),
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"bubblewrap self-check failed: {exc}"
         finally:
             if uid is not None:
                 self._uids.release(uid)
+            if filter_fd is not None:
+                os.close(filter_fd)
         if out.returncode != 0:
             return f"bubblewrap self-check failed: {out.stderr.strip()[-500:]}"
         found_uid, _, interfaces = out.stdout.strip().partition(" ")
@@ -249,19 +255,30 @@ class ProcessBackend:
         self._layout = layout
         return None
 
+    def _seccomp_fd(self) -> int | None:
+        """A fresh descriptor holding the filter; bwrap reads it to the end, so one per use."""
+        if self._seccomp is None:
+            return None
+        fd = os.memfd_create("rlm-seccomp", os.MFD_CLOEXEC)
+        os.write(fd, self._seccomp)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
     def launch(self, bootstrap: Bootstrap) -> ProcessSandbox:
         workdir = Path(tempfile.mkdtemp(prefix=f"rlm-sbx-{bootstrap.sandbox_id[:12]}-"))
         groups: cgroups.SandboxCgroups | None = None
         uid: int | None = None
+        filter_fd: int | None = None
         try:
             if self._layout is not None:
                 uid = self._uids.acquire() if self._as_root else None
-                argv, env, cwd, bootstrap = self._isolated_command(bootstrap, uid)
+                filter_fd = self._seccomp_fd()
+                argv, env, cwd, bootstrap = self._isolated_command(bootstrap, uid, filter_fd)
                 if self._use_cgroups:
                     groups = self._cgroups(bootstrap.sandbox_id)
             else:
                 argv, env, cwd = self._plain_command(workdir)
-            popen = self._spawn(argv, env, cwd, workdir, groups)
+            popen = self._spawn(argv, env, cwd, workdir, groups, filter_fd)
         except BaseException:
             if groups is not None:
                 groups.destroy()
@@ -269,6 +286,9 @@ class ProcessBackend:
                 self._uids.release(uid)
             shutil.rmtree(workdir, ignore_errors=True)
             raise
+        finally:
+            if filter_fd is not None:
+                os.close(filter_fd)
         release = None if uid is None else lambda: self._uids.release(uid)
         proc = ProcessSandbox(
             popen, workdir, isolated=self.isolated, groups=groups, release=release
@@ -277,7 +297,7 @@ class ProcessBackend:
         return proc
 
     def _isolated_command(
-        self, boot: Bootstrap, uid: int | None
+        self, boot: Bootstrap, uid: int | None, filter_fd: int | None
     ) -> tuple[list[str], dict[str, str], str, Bootstrap]:
         assert self._layout is not None
         if not boot.redis_unix_socket:
@@ -292,6 +312,7 @@ class ProcessBackend:
             scratch_bytes=self._settings.sandbox_scratch_mb * MB,
             redis_socket=boot.redis_unix_socket,
             uid=uid,
+            seccomp_fd=filter_fd,
             program=RUNTIME,
         )
         inside = boot.model_copy(
@@ -336,6 +357,7 @@ class ProcessBackend:
         cwd: str,
         workdir: Path,
         groups: cgroups.SandboxCgroups | None,
+        filter_fd: int | None,
     ) -> subprocess.Popen[bytes]:
         limits = rlimits(self._settings, self._cpu_s)
         join_fds = groups.open_join_fds() if groups is not None else []
@@ -359,6 +381,7 @@ class ProcessBackend:
                     start_new_session=True,
                     preexec_fn=enter_limits,
                     close_fds=True,
+                    pass_fds=() if filter_fd is None else (filter_fd,),
                 )
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"could not start the sandbox process: {exc}") from exc

@@ -282,3 +282,24 @@ def test_cgroups_are_removed_with_the_sandbox(open_session: OpenSession) -> None
             not Path(f"/proc/{pid}").exists()
             or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
         )
+
+
+def test_no_new_user_namespaces_but_threads_and_processes_work(
+    open_session: OpenSession, neighbour: Any
+) -> None:
+    code = (
+        "import ctypes, os, subprocess, threading\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print('unshare', libc.unshare(0x10000000), os.strerror(ctypes.get_errno()))\n"
+        "print(subprocess.run(['/usr/bin/unshare', '-U', '-r', 'id'], capture_output=True,"
+        " text=True).returncode)\n"
+        "t = threading.Thread(target=print, args=('thread ok',))\n"
+        "t.start()\n"
+        "t.join()\n"
+        "child = subprocess.run(['sh', '-c', 'echo child ok'], capture_output=True, text=True)\n"
+        "print(child.stdout)"
+    )
+    out = run(open_session(), code)
+    assert "unshare -1 Operation not permitted\n1\n" in out.stdout
+    assert "thread ok" in out.stdout and "child ok" in out.stdout
+    neighbour()
