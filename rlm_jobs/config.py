@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     sandbox_redis_socket: str | None = None
     # Address space of one sandbox; 2 GiB holds a 100 MB context with room to work.
     sandbox_memory_mb: int = Field(default=2048, ge=64)
+    # CPUs one sandbox may use: model code is single-threaded Python, one core is plenty.
+    sandbox_cpus: float = Field(default=1.0, gt=0, le=64)
     # Processes one sandbox may run at once: enough for a subprocess, not a fork bomb.
     sandbox_max_processes: int = Field(default=64, ge=1)
     # Largest file a sandbox may write, and the size of its scratch directory.
