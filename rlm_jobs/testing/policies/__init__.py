@@ -42,6 +42,7 @@ POLICIES: dict[str, Policy] = {
         simple.ERRORS,
         simple.SPIN_POLICY,
         simple.CHATTY,
+        simple.EXEC,
     )
 }
 

@@ -5,6 +5,7 @@
 - errors:  every cell raises (max_consecutive_errors).
 - spin:    every cell loops forever (cell and job timeouts).
 - chatty:  like stall, but every reply is thousands of tokens (token and cost caps).
+- exec:    runs the query as code and answers with its output (the security suite).
 """
 
 from __future__ import annotations
@@ -92,3 +93,16 @@ STALL = Policy(name="stall", root=_stall, sub=answer_sub)
 ERRORS = Policy(name="errors", root=_errors, sub=answer_sub)
 SPIN_POLICY = Policy(name="spin", root=_spin, sub=answer_sub)
 CHATTY = Policy(name="chatty", root=_chatty, sub=answer_sub)
+
+
+def _exec(conv: Conversation) -> str:
+    """Runs the query itself as its one cell, then answers with what it printed.
+
+    The security suite uses it to run attack code "written by the model" inside a real job.
+    """
+    if conv.turn == 0:
+        return reply("Running the code I was given.", conv.query)
+    return final_reply("It printed:", conv.last_output or "(no output)")
+
+
+EXEC = Policy(name="exec", root=_exec, sub=answer_sub)
