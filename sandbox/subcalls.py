@@ -1,13 +1,15 @@
 """``llm_query`` & co. inside the sandbox: a request on the wire, a blocking wait for its reply.
 
 Any thread may call them (model code may run its own thread pool). The reader thread hands
-replies to waiters by request id; a waiter also polls the stored copy of its reply now and
-then, because pub/sub may drop a message.
+replies to waiters by request id. Pub/sub may drop a message either way, so a waiter also
+polls the stored copy of its reply now and then, and publishes its request again (same id;
+the host serves each id once) in case the host never saw it.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -15,6 +17,8 @@ from sandbox.wire import Slot, SubcallReply, SubcallRequest, ToSandbox, new_id
 
 # Pub/sub loss is rare, so the stored copy is checked only this often.
 REPLY_POLL_S = 1.0
+# An unanswered request is published again this often; sub-calls often take longer.
+RESEND_S = 5.0
 
 
 class _Waiter:
@@ -60,11 +64,15 @@ class SubcallClient:
             self._waiters[request.id] = waiter
         try:
             self._send(request)
+            next_resend = time.monotonic() + RESEND_S
             while not waiter.event.wait(REPLY_POLL_S):
                 stored = self._fetch_reply(request.id)
                 if isinstance(stored, SubcallReply):
                     waiter.slots = stored.results
                     break
+                if time.monotonic() >= next_resend:
+                    next_resend = time.monotonic() + RESEND_S
+                    self._send(request)
         finally:
             with self._lock:
                 self._waiters.pop(request.id, None)

@@ -126,6 +126,25 @@ class SandboxCgroups:
                     time.sleep(0.01)
 
 
+def remove_stale(min_age_s: float = 300.0) -> int:
+    """Remove empty sandbox cgroups left by an orchestrator that died; returns how many.
+
+    Only empty ones can be removed at all, and only old ones are tried, so a cgroup that
+    another orchestrator has just made and not yet moved its child into is left alone.
+    """
+    removed = 0
+    now = time.time()
+    for path in _own_paths().values():
+        for group in path.glob("rlm-sbx-*"):
+            try:
+                if now - group.stat().st_ctime >= min_age_s and not _pids(group):
+                    group.rmdir()
+                    removed += 1
+            except OSError:
+                continue
+    return removed
+
+
 def _pids(path: Path) -> list[int]:
     try:
         return [int(p) for p in (path / "cgroup.procs").read_text().split()]

@@ -6,8 +6,9 @@ the bootstrap on stdin, which is then closed. Isolation (``rlm_jobs.sandboxes.bw
 network, a minimal read-only filesystem, a size-limited tmpfs scratch, an unprivileged uid.
 If bubblewrap is missing or fails its self-check, the backend refuses to start unless
 ``sandbox_allow_unsafe`` is set; then it warns and runs plain child processes with rlimits
-only. The runtime's own stdout/stderr go to a log file outside the sandbox; its tail
-explains a crash in ``describe_exit``.
+only. The runtime's own stdout/stderr go to a pipe whose last
+few KB are kept in memory (never on disk, which model code could fill); that tail explains a
+crash in ``describe_exit``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import sandbox
 from rlm_jobs.config import Settings, child_environment
@@ -63,13 +65,33 @@ def rlimits(settings: Settings, cpu_s: int) -> list[tuple[int, int]]:
     ]
 
 
+class _OutputTail:
+    """Drains the child's stdout/stderr pipe, keeping only the end of it."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        self._pipe = pipe
+        self._tail = b""
+        self._thread = threading.Thread(target=self._drain, name="rlm-sandbox-log", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        with self._pipe:
+            while chunk := os.read(self._pipe.fileno(), 65536):
+                self._tail = (self._tail + chunk)[-LOG_TAIL_BYTES:]
+
+    def text(self, wait_s: float = 0.0) -> str:
+        """The tail; ``wait_s`` lets a just-dead process's last words arrive."""
+        self._thread.join(wait_s)
+        return self._tail.decode("utf-8", "replace")
+
+
 class ProcessSandbox:
     """A started runtime process; ``kill`` reaps it and releases everything it held."""
 
     def __init__(
         self,
         popen: subprocess.Popen[bytes],
-        workdir: Path,
+        workdir: Path | None,
         *,
         isolated: bool,
         groups: cgroups.SandboxCgroups | None,
@@ -77,7 +99,8 @@ class ProcessSandbox:
     ) -> None:
         self._popen = popen
         self._workdir = workdir
-        self._log_path = workdir / "runtime.log"
+        assert popen.stdout is not None
+        self._output = _OutputTail(popen.stdout)
         self._isolated = isolated
         self._groups = groups
         self._release = release
@@ -113,8 +136,9 @@ class ProcessSandbox:
                 self._oom_kills = self._groups.oom_kills()
                 self._pids_refused = self._groups.pids_refused()
                 self._groups.destroy()
-            self._log_tail = self._read_log_tail()
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._log_tail = self._output.text(wait_s=1.0)
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
             if self._release is not None:
                 self._release()
             self._released = True
@@ -138,20 +162,11 @@ class ProcessSandbox:
                 how += " (its CPU-time limit ran out)"
         else:
             how = f"exited with code {code}"
-        tail = (self._log_tail if self._released else self._read_log_tail()).strip()
+        tail = (self._log_tail if self._released else self._output.text(wait_s=0.5)).strip()
         return f"{how}; runtime log: {tail!r}" if tail else how
 
     def _current_oom_kills(self) -> int:
         return self._groups.oom_kills() if self._groups is not None else 0
-
-    def _read_log_tail(self) -> str:
-        try:
-            with self._log_path.open("rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
 
 
 class ProcessBackend:
@@ -190,6 +205,8 @@ class ProcessBackend:
                 problem,
             )
         self._use_cgroups = self._layout is not None and cgroups.available()
+        if self._use_cgroups:
+            cgroups.remove_stale()
         if self._layout is not None and not self._use_cgroups:
             log.warning(
                 "cgroup v1 memory/pids/cpu controllers are not writable here; sandboxes get "
@@ -265,7 +282,7 @@ class ProcessBackend:
         return fd
 
     def launch(self, bootstrap: Bootstrap) -> ProcessSandbox:
-        workdir = Path(tempfile.mkdtemp(prefix=f"rlm-sbx-{bootstrap.sandbox_id[:12]}-"))
+        workdir: Path | None = None
         groups: cgroups.SandboxCgroups | None = None
         uid: int | None = None
         filter_fd: int | None = None
@@ -277,14 +294,16 @@ class ProcessBackend:
                 if self._use_cgroups:
                     groups = self._cgroups(bootstrap.sandbox_id)
             else:
+                workdir = Path(tempfile.mkdtemp(prefix=f"rlm-sbx-{bootstrap.sandbox_id[:12]}-"))
                 argv, env, cwd = self._plain_command(workdir)
-            popen = self._spawn(argv, env, cwd, workdir, groups, filter_fd)
+            popen = self._spawn(argv, env, cwd, groups, filter_fd)
         except BaseException:
             if groups is not None:
                 groups.destroy()
             if uid is not None:
                 self._uids.release(uid)
-            shutil.rmtree(workdir, ignore_errors=True)
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
             raise
         finally:
             if filter_fd is not None:
@@ -355,7 +374,6 @@ class ProcessBackend:
         argv: list[str],
         env: dict[str, str],
         cwd: str,
-        workdir: Path,
         groups: cgroups.SandboxCgroups | None,
         filter_fd: int | None,
     ) -> subprocess.Popen[bytes]:
@@ -370,19 +388,18 @@ class ProcessBackend:
                 resource.setrlimit(which, (value, value))
 
         try:
-            with (workdir / "runtime.log").open("wb") as log_file:
-                return subprocess.Popen(
-                    argv,
-                    stdin=subprocess.PIPE,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    cwd=cwd,
-                    env=env,
-                    start_new_session=True,
-                    preexec_fn=enter_limits,
-                    close_fds=True,
-                    pass_fds=() if filter_fd is None else (filter_fd,),
-                )
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                preexec_fn=enter_limits,
+                close_fds=True,
+                pass_fds=() if filter_fd is None else (filter_fd,),
+            )
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"could not start the sandbox process: {exc}") from exc
         finally:

@@ -64,6 +64,8 @@ class _Sandbox:
     id: str
     sub: Subscription
     process: SandboxProcess | None = None
+    # Request ids already being served: the runtime re-sends a request it got no answer to.
+    requests_seen: set[str] = field(default_factory=set)
     prefix: str = field(init=False)
     channel_in: str = field(init=False)
 
@@ -369,7 +371,8 @@ class SandboxSession:
             return None
         if isinstance(msg, wire.CellResult):
             return msg if msg.reply_to == request_id else None
-        if isinstance(msg, wire.SubcallRequest):
+        if isinstance(msg, wire.SubcallRequest) and msg.id not in sbx.requests_seen:
+            sbx.requests_seen.add(msg.id)
             self._pool.submit(self._serve_subcall, sbx, msg)
         elif isinstance(msg, wire.Fatal):
             notes.append(f"[host] the sandbox reported a fatal error: {msg.message}")

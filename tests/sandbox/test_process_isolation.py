@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -303,3 +306,59 @@ def test_no_new_user_namespaces_but_threads_and_processes_work(
     assert "unshare -1 Operation not permitted\n1\n" in out.stdout
     assert "thread ok" in out.stdout and "child ok" in out.stdout
     neighbour()
+
+
+ORCHESTRATOR = """
+import json, sys
+import redis
+from rlm_jobs.config import Settings
+from rlm_jobs.contexts import put_context
+from rlm_jobs.sandboxes.process import ProcessBackend
+from rlm_jobs.sandboxes.session import SandboxSession
+from tests.sandbox.conftest import answer_from_text
+
+client = redis.Redis.from_url(sys.argv[1])
+settings = Settings(sandbox_redis_socket=sys.argv[2])
+ref = put_context(client, "x")
+session = SandboxSession(client, settings, ProcessBackend(settings), ref, answer_from_text)
+print(json.dumps({"id": session.sandbox_id}), flush=True)
+sys.stdin.read()
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sandboxes_die_with_their_orchestrator(redis_server: RedisServer) -> None:
+    if not os.access("/sys/fs/cgroup/pids", os.W_OK):
+        pytest.skip("needs cgroups to find the sandbox's processes")
+    repo = Path(__file__).resolve().parents[2]
+    with subprocess.Popen(
+        [sys.executable, "-c", ORCHESTRATOR, redis_server.url, redis_server.unix_socket],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    ) as orchestrator:
+        assert orchestrator.stdout is not None
+        sandbox_id = json.loads(orchestrator.stdout.readline())["id"]
+        groups = list(Path("/sys/fs/cgroup").glob(f"*/**/rlm-sbx-{sandbox_id}"))
+        pids_dir = next(p for p in groups if p.parts[4] == "pids")
+        members = [int(p) for p in (pids_dir / "cgroup.procs").read_text().split()]
+        assert members and all(_running(pid) for pid in members)
+        orchestrator.kill()
+    try:
+        assert wait_for(lambda: not any(_running(pid) for pid in members), timeout_s=10)
+    finally:
+        # A dead orchestrator cannot remove its cgroups; the next one's remove_stale would.
+        for group in groups:
+            _remove_when_empty(group)
+
+
+def _remove_when_empty(group: Path) -> None:
+    wait_for(lambda: not (group / "cgroup.procs").read_text().split(), timeout_s=5)
+    group.rmdir()

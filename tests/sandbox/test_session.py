@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ from rlm_jobs import keys
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import SandboxError
 from rlm_jobs.models import ContextRef
+from rlm_jobs.sandboxes import acl
+from rlm_jobs.sandboxes.hub import hub_for
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.session import SandboxSession, open_repl_factory
 from sandbox import wire
@@ -145,3 +148,44 @@ def test_open_repl_factory_opens_working_sessions(
     finally:
         repl.close()
     assert sandbox_leftovers(redis_client) == ([], [])
+
+
+def test_the_runtime_exits_when_it_loses_redis(
+    open_session: OpenSession, redis_client: redis.Redis
+) -> None:
+    session = open_session()
+    process = session.process
+    assert process is not None
+    # Deleting its user disconnects the runtime and makes every reconnect fail.
+    acl.delete_user(redis_client, session.sandbox_id or "")
+    assert wait_for(lambda: not process.alive(), timeout_s=20)
+    session.close()
+
+
+def test_concurrent_sessions_share_one_pubsub_connection(
+    open_session: OpenSession, redis_client: redis.Redis
+) -> None:
+    with ThreadPoolExecutor(6) as pool:
+        sessions = list(pool.map(lambda i: open_session(f"context {i}"), range(6)))
+        outs = list(pool.map(lambda s: run(s, "print(context, llm_query('x'))"), sessions))
+    assert [o.stdout for o in outs] == [f"context {i} llm/default: X\n" for i in range(6)]
+    assert hub_for(redis_client).subscriptions == 6
+    listeners = [
+        c for c in redis_client.client_list() if c["user"] == "default" and int(c["sub"]) > 0
+    ]
+    assert len(listeners) == 1
+    for session in sessions:
+        session.close()
+    assert hub_for(redis_client).subscriptions == 0
+
+
+def test_a_dropped_hub_connection_is_survived(
+    open_session: OpenSession, redis_client: redis.Redis
+) -> None:
+    session = open_session()
+    assert run(session, "x = 1").error is None
+    kill = ("CLIENT", "KILL", "TYPE", "pubsub", "USER", "default")
+    killed = redis_client.execute_command(*kill)  # type: ignore[no-untyped-call]
+    assert killed == 1
+    out = run(session, "print(x, llm_query('after'))")
+    assert out.stdout == "1 llm/default: AFTER\n"
