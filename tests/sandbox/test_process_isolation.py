@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from rlm_jobs.config import Settings
+from rlm_jobs.contexts import put_context
 from rlm_jobs.errors import ConfigError
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.process import ProcessBackend
-from tests.sandbox.conftest import OpenSession, wait_for
+from rlm_jobs.sandboxes.session import SandboxSession
+from tests.sandbox.conftest import OpenSession, answer_from_text, wait_for
 
 
 @pytest.fixture
@@ -259,12 +262,24 @@ def test_without_bubblewrap_the_backend_refuses_to_start(settings: Settings) -> 
 
 
 def test_unsafe_mode_must_be_asked_for_and_is_logged(
-    settings: Settings, caplog: pytest.LogCaptureFixture
+    settings: Settings,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-orchestrator-secret")
     unsafe = settings.model_copy(update={"sandbox_allow_unsafe": True})
     backend = ProcessBackend(unsafe, bwrap_path="/nonexistent/bwrap")
     assert not backend.isolated
     assert "UNSAFE SANDBOX" in caplog.text
+    ref = put_context(redis_client, "plain")
+    with SandboxSession(redis_client, unsafe, backend, ref, answer_from_text) as session:
+        out = run(
+            session, "import os\nprint(context, llm_query('q'), 'OPENAI_API_KEY' in os.environ)"
+        )
+        assert out.stdout == "plain llm/default: Q False\n"
+        died = run(session, "os._exit(4)")
+        assert died.sandbox_replaced and died.error and "exited with code 4" in died.error
 
 
 def test_cgroups_are_removed_with_the_sandbox(open_session: OpenSession) -> None:
@@ -313,7 +328,9 @@ import json, sys
 import redis
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
+from rlm_jobs.contexts import put_context
 from rlm_jobs.sandboxes.process import ProcessBackend
+from rlm_jobs.sandboxes.session import SandboxSession
 from rlm_jobs.sandboxes.session import SandboxSession
 from tests.sandbox.conftest import answer_from_text
 

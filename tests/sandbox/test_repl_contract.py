@@ -53,6 +53,11 @@ def test_long_output_is_cut_with_a_note_saying_how_much(open_session: OpenSessio
     assert out.stderr == "e" * 300
 
 
+def test_a_large_result_travels_by_reference(open_session: OpenSession) -> None:
+    out = run(open_session(), "print('y' * 150_000)", limit=200_000)  # > the 64 KB inline limit
+    assert out.stdout == "y" * 150_000 + "\n"
+
+
 def test_print_loops_do_not_grow_memory_or_time(open_session: OpenSession) -> None:
     out = run(open_session(), "for i in range(200_000):\n    print(i)", limit=100)
     assert "more characters were cut" in out.stdout
