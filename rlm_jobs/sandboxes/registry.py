@@ -14,7 +14,7 @@ BackendFactory = Callable[[Settings], SandboxBackend]
 def _process(settings: Settings) -> SandboxBackend:
     from rlm_jobs.sandboxes.process import ProcessBackend
 
-    return ProcessBackend(settings)
+    return ProcessBackend(settings, cpus=settings.sandbox_cpus)
 
 
 def _docker(settings: Settings) -> SandboxBackend:
@@ -25,7 +25,7 @@ def _docker(settings: Settings) -> SandboxBackend:
             f"the docker sandbox backend is unavailable ({exc}); install it with "
             "pip install 'docker>=7' and build the sandbox image"
         ) from exc
-    backend: SandboxBackend = DockerBackend(settings)
+    backend: SandboxBackend = DockerBackend(settings, cpus=settings.sandbox_cpus)
     return backend
 
 
