@@ -104,6 +104,19 @@ def sandbox_message(sandbox_id: str, message_id: str) -> str:
     return f"{sandbox_prefix(sandbox_id)}msg:{message_id}"
 
 
+def sandbox_alive(sandbox_id: str) -> str:
+    """STRING with a short TTL, refreshed by the process that owns the sandbox.
+
+    Outside ``sandbox_prefix`` on purpose: the sandbox must not be able to keep it alive.
+    Its absence marks the sandbox's ACL user as left behind by a dead orchestrator.
+    """
+    return f"{PREFIX}:sbx-alive:{sandbox_id}"
+
+
 def sandbox_user(sandbox_id: str) -> str:
     """ACL user name of a sandbox; deleted when the sandbox ends."""
-    return f"rlm-sbx-{sandbox_id}"
+    return f"{SANDBOX_USER_PREFIX}{sandbox_id}"
+
+
+# Every sandbox's ACL user name starts with this; the stale-user sweep looks for it.
+SANDBOX_USER_PREFIX = "rlm-sbx-"

@@ -11,6 +11,7 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes import acl
+from rlm_jobs.sandboxes.janitor import janitor_for
 from tests.sandbox.conftest import OpenSession
 
 CONTEXT_KEY = keys.context_blob("c" * 64)
@@ -99,6 +100,7 @@ def test_the_runtime_needs_no_command_outside_its_acl(
     out = session.run_cell("print(llm_query('q'))\nFINAL('x')", timeout_s=20, max_output_chars=1000)
     assert out.final == "x"
     session.close()
+    janitor_for(redis_client).drain(30)
     denied = run_command(redis_client, "ACL", "LOG")
     assert denied == [], denied
 

@@ -74,8 +74,9 @@ def test_close_after_an_exception_leaves_nothing_behind(
     with pytest.raises(RuntimeError), session:
         run(session, "print(llm_query('x'))")
         raise RuntimeError("the loop failed")
-    assert process is not None and not process.alive()
-    assert sandbox_leftovers(redis_client) == ([], [])
+    # Teardown runs in the background after close().
+    assert process is not None and wait_for(lambda: not process.alive())
+    assert wait_for(lambda: sandbox_leftovers(redis_client) == ([], []))
     session.close()  # twice is fine
     with pytest.raises(SandboxError):
         run(session, "1")
@@ -147,7 +148,7 @@ def test_open_repl_factory_opens_working_sessions(
         assert out.stdout == "['a', 'b'] llm/default: Q\n"
     finally:
         repl.close()
-    assert sandbox_leftovers(redis_client) == ([], [])
+    assert wait_for(lambda: sandbox_leftovers(redis_client) == ([], []))
 
 
 def test_the_runtime_exits_when_it_loses_redis(
@@ -176,7 +177,8 @@ def test_concurrent_sessions_share_one_pubsub_connection(
     assert len(listeners) == 1
     for session in sessions:
         session.close()
-    assert hub_for(redis_client).subscriptions == 0
+    # Teardown (which unsubscribes) runs in the background after close().
+    assert wait_for(lambda: hub_for(redis_client).subscriptions == 0)
 
 
 def test_a_dropped_hub_connection_is_survived(
