@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     sandbox_scratch_mb: int = Field(default=256, ge=1)
     # Seconds a sandbox gets to connect, load its context and say ready.
     sandbox_start_timeout_s: float = Field(default=60.0, gt=0)
+    # Sandboxes kept started per orchestrator process: hides the ~1 s start of the next
+    # job or two while costing only two idle runtimes' memory; 0 starts each on demand.
+    sandbox_pool_size: int = Field(default=2, ge=0, le=64)
     # Process backend only: run without an isolation layer (namespaces, unprivileged uid).
     sandbox_allow_unsafe: bool = False
     docker_image: str = "rlm-jobs-sandbox:latest"

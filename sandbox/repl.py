@@ -74,6 +74,11 @@ class Repl:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.namespace.update(self._reserved)
 
+    def set_context(self, context: Any) -> None:
+        """Give a REPL started without its job's context (a pooled sandbox) the context."""
+        self._reserved["context"] = context
+        self.namespace["context"] = context
+
     # ---- names the model calls -----------------------------------------------------------
 
     def _show_vars(self) -> str:

@@ -2,8 +2,10 @@
 
 Startup: read one ``Bootstrap`` JSON line from stdin (never argv or env, so the password
 stays out of process listings), connect to Redis, SUBSCRIBE to the input channel and wait
-for the confirmation, load ``context``, then publish ``Ready``. Only now can the host's
-first message not be lost.
+for the confirmation, load ``context`` if the bootstrap names one, then publish ``Ready``.
+Only now can the host's first message not be lost. A sandbox started ahead of demand (a
+pool's) has no context yet: ``LoadContext`` gives it one, answered by ``ContextLoaded``, or
+by ``Fatal`` and exit when the context cannot be read.
 
 Threads: the main thread runs cells (so SIGALRM can interrupt them); a reader thread takes
 pub/sub messages and routes them (cells to the main thread, sub-call replies to their
@@ -77,7 +79,7 @@ class Runtime:
         self.boot = boot
         self.redis = client
         self._seq = itertools.count()
-        self._inbox: queue.Queue[wire.ExecCell | wire.Shutdown] = queue.Queue()
+        self._inbox: queue.Queue[wire.ExecCell | wire.Shutdown | wire.LoadContext] = queue.Queue()
         self._busy = False
         self._seen_exec: set[str] = set()
         self._protocol_notes: list[str] = []
@@ -110,14 +112,19 @@ class Runtime:
                 return pubsub
         raise TimeoutError("Redis never confirmed the subscription")
 
-    def load_context(self) -> Any:
+    def load_context(self, key: str) -> tuple[Any, int]:
+        """The context stored under ``key`` and its size in bytes."""
         started = time.monotonic()
-        blob = self.redis.get(self.boot.context_key)
+        blob = self.redis.get(key)
         if blob is None:
-            raise LookupError(f"context {self.boot.context_key} is not in Redis")
+            raise LookupError(f"context {key} is not in Redis")
         value = json.loads(blob)
         log(f"context loaded: {len(blob):,} bytes in {time.monotonic() - started:.2f} s")
-        return value
+        return value, len(blob)
+
+    def send_fatal(self, message: str) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.send(wire.Fatal(seq=self.next_seq(), id=wire.new_id(), message=message[:2000]))
 
     # ---- threads -------------------------------------------------------------------------
 
@@ -144,6 +151,8 @@ class Runtime:
             if msg.id not in self._seen_exec:  # a resent cell must not run twice
                 self._seen_exec.add(msg.id)
                 self._inbox.put(msg)
+        elif isinstance(msg, wire.LoadContext):
+            self._inbox.put(msg)
         else:
             self._inbox.put(msg)
             if self._busy:  # a cell that will not end must not delay shutdown
@@ -195,12 +204,28 @@ class Runtime:
 
     # ---- main loop -----------------------------------------------------------------------
 
-    def serve(self, repl: Repl) -> None:
+    def serve(self, repl: Repl) -> int:
+        """Run messages in order until shutdown; returns the exit code."""
         while True:
             msg = self._inbox.get()
             if isinstance(msg, wire.Shutdown):
                 log("shutdown")
-                return
+                return 0
+            if isinstance(msg, wire.LoadContext):
+                try:
+                    context, size = self.load_context(msg.context_key)
+                except (redis.RedisError, LookupError, ValueError, MemoryError) as exc:
+                    log(f"cannot load the context: {exc!r}")
+                    self.send_fatal(f"could not load the context: {exc!r}")
+                    return EXIT_FATAL
+                repl.set_context(context)
+                del context
+                self.send(
+                    wire.ContextLoaded(
+                        seq=self.next_seq(), id=wire.new_id(), reply_to=msg.id, size_bytes=size
+                    )
+                )
+                continue
             self._busy = True
             try:
                 run = repl.run(
@@ -256,30 +281,24 @@ def main() -> int:
     sys.stdin = open(os.devnull)  # noqa: SIM115 - model code's input() gets EOF for good
     client = connect(boot)
     runtime = Runtime(boot, client)
+    context: Any = None
     try:
         pubsub = runtime.subscribe()
-        context = runtime.load_context()
+        if boot.context_key is not None:
+            context, _ = runtime.load_context(boot.context_key)
     except (redis.RedisError, TimeoutError) as exc:
         log(f"cannot start: {exc}")
         return EXIT_REDIS_LOST
     except (LookupError, ValueError, MemoryError) as exc:
         log(f"cannot load the context: {exc!r}")
-        with contextlib.suppress(redis.RedisError):
-            runtime.send(
-                wire.Fatal(
-                    seq=runtime.next_seq(),
-                    id=wire.new_id(),
-                    message=f"could not load the context: {exc!r}"[:2000],
-                )
-            )
+        runtime.send_fatal(f"could not load the context: {exc!r}")
         return EXIT_FATAL
     repl = Repl(context, make_functions(runtime.subcalls))
     del context
     threading.Thread(target=runtime.read_forever, args=(pubsub,), daemon=True).start()
     threading.Thread(target=runtime.heartbeat_forever, daemon=True).start()
     runtime.send(wire.Ready(seq=runtime.next_seq(), id=wire.new_id(), pid=os.getpid()))
-    runtime.serve(repl)
-    return 0
+    return runtime.serve(repl)
 
 
 if __name__ == "__main__":

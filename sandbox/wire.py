@@ -63,6 +63,16 @@ class Shutdown(_Msg):
     type: Literal["shutdown"] = "shutdown"
 
 
+class LoadContext(_Msg):
+    """Load ``context`` from this key (a pooled sandbox gets its job this way).
+
+    The host grants the sandbox's ACL user read access to the key first.
+    """
+
+    type: Literal["load_context"] = "load_context"
+    context_key: str = Field(min_length=1, max_length=256)
+
+
 # ---- sandbox -> orchestrator ------------------------------------------------------------
 
 
@@ -84,6 +94,12 @@ class CellResult(_Msg):
     duration_s: float = 0.0
 
 
+class ContextLoaded(_Msg):
+    type: Literal["context_loaded"] = "context_loaded"
+    reply_to: str
+    size_bytes: int = Field(ge=0)
+
+
 class SubcallRequest(_Msg):
     type: Literal["subcall_request"] = "subcall_request"
     kind: Literal["llm", "rlm"]
@@ -102,9 +118,10 @@ class Fatal(_Msg):
     message: str
 
 
-ToSandbox = Annotated[ExecCell | SubcallReply | Shutdown, Field(discriminator="type")]
+ToSandbox = Annotated[ExecCell | SubcallReply | Shutdown | LoadContext, Field(discriminator="type")]
 ToHost = Annotated[
-    Ready | CellResult | SubcallRequest | Heartbeat | Fatal, Field(discriminator="type")
+    Ready | CellResult | ContextLoaded | SubcallRequest | Heartbeat | Fatal,
+    Field(discriminator="type"),
 ]
 TO_SANDBOX: TypeAdapter[ToSandbox] = TypeAdapter(ToSandbox)
 TO_HOST: TypeAdapter[ToHost] = TypeAdapter(ToHost)
@@ -124,7 +141,9 @@ class Bootstrap(BaseModel):
     channel_in: str
     channel_out: str
     message_key_prefix: str
-    context_key: str
+    # Loaded before Ready when given; a pooled sandbox starts without one and waits for
+    # LoadContext (its ACL user cannot read any context until then).
+    context_key: str | None = None
     heartbeat_s: float = Field(default=5.0, gt=0)
 
 

@@ -20,6 +20,8 @@ from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
 from rlm_jobs.engine import Engine
 from rlm_jobs.sandboxes.base import ReplFactory
+from rlm_jobs.sandboxes.pool import SandboxPool
+from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.session import open_repl_factory
 from rlm_jobs.store import Store
 from workers.dispatcher import CeleryDispatcher
@@ -55,6 +57,7 @@ class WorkerRuntime:
         self._engine: Engine | None = None
         self._collector: ReplyCollector | None = None
         self._repl_factory: ReplFactory | None = None
+        self._sandbox_pool: SandboxPool | None = None
 
     def engine(self) -> Engine:
         """The orchestrator's engine; its reply collector starts with the first job."""
@@ -65,10 +68,14 @@ class WorkerRuntime:
                 blocking = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30)
                 self._collector = ReplyCollector(blocking, self.worker_id.replace(":", "-"))
                 client = self.redis
+                # Started with the first job, in the process that runs jobs (after any fork).
+                self._sandbox_pool = SandboxPool(
+                    client, self.settings, create_backend(self.settings)
+                )
                 self._engine = Engine(
                     router=self.router,
                     dispatcher=CeleryDispatcher(self.app, client, self._collector),
-                    repl_factory=open_repl_factory(client, self.settings),
+                    repl_factory=open_repl_factory(client, self.settings, pool=self._sandbox_pool),
                     store_context=lambda value: put_context(client, value),
                     max_output_tokens=self.settings.max_output_tokens,
                     child_concurrency=self.settings.child_concurrency,
@@ -77,6 +84,8 @@ class WorkerRuntime:
             return self._engine
 
     def close(self) -> None:
+        if self._sandbox_pool is not None:
+            self._sandbox_pool.close()  # ends its sandboxes and waits for queued teardowns
         if self._engine is not None:
             self._engine.dispatcher.close()
         self.router.close()

@@ -23,8 +23,12 @@ from rlm_jobs.errors import ConfigError, SandboxError
 SANDBOX_COMMANDS = ("subscribe", "publish", "get", "set")
 
 
-def create_user(client: redis.Redis, sandbox_id: str, context_key: str) -> str:
-    """Create the sandbox's user and return its password (kept only in the bootstrap)."""
+def create_user(client: redis.Redis, sandbox_id: str, context_key: str | None) -> str:
+    """Create the sandbox's user and return its password (kept only in the bootstrap).
+
+    Without ``context_key`` (a pooled sandbox) the user can read no context until
+    ``grant_context`` gives it its job's.
+    """
     password = secrets.token_urlsafe(32)
     prefix = keys.sandbox_prefix(sandbox_id)
     rules = [
@@ -32,7 +36,7 @@ def create_user(client: redis.Redis, sandbox_id: str, context_key: str) -> str:
         "on",
         "#" + hashlib.sha256(password.encode()).hexdigest(),
         f"~{prefix}*",
-        f"%R~{context_key}",
+        *([f"%R~{context_key}"] if context_key is not None else []),
         f"&{prefix}*",
         "-@all",
         *(f"+{c}" for c in SANDBOX_COMMANDS),
@@ -49,6 +53,16 @@ def create_user(client: redis.Redis, sandbox_id: str, context_key: str) -> str:
     except redis.RedisError as exc:
         raise SandboxError(f"could not create the sandbox's ACL user: {exc}") from exc
     return password
+
+
+def grant_context(client: redis.Redis, sandbox_id: str, context_key: str) -> None:
+    """Let the sandbox read one context blob (read-only); its other rules stay."""
+    try:
+        client.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "SETUSER", keys.sandbox_user(sandbox_id), f"%R~{context_key}"
+        )
+    except redis.RedisError as exc:
+        raise SandboxError(f"could not grant the sandbox its context: {exc}") from exc
 
 
 def delete_user(client: redis.Redis, sandbox_id: str) -> None:

@@ -10,20 +10,17 @@ reloaded, variables gone) takes its place, and the outcome says so.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import redis
 from pydantic import BaseModel, ValidationError
 
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
-from rlm_jobs.errors import ConfigError, SandboxError, SandboxTimeout
+from rlm_jobs.errors import SandboxError
 from rlm_jobs.models import ContextRef
 from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.base import (
@@ -34,8 +31,10 @@ from rlm_jobs.sandboxes.base import (
     SandboxProcess,
     SubcallHandler,
 )
-from rlm_jobs.sandboxes.hub import PubSubHub, Subscription, hub_for
-from rlm_jobs.sandboxes.janitor import Janitor, janitor_for
+from rlm_jobs.sandboxes.hub import PubSubHub
+from rlm_jobs.sandboxes.janitor import Janitor
+from rlm_jobs.sandboxes.lifecycle import Launcher, LiveSandbox
+from rlm_jobs.sandboxes.pool import SandboxPool
 from sandbox import wire
 
 log = logging.getLogger(__name__)
@@ -46,8 +45,6 @@ HARD_DEADLINE_GRACE_S = 5.0
 LIVENESS_CHECK_S = 0.5
 # How often a waiting host reads the stored copy of the result, in case pub/sub lost it.
 STORED_REPLY_POLL_S = 1.0
-# A runtime asked to shut down gets this long before it is killed.
-SHUTDOWN_WAIT_S = 1.0
 # Sub-call requests of one sandbox served at once; a batch is one request.
 SUBCALL_THREADS = 16
 
@@ -58,21 +55,6 @@ REPLACED_NOTE = (
     "FINAL, FINAL_VAR and `answer` are available again, but every variable, import and "
     "function defined in earlier cells is gone: recompute what you still need."
 )
-
-
-@dataclass
-class _Sandbox:
-    id: str
-    sub: Subscription
-    process: SandboxProcess | None = None
-    # Request ids already being served: the runtime re-sends a request it got no answer to.
-    requests_seen: set[str] = field(default_factory=set)
-    prefix: str = field(init=False)
-    channel_in: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.prefix = keys.sandbox_message(self.id, "")
-        self.channel_in = keys.sandbox_to_sandbox(self.id)
 
 
 class SandboxSession:
@@ -88,26 +70,30 @@ class SandboxSession:
         *,
         hub: PubSubHub | None = None,
         janitor: Janitor | None = None,
+        pool: SandboxPool | None = None,
         grace_s: float = HARD_DEADLINE_GRACE_S,
         heartbeat_s: float = 5.0,
     ) -> None:
         self._client = client
         self._settings = settings
-        self._backend = backend
         self._context = context
         self._handler = handler
-        self._hub = hub or hub_for(client)
-        self._janitor = janitor or janitor_for(client)
+        self._launcher = Launcher(
+            client, settings, backend, hub=hub, janitor=janitor, heartbeat_s=heartbeat_s
+        )
+        # A pooled sandbox heartbeats at the pool's rate; a session asking for another
+        # rate (tests do) starts its own.
+        usable = pool is not None and pool.backend is backend and pool.heartbeat_s == heartbeat_s
+        self._sandbox_pool = pool if usable else None
         self.grace_s = grace_s
-        self._heartbeat_s = heartbeat_s
-        self._seq = itertools.count()
         self._closed = False
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(SUBCALL_THREADS, thread_name_prefix="rlm-subcall")
-        self._redis_address = _redis_address(client, settings)
         _warn_if_default_user_open(client)
         self.start_duration_s = 0.0
-        self._sbx: _Sandbox | None = None
+        # Whether the current sandbox came ready-made from the pool.
+        self.from_pool = False
+        self._sbx: LiveSandbox | None = None
         try:
             self._sbx = self._start()
         except BaseException:
@@ -131,7 +117,7 @@ class SandboxSession:
         if self._closed or sbx is None:
             raise SandboxError("the sandbox session is closed or has no live sandbox")
         request = wire.ExecCell(
-            seq=self._next_seq(),
+            seq=sbx.next_seq(),
             id=wire.new_id(),
             code=code,
             timeout_s=timeout_s,
@@ -183,7 +169,7 @@ class SandboxSession:
             sbx, self._sbx = self._sbx, None
         try:
             if sbx is not None:
-                self._janitor.submit(lambda: self._shutdown(sbx))
+                self._launcher.teardown_later(sbx)
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -195,84 +181,62 @@ class SandboxSession:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    def _start(self) -> _Sandbox:
+    def _start(self) -> LiveSandbox:
         if self._closed:
             raise SandboxError("the sandbox session is closed")
         started = time.monotonic()
-        sandbox_id = wire.new_id()
         context_key = keys.context_blob(self._context.sha256)
-        sbx: _Sandbox | None = None
-        try:
-            self._janitor.mark_alive(sandbox_id)
-            password = acl.create_user(self._client, sandbox_id, context_key)
-            sbx = _Sandbox(sandbox_id, self._hub.subscribe(keys.sandbox_to_host(sandbox_id)))
-            socket_path, host, port = self._redis_address
-            bootstrap = wire.Bootstrap(
-                sandbox_id=sandbox_id,
-                redis_unix_socket=socket_path,
-                redis_host=host,
-                redis_port=port,
-                username=keys.sandbox_user(sandbox_id),
-                password=password,
-                channel_in=sbx.channel_in,
-                channel_out=keys.sandbox_to_host(sandbox_id),
-                message_key_prefix=sbx.prefix,
-                context_key=context_key,
-                heartbeat_s=self._heartbeat_s,
-            )
-            sbx.process = self._backend.launch(bootstrap)
-            self._await_ready(sbx)
-        except BaseException:
-            self._teardown(sandbox_id, sbx)
-            raise
+        sbx = self._from_pool(context_key)
+        self.from_pool = sbx is not None
+        if sbx is None:
+            sbx = self._launcher.start(context_key)
         self.start_duration_s = time.monotonic() - started
-        log.debug("sandbox %s ready in %.3f s", sandbox_id, self.start_duration_s)
+        log.debug("sandbox %s ready in %.3f s", sbx.id, self.start_duration_s)
         return sbx
 
-    def _await_ready(self, sbx: _Sandbox) -> None:
-        timeout_s = self._settings.sandbox_start_timeout_s
-        deadline = time.monotonic() + timeout_s
-        next_liveness = time.monotonic() + LIVENESS_CHECK_S
-        while True:
-            raw = sbx.sub.get(0.1)
-            if raw is not None:
-                try:
-                    msg = wire.decode_to_host(self._client, sbx.prefix, raw)
-                except (wire.WireError, redis.RedisError) as exc:
-                    log.warning("sandbox %s sent a malformed message: %s", sbx.id, exc)
-                    continue
-                if isinstance(msg, wire.Ready):
-                    return
-                if isinstance(msg, wire.Fatal):
-                    self._wait_exit(sbx, SHUTDOWN_WAIT_S)
-                    raise SandboxError(
-                        f"sandbox failed to start: {msg.message} ({self._describe(sbx)})"
-                    )
-            now = time.monotonic()
-            if now >= next_liveness:
-                next_liveness = now + LIVENESS_CHECK_S
-                if sbx.process is not None and not sbx.process.alive():
-                    raise SandboxError(f"sandbox exited before it was ready: {self._describe(sbx)}")
-            if now >= deadline:
-                raise SandboxTimeout(
-                    f"sandbox was not ready within {timeout_s:g} s "
-                    f"(sandbox_start_timeout_s); {self._describe(sbx)}"
-                )
+    def _from_pool(self, context_key: str) -> LiveSandbox | None:
+        """A pooled sandbox given this job's context, or None (then start one as usual)."""
+        if self._sandbox_pool is None:
+            return None
+        sbx = self._sandbox_pool.take()
+        if sbx is None:
+            return None
+        try:
+            self._launcher.await_ready(sbx)
+            # Only now, and only for this sandbox, does any context become readable.
+            acl.grant_context(self._client, sbx.id, context_key)
+            request = wire.LoadContext(
+                seq=sbx.next_seq(), id=wire.new_id(), context_key=context_key
+            )
+            self._launcher.send(sbx, request)
+            self._launcher.await_message(
+                sbx,
+                lambda m: isinstance(m, wire.ContextLoaded) and m.reply_to == request.id,
+                request.id,
+                self._settings.sandbox_start_timeout_s,
+                "the pooled sandbox did not load its context in time (sandbox_start_timeout_s)",
+            )
+        except SandboxError as exc:
+            # A fresh start reports a real problem (a missing context) in the usual words.
+            log.warning("pooled sandbox %s unusable (%s); starting a fresh one", sbx.id, exc)
+            self._launcher.teardown_later(sbx)
+            return None
+        return sbx
 
-    def _replace(self, sbx: _Sandbox) -> None:
+    def _replace(self, sbx: LiveSandbox) -> None:
         with self._lock:
             if self._sbx is sbx:
                 self._sbx = None
-        self._teardown(sbx.id, sbx)
+        self._launcher.teardown(sbx.id, sbx)
         fresh = self._start()
         with self._lock:
             if self._closed:
-                self._teardown(fresh.id, fresh)
+                self._launcher.teardown(fresh.id, fresh)
                 raise SandboxError("the sandbox session was closed while replacing its sandbox")
             self._sbx = fresh
 
     def _replace_after_timeout(
-        self, sbx: _Sandbox, timeout_s: float, started: float
+        self, sbx: LiveSandbox, timeout_s: float, started: float
     ) -> CellOutcome:
         if sbx.process is not None:
             sbx.process.kill()
@@ -292,8 +256,8 @@ class SandboxSession:
             duration_s=time.monotonic() - started,
         )
 
-    def _replace_after_death(self, sbx: _Sandbox, started: float) -> CellOutcome:
-        how = self._describe(sbx)
+    def _replace_after_death(self, sbx: LiveSandbox, started: float) -> CellOutcome:
+        how = sbx.describe()
         error = (
             f"The sandbox process died while running this cell ({how}). Typical causes: "
             "running out of memory, too many processes, or calling os._exit/kill on itself."
@@ -308,60 +272,21 @@ class SandboxSession:
             duration_s=time.monotonic() - started,
         )
 
-    def _shutdown(self, sbx: _Sandbox) -> None:
-        try:
-            if sbx.process is not None and sbx.process.alive():
-                self._send(sbx, wire.Shutdown(seq=self._next_seq(), id=wire.new_id()))
-                self._wait_exit(sbx, SHUTDOWN_WAIT_S)
-        except SandboxError as exc:
-            log.warning("could not ask sandbox %s to shut down: %s", sbx.id, exc)
-        finally:
-            self._teardown(sbx.id, sbx)
-
-    def _teardown(self, sandbox_id: str, sbx: _Sandbox | None) -> None:
-        """Kill, then remove user, keys and subscription; every step runs even if one fails."""
-        steps: list[tuple[str, Callable[[], object]]] = [
-            ("kill the process", lambda: sbx.process.kill() if sbx and sbx.process else None),
-            ("delete the ACL user", lambda: acl.delete_user(self._client, sandbox_id)),
-            ("drop its liveness key", lambda: self._janitor.mark_gone(sandbox_id)),
-            ("delete its keys", lambda: acl.delete_keys(self._client, sandbox_id)),
-            ("unsubscribe", lambda: sbx.sub.close() if sbx else None),
-        ]
-        for what, step in steps:
-            try:
-                step()
-            except Exception:
-                log.exception("sandbox %s: could not %s", sandbox_id, what)
-
-    def _wait_exit(self, sbx: _Sandbox, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while sbx.process is not None and sbx.process.alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def _describe(self, sbx: _Sandbox) -> str:
-        return "no process" if sbx.process is None else sbx.process.describe_exit()
-
     # ---- messages ------------------------------------------------------------------------
 
-    def _next_seq(self) -> int:
-        return next(self._seq)
+    def _send(self, sbx: LiveSandbox, msg: BaseModel) -> None:
+        self._launcher.send(sbx, msg)
 
-    def _send(self, sbx: _Sandbox, msg: BaseModel) -> None:
-        try:
-            wire.send(self._client, sbx.channel_in, sbx.prefix, msg)
-        except redis.RedisError as exc:
-            raise SandboxError(f"could not send to sandbox {sbx.id}: {exc}") from exc
-
-    def _receive(self, sbx: _Sandbox, timeout_s: float) -> str | bytes | None:
+    def _receive(self, sbx: LiveSandbox, timeout_s: float) -> str | bytes | None:
         try:
             return sbx.sub.get(timeout_s)
         except SandboxError as exc:
             # The hub lost its connection; resubscribe and rely on stored copies meanwhile.
             log.warning("sandbox %s: %s; resubscribing", sbx.id, exc)
-            sbx.sub = self._hub.subscribe(keys.sandbox_to_host(sbx.id))
+            sbx.sub = self._launcher.hub.subscribe(keys.sandbox_to_host(sbx.id))
             return None
 
-    def _stored_result(self, sbx: _Sandbox, request_id: str) -> wire.CellResult | None:
+    def _stored_result(self, sbx: LiveSandbox, request_id: str) -> wire.CellResult | None:
         try:
             stored = wire.fetch_reply_to_host(self._client, sbx.prefix, request_id)
         except (ValidationError, redis.RedisError) as exc:
@@ -370,7 +295,7 @@ class SandboxSession:
         return stored if isinstance(stored, wire.CellResult) else None
 
     def _handle(
-        self, sbx: _Sandbox, raw: str | bytes, request_id: str, notes: list[str]
+        self, sbx: LiveSandbox, raw: str | bytes, request_id: str, notes: list[str]
     ) -> wire.CellResult | None:
         try:
             msg = wire.decode_to_host(self._client, sbx.prefix, raw)
@@ -388,7 +313,7 @@ class SandboxSession:
             notes.append(f"[host] the sandbox reported a fatal error: {msg.message}")
         return None
 
-    def _serve_subcall(self, sbx: _Sandbox, request: wire.SubcallRequest) -> None:
+    def _serve_subcall(self, sbx: LiveSandbox, request: wire.SubcallRequest) -> None:
         n = len(request.prompts)
         try:
             outcomes = self._handler(request)
@@ -402,7 +327,7 @@ class SandboxSession:
         if self._sbx is not sbx:
             return  # the sandbox that asked is gone; its keys must not be recreated
         reply = wire.SubcallReply(
-            seq=self._next_seq(), id=wire.new_id(), reply_to=request.id, results=slots
+            seq=sbx.next_seq(), id=wire.new_id(), reply_to=request.id, results=slots
         )
         try:
             self._send(sbx, reply)
@@ -424,22 +349,6 @@ def _outcome(result: wire.CellResult, notes: list[str], *, replaced: bool = Fals
     )
 
 
-def _redis_address(
-    client: redis.Redis, settings: Settings
-) -> tuple[str | None, str | None, int | None]:
-    """How a sandbox reaches the same Redis as ``client``: a Unix socket if there is one."""
-    kwargs = client.connection_pool.connection_kwargs
-    if int(kwargs.get("db", 0) or 0) != 0:
-        raise ConfigError(
-            "sandboxes use Redis database 0 (the bootstrap carries no database number); "
-            "point RLM_JOBS_REDIS_URL at /0"
-        )
-    socket_path = settings.sandbox_redis_socket or kwargs.get("path")
-    host = kwargs.get("host")
-    port = kwargs.get("port")
-    return socket_path, host, int(port) if port is not None else None
-
-
 def _warn_if_default_user_open(client: redis.Redis) -> None:
     pool_id = id(client.connection_pool)
     if pool_id in _checked_default_user:
@@ -454,14 +363,21 @@ def _warn_if_default_user_open(client: redis.Redis) -> None:
 
 
 def open_repl_factory(
-    client: redis.Redis, settings: Settings, backend: SandboxBackend | None = None
+    client: redis.Redis,
+    settings: Settings,
+    backend: SandboxBackend | None = None,
+    *,
+    pool: SandboxPool | None = None,
 ) -> ReplFactory:
-    """What the loop calls to get a REPL: one ``SandboxSession`` per call, same backend."""
+    """What the loop calls to get a REPL: one ``SandboxSession`` per call, same backend.
+
+    With a ``pool``, sessions take pre-started sandboxes from it (and use its backend).
+    """
     from rlm_jobs.sandboxes.registry import create_backend
 
-    chosen = backend or create_backend(settings)
+    chosen = pool.backend if pool is not None else backend or create_backend(settings)
 
     def open_repl(context: ContextRef, handler: SubcallHandler) -> Repl:
-        return SandboxSession(client, settings, chosen, context, handler)
+        return SandboxSession(client, settings, chosen, context, handler, pool=pool)
 
     return open_repl
