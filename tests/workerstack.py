@@ -92,22 +92,41 @@ class Worker:
         self._log.close()
 
 
-def sandbox_pids(ignore: frozenset[int] = frozenset()) -> set[int]:
-    """Live sandbox runtime processes on this machine (to check nothing is left behind).
+def _cmdline(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
 
-    ``ignore`` holds pids that existed before a test started, so a test judges only what
-    it started itself.
+
+def _parent(pid: int) -> int:
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def sandbox_pids(marker: str) -> set[int]:
+    """Live sandbox processes of one Redis server (to check nothing is left behind).
+
+    ``marker`` is that server's directory: bubblewrap's command line names the socket it
+    mounts, so sandboxes of other Redis servers on the machine are not counted. The runtime
+    inside has a plain command line; it is found through its bubblewrap parents.
     """
+    wanted = marker.encode()
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
+        pid = int(entry.name)
+        cmdline = _cmdline(pid)
+        if b"sandbox.runtime" not in cmdline and b"-m sandbox" not in cmdline:
             continue
-        if (b"sandbox.runtime" in cmdline or b"-m sandbox" in cmdline) and int(
-            entry.name
-        ) not in ignore:
-            pids.add(int(entry.name))
+        lineage, ancestor = [cmdline], pid
+        for _ in range(3):
+            ancestor = _parent(ancestor)
+            lineage.append(_cmdline(ancestor))
+        if any(wanted in line for line in lineage):
+            pids.add(pid)
     return pids

@@ -59,7 +59,7 @@ def _ping(settings: Settings, names: list[str]) -> bool:
 
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    sandboxes_before = frozenset(sandbox_pids())
+    marker = str(redis_server.workdir)
     logdir = tmp_path_factory.mktemp("cli-workers")
     provider = ScriptedProvider().start()
     env = {
@@ -83,7 +83,7 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
         for worker in workers:
             worker.stop()
         provider.stop()
-    wait_for(lambda: not sandbox_pids(sandboxes_before), 15, "sandbox processes to exit")
+    wait_for(lambda: not sandbox_pids(marker), 15, "sandbox processes to exit")
 
 
 def secret_docs(directory: Path, n: int) -> dict[str, str]:

@@ -52,7 +52,7 @@ class Cluster:
         self.provider = provider
         self.logdir = logdir
         self.workers: list[Worker] = []
-        self.sandboxes_before: frozenset[int] = frozenset()
+        self.marker = str(server.workdir)
         self.env = {
             "PATH": os.environ.get("PATH", ""),
             "RLM_JOBS_REDIS_URL": server.url,
@@ -88,13 +88,11 @@ def cluster(
     provider: ScriptedProvider,
     tmp_path: Path,
 ) -> Iterator[Cluster]:
-    before = frozenset(sandbox_pids())
     c = Cluster(redis_server, provider, tmp_path)
-    c.sandboxes_before = before
     yield c
     c.stop()
     # Nothing a job started may outlive the workers.
-    wait_for(lambda: not sandbox_pids(before), 15, "sandbox processes to exit")
+    wait_for(lambda: not sandbox_pids(c.marker), 15, "sandbox processes to exit")
 
 
 def log_count(cluster: Cluster, text: str) -> int:
@@ -218,7 +216,7 @@ def test_cancelling_a_job_a_parent_and_a_batch(cluster: Cluster) -> None:
     statuses = {cluster.submitter.store.get(c).status for c in children}
     assert JobStatus.CANCELLED in statuses and JobStatus.RUNNING not in statuses
     assert batch.wait(timeout_s=30)["by_status"] == {"CANCELLED": 4}
-    wait_for(lambda: not sandbox_pids(cluster.sandboxes_before), 15, "every sandbox to stop")
+    wait_for(lambda: not sandbox_pids(cluster.marker), 15, "every sandbox to stop")
 
 
 def test_progress_reaches_the_event_stream_flower_reads(cluster: Cluster) -> None:

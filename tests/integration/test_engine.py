@@ -34,9 +34,9 @@ def settings(
 
 
 @pytest.fixture
-def make_rlm(settings: Settings) -> Iterator[type[RLM]]:
+def make_rlm(settings: Settings, redis_server: RedisServer) -> Iterator[type[RLM]]:
     made: list[RLM] = []
-    before = frozenset(sandbox_pids())
+    marker = str(redis_server.workdir)
 
     def factory(policy: str, **kwargs: object) -> RLM:
         rlm = RLM(
@@ -48,7 +48,7 @@ def make_rlm(settings: Settings) -> Iterator[type[RLM]]:
     yield factory  # type: ignore[misc]
     for rlm in made:
         rlm.close()
-    wait_for(lambda: not sandbox_pids(before), 15, "sandbox processes to exit")
+    wait_for(lambda: not sandbox_pids(marker), 15, "sandbox processes to exit")
 
 
 def assert_usage_matches_provider(result: RLMCompletion, provider: ScriptedProvider) -> None:
@@ -156,7 +156,9 @@ def test_each_limit_ends_the_job_with_its_own_status(
         assert last["role"] == "user"  # the last request is a user message, not a prefill
 
 
-def test_cancelling_a_running_job_stops_it(settings: Settings, redis_client: redis.Redis) -> None:
+def test_cancelling_a_running_job_stops_it(
+    settings: Settings, redis_client: redis.Redis, redis_server: RedisServer
+) -> None:
     from rlm_jobs.clients.router import LLMRouter
     from rlm_jobs.dispatch import InProcessDispatcher
     from rlm_jobs.engine import Engine, JobControl
@@ -180,17 +182,17 @@ def test_cancelling_a_running_job_stops_it(settings: Settings, redis_client: red
     flag: list[str] = []
     control = JobControl.for_root(spec, cancelled=lambda: flag[0] if flag else None)
     box: list[JobStatus] = []
-    before = frozenset(sandbox_pids())
+    marker = str(redis_server.workdir)
     thread = threading.Thread(
         target=lambda: box.append(run_loop(spec, "c1", engine, control).status)
     )
     thread.start()
-    wait_for(lambda: sandbox_pids(before), 20, "the sandbox to start")
+    wait_for(lambda: sandbox_pids(marker), 20, "the sandbox to start")
     flag.append("stopped by test")
     control.repls.interrupt()
     thread.join(timeout=30)
     assert box == [JobStatus.CANCELLED]
-    wait_for(lambda: not sandbox_pids(before), 15, "the sandbox to be gone")
+    wait_for(lambda: not sandbox_pids(marker), 15, "the sandbox to be gone")
     dispatcher.close()
     router.close()
 

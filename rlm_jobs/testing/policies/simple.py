@@ -100,7 +100,7 @@ def _exec(conv: Conversation) -> str:
 
     The security suite uses it to run attack code "written by the model" inside a real job.
     """
-    if conv.turn == 0:
+    if conv.turn == 0 and not conv.last_call:
         return reply("Running the code I was given.", conv.query)
     return final_reply("It printed:", conv.last_output or "(no output)")
 
