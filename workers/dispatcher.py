@@ -9,7 +9,6 @@ prompt order here.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -93,6 +92,3 @@ class CeleryDispatcher:
     def close(self) -> None:
         self._collector.close()
 
-
-def new_waiter_id() -> str:
-    return f"{uuid.uuid4().hex[:12]}-{int(time.time())}"

@@ -8,7 +8,6 @@ waits on a Celery result inside a task.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from concurrent.futures import Future
@@ -102,6 +101,3 @@ class ReplyCollector:
         self._stop.set()
         self._thread.join(timeout=_POLL_S + 2)
 
-
-def reply_json(reply: Reply) -> str:
-    return json.dumps(reply.model_dump())
