@@ -1,11 +1,14 @@
 """The host side of the sandbox wire: a ``Repl`` backed by a runtime in a sandbox.
 
 One ``SandboxSession`` owns one sandbox at a time: its ACL user, its subscription on the
-shared hub (made *before* launch, so ``Ready`` cannot be missed), its process. While a cell
-runs, sub-call requests are answered from a thread pool so several can be in flight and the
-channel keeps being read. A cell that outlives its timeout plus a grace period, or a runtime
-that dies, costs the sandbox: it is killed and a fresh one (new id, new ACL user, context
-reloaded, variables gone) takes its place, and the outcome says so.
+shared hub, its process (started and ended by ``lifecycle.Launcher``). With a
+``SandboxPool`` it takes a pre-started sandbox and has it load the job's context; otherwise,
+or when the pool is empty, it starts one. While a cell runs, sub-call requests are answered
+from a thread pool so several can be in flight and the channel keeps being read. A cell that
+outlives its timeout plus a grace period, or a runtime that dies, costs the sandbox: it is
+killed and a fresh one (new id, new ACL user, context reloaded, variables gone) takes its
+place, and the outcome says so. ``close()`` returns at once; the sandbox is ended in the
+background (``rlm_jobs.sandboxes.janitor``).
 """
 
 from __future__ import annotations
