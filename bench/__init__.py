@@ -1,0 +1,1 @@
+"""The rlm-jobs benchmark suite: ``python -m bench`` (see bench/README.md)."""
