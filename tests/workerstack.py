@@ -130,3 +130,8 @@ def sandbox_pids(marker: str) -> set[int]:
         if any(wanted in line for line in lineage):
             pids.add(pid)
     return pids
+
+
+def runtime_pids(marker: str) -> set[int]:
+    """The sandbox runtimes themselves (one per sandbox), without their bubblewrap parents."""
+    return {pid for pid in sandbox_pids(marker) if b"bwrap" not in _cmdline(pid)}

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from rlm_jobs.errors import RLMJobsError
+from rlm_jobs.sandboxes.janitor import janitor_for
 from workers.app import ORCHESTRATE_QUEUE, RUN_JOB_TASK
 from workers.runtime import runtime_for
 
 log = logging.getLogger(__name__)
 
 
+# Sandbox leftovers (containers, ACL users) are rarer and costlier to list than jobs.
+SANDBOX_SWEEP_EVERY_S = 30.0
+
+
 class Reaper:
-    """Requeues jobs whose lease expired (their worker died); one live worker wins each."""
+    """Cleans up after workers that died: requeues their jobs (one live worker wins each),
+    removes their sandbox containers and their sandboxes' Redis ACL users."""
 
     def __init__(self, app: Celery) -> None:
         self._app = app
@@ -43,16 +51,36 @@ class Reaper:
                 )
         return requeued
 
+    def sweep_sandboxes(self) -> None:
+        runtime = runtime_for(self._app)
+        janitor_for(runtime.redis).sweep_stale_users()
+        if runtime.settings.sandbox_backend == "docker":
+            from rlm_jobs.sandboxes.docker import reap_orphans
+
+            removed = reap_orphans(runtime.settings)
+            if removed:
+                log.warning("removed %d sandbox containers left by dead workers", len(removed))
+
     def _run(self) -> None:
         interval = runtime_for(self._app).settings.reaper_interval_s
-        while not self._stop.wait(interval):
-            try:
-                self.sweep()
-            except Exception:
-                log.exception("reaper sweep failed")
+        next_sandbox_sweep = 0.0
+        while True:
+            _guarded(self.sweep)
+            if time.monotonic() >= next_sandbox_sweep:
+                next_sandbox_sweep = time.monotonic() + SANDBOX_SWEEP_EVERY_S
+                _guarded(self.sweep_sandboxes)
+            if self._stop.wait(interval):
+                return
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _guarded(step: Callable[[], object]) -> None:
+    try:
+        step()
+    except Exception:  # a Redis or Docker hiccup must not end the reaper
+        log.exception("reaper: %s failed", getattr(step, "__name__", step))
 
 
 def _consumes_orchestrate(sender: Any) -> bool:
@@ -79,13 +107,6 @@ def _on_ready(sender: Any, **_: Any) -> None:
     reaper = Reaper(app)
     reaper.start()
     app.rlm_reaper = reaper
-    settings = runtime_for(app).settings
-    if settings.sandbox_backend == "docker":
-        from rlm_jobs.sandboxes.docker import reap_orphans
-
-        removed = reap_orphans(settings)
-        if removed:
-            log.warning("removed %d sandbox containers left by dead workers", removed)
 
 
 @worker_shutdown.connect

@@ -22,7 +22,7 @@ from rlm_jobs.models import JobStatus, Limits
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.submitter import Document, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.workerstack import Worker, sandbox_pids, wait_for
+from tests.workerstack import Worker, runtime_pids, sandbox_pids, wait_for
 from workers.app import ORCHESTRATE_QUEUE, RUN_JOB_TASK, create_app
 from workers.enqueue import celery_enqueuer
 
@@ -216,7 +216,11 @@ def test_cancelling_a_job_a_parent_and_a_batch(cluster: Cluster) -> None:
     statuses = {cluster.submitter.store.get(c).status for c in children}
     assert JobStatus.CANCELLED in statuses and JobStatus.RUNNING not in statuses
     assert batch.wait(timeout_s=30)["by_status"] == {"CANCELLED": 4}
-    wait_for(lambda: not sandbox_pids(cluster.marker), 15, "every sandbox to stop")
+    # Every job's sandbox is gone; only the worker's warm pool (no context, no job) remains.
+    pool_size = cluster.settings.sandbox_pool_size
+    wait_for(
+        lambda: len(runtime_pids(cluster.marker)) <= pool_size, 15, "the jobs' sandboxes to stop"
+    )
 
 
 def test_progress_reaches_the_event_stream_flower_reads(cluster: Cluster) -> None:
