@@ -91,4 +91,3 @@ class CeleryDispatcher:
 
     def close(self) -> None:
         self._collector.close()
-

@@ -100,4 +100,3 @@ class ReplyCollector:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=_POLL_S + 2)
-
