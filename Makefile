@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 .PHONY: install check lint typecheck test bench
 install:
 	python3 -m venv .venv
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,bench]'
 
 lint:
 	$(PY) -m ruff check .
@@ -14,5 +14,8 @@ typecheck:
 
 test:
 	$(PY) -m pytest
+
+bench:
+	$(PY) -m bench
 
 check: lint typecheck test

@@ -17,7 +17,7 @@ import redis
 from pydantic import SecretStr, ValidationError
 
 from rlm_jobs.clients.router import LLMRouter
-from rlm_jobs.config import Settings
+from rlm_jobs.config import Settings, redis_client
 from rlm_jobs.contexts import ContextValue, put_context
 from rlm_jobs.dispatch import InProcessDispatcher
 from rlm_jobs.engine import Engine, JobControl
@@ -179,7 +179,7 @@ class RLM:
                     update={"redis_url": server.url, "sandbox_redis_socket": server.unix_socket}
                 )
                 self.settings = settings
-            self._redis = redis.Redis.from_url(settings.redis_url or "", socket_timeout=30)
+            self._redis = redis_client(settings)
             self._router = LLMRouter(settings)
             self._dispatcher = InProcessDispatcher(
                 self._router, concurrency=settings.subcall_concurrency

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Literal
 
+import redis
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -45,6 +46,10 @@ class Settings(BaseSettings):
 
     # None: library mode and `rlm-jobs run` start a private redis-server instead.
     redis_url: str | None = None
+
+    # Connections one process may open to Redis; past it callers wait instead of failing.
+    # Pub/sub and blocking reads have their own. 32 serves hundreds of concurrent jobs.
+    redis_max_connections: int = Field(default=32, ge=4, le=10_000)
 
     # The root model; None picks one from whichever provider key is set (scripted if none).
     model: str | None = None
@@ -139,6 +144,19 @@ class Settings(BaseSettings):
 
     def price_table(self) -> dict[str, ModelPrice]:
         return {**DEFAULT_PRICES, **self.prices}
+
+
+def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
+    """A client whose pool waits for a free connection rather than raising when full."""
+    pool = redis.BlockingConnectionPool.from_url(
+        url or settings.redis_url or "",
+        max_connections=settings.redis_max_connections,
+        timeout=30,
+        socket_timeout=30,
+        socket_connect_timeout=10,
+        health_check_interval=30,
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 def child_environment() -> dict[str, str]:

@@ -47,7 +47,7 @@ _START = """
 if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return -1 end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'started_at', ARGV[1], 'worker', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
+if ARGV[4] == '1' then redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3]) end
 return attempts
 """
 
@@ -167,10 +167,15 @@ class Store:
             if raw
         ]
 
-    def mark_running(self, job_id: str, worker: str) -> int | None:
-        """Count an attempt and mark the job running; None if it already has a result."""
+    def mark_running(self, job_id: str, worker: str, *, leased: bool = True) -> int | None:
+        """Count an attempt and mark the job running; None if it already has a result.
+
+        Leased jobs (roots) are tracked for the reaper; a child RLM runs inside its root's
+        execution and lives or dies with it, so it is not (``leased=False``).
+        """
         attempts = self._start(
-            keys=[keys.job(job_id), keys.running_jobs()], args=[time.time(), worker, job_id]
+            keys=[keys.job(job_id), keys.running_jobs()],
+            args=[time.time(), worker, job_id, "1" if leased else "0"],
         )
         return None if int(attempts) < 0 else int(attempts)
 

@@ -44,7 +44,7 @@ class ServiceObserver(LoopObserver):
     def job_started(self, job_id: str, spec: JobSpec) -> None:
         if spec.depth > 0:  # the root's record exists; a child's is made as it starts
             self._store.create_job(job_id, spec)
-            self._store.mark_running(job_id, "in-process child")
+            self._store.mark_running(job_id, "in-process child", leased=False)
 
     def progress(self, job_id: str, spec: JobSpec, counters: dict[str, Any]) -> None:
         now = time.monotonic()

@@ -16,7 +16,7 @@ import redis
 from celery import Celery
 
 from rlm_jobs.clients.router import LLMRouter
-from rlm_jobs.config import Settings
+from rlm_jobs.config import Settings, redis_client
 from rlm_jobs.contexts import put_context
 from rlm_jobs.engine import Engine
 from rlm_jobs.sandboxes.base import ReplFactory
@@ -46,12 +46,7 @@ class WorkerRuntime:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         assert settings.redis_url
-        self.redis = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=30,
-            socket_connect_timeout=10,
-            health_check_interval=30,
-        )
+        self.redis = redis_client(settings)
         self.store = Store(self.redis)
         self.router = LLMRouter(settings)
         self._engine: Engine | None = None

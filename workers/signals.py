@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
+from rlm_jobs import keys
 from rlm_jobs.errors import RLMJobsError
 from rlm_jobs.sandboxes.janitor import janitor_for
 from workers.app import ORCHESTRATE_QUEUE, RUN_JOB_TASK
@@ -40,6 +41,8 @@ class Reaper:
         store = runtime.store
         requeued = []
         for job_id in store.running_without_lease():
+            if keys.root_job_id(job_id) != job_id:
+                continue  # a child RLM: its root's lease covers it
             record = store.get(job_id)
             if record.result is not None:
                 continue

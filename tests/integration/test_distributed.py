@@ -152,7 +152,10 @@ def test_recursion_cannot_deadlock_a_full_orchestrator_pool(cluster: Cluster) ->
     for handle in handles:
         children = cluster.submitter.store.children(handle.id)
         assert len(children) == 3
-        assert all(cluster.submitter.store.get(c).status is JobStatus.COMPLETED for c in children)
+        child_records = [cluster.submitter.store.get(c) for c in children]
+        assert all(r.status is JobStatus.COMPLETED for r in child_records)
+        # Children run inside their root's execution: the reaper must never requeue them.
+        assert [r.attempts for r in child_records] == [1, 1, 1]
 
 
 def test_a_job_longer_than_the_visibility_timeout_runs_once(cluster: Cluster) -> None:
