@@ -3,16 +3,13 @@
 Workers are real ``celery -A workers worker`` subprocesses started with the tests' own
 ``tests.workerstack.Worker``; the echo baseline's worker is the same class pointed at
 ``bench.echo``. The provider runs in this process (so bench policies can be registered),
-the Redis default user gets a password (as ``LocalStack`` does) so sandboxes are as
-isolated as in production.
+the private Redis's default user has a password, so sandboxes are as isolated as in
+production.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,7 +27,7 @@ from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.store import JobRecord
 from rlm_jobs.submitter import JobHandle, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.workerstack import ROOT, Worker, wait_for
+from tests.workerstack import Worker, wait_for
 from workers.app import LLM_QUEUE, ORCHESTRATE_QUEUE, create_app
 from workers.enqueue import celery_enqueuer
 
@@ -38,40 +35,29 @@ __all__ = [
     "LLM_QUEUE",
     "ORCHESTRATE_QUEUE",
     "Cluster",
-    "EchoWorker",
     "WorkerSpec",
     "echo_spec",
+    "echo_worker",
     "wait_for",
 ]
 
 WORKER_START_TIMEOUT_S = 90.0
 
 
-class EchoWorker(Worker):
+def echo_worker(
+    env: Mapping[str, str], logdir: Path, *, concurrency: int = 8, queues: str = ""
+) -> Worker:
     """``tests.workerstack.Worker`` running the bench's echo app instead of ``workers``."""
+    from bench import echo
 
-    def __init__(
-        self, env: Mapping[str, str], logdir: Path, *, concurrency: int = 8, queues: str = ""
-    ) -> None:
-        from bench import echo
-
-        self.name = f"bench-echo-{uuid.uuid4().hex[:6]}"
-        self.log_path = logdir / f"{self.name}.log"
-        args = [
-            sys.executable, "-m", "celery", "-A", "bench.echo", "worker",
-            "-Q", queues or echo.QUEUE, "--pool", "threads", "-c", str(concurrency),
-            "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
-            "--without-heartbeat", "-l", "info",
-        ]  # fmt: skip
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=dict(env),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return Worker(
+        queues or echo.QUEUE,
+        env,
+        logdir,
+        concurrency=concurrency,
+        name=f"bench-echo-{uuid.uuid4().hex[:6]}",
+        app="bench.echo",
+    )
 
 
 @dataclass(frozen=True)
@@ -101,14 +87,8 @@ class Cluster:
 
     def start(self) -> Cluster:
         policies.install()
-        self.server = RedisServer.start()
-        password = secrets.token_urlsafe(18)
-        admin = redis.Redis.from_url(self.server.url, socket_timeout=10)
-        try:
-            admin.acl_setuser("default", enabled=True, passwords=[f"+{password}"])
-        finally:
-            admin.close()
-        self.redis_url = f"redis://:{password}@127.0.0.1:{self.server.port}/0"
+        self.server = RedisServer.start()  # its default user has a password
+        self.redis_url = self.server.url
         # The echo app (bench.echo.app) configures itself from this, here and in its worker.
         os.environ["BENCH_REDIS_URL"] = self.redis_url
         self.provider = ScriptedProvider().start()
@@ -156,7 +136,7 @@ class Cluster:
     def _launch(self, spec: WorkerSpec) -> Worker:
         env = self.env(**spec.env)
         if spec.app == "echo":
-            return EchoWorker(env, self.logdir, concurrency=spec.concurrency, queues=spec.queues)
+            return echo_worker(env, self.logdir, concurrency=spec.concurrency, queues=spec.queues)
         return Worker(spec.queues, env, self.logdir, concurrency=spec.concurrency)
 
     def ensure_workers(self, specs: Iterable[WorkerSpec]) -> list[Worker]:

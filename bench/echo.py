@@ -1,6 +1,6 @@
 """The bare-Celery baseline: an echo task on its own app, on the same Redis broker.
 
-``celery -A bench.echo worker -Q bench.echo`` runs it (``bench.cluster.EchoWorker``). The
+``celery -A bench.echo worker -Q bench.echo`` runs it (``bench.cluster.echo_worker``). The
 worker reads ``BENCH_REDIS_URL`` when Celery first configures the app (nothing connects at
 import). Two ways back, as in DESIGN §8:
 

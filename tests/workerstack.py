@@ -42,11 +42,12 @@ class Worker:
         *,
         concurrency: int = 8,
         name: str | None = None,
+        app: str = "workers",
     ) -> None:
         self.name = name or f"{queues.replace('.', '-').replace(',', '+')}-{uuid.uuid4().hex[:6]}"
         self.log_path = logdir / f"{self.name}.log"
         args = [
-            sys.executable, "-m", "celery", "-A", "workers", "worker",
+            sys.executable, "-m", "celery", "-A", app, "worker",
             "-Q", queues, "--pool", "threads", "-c", str(concurrency),
             "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
             "--without-heartbeat", "-l", "info",

@@ -13,9 +13,9 @@ import anthropic
 from anthropic.types import Message, MessageParam
 
 from rlm_jobs.clients.base import ChatMessage, Completion
-from rlm_jobs.clients.translate import malformed, provider_message, status_error
+from rlm_jobs.clients.translate import malformed, translate_sdk_error
 from rlm_jobs.config import Settings
-from rlm_jobs.errors import ConfigError, ProviderError, ProviderRetryableError
+from rlm_jobs.errors import ConfigError, ProviderError
 
 __all__ = ["AnthropicClient", "anthropic_from_settings", "split_system"]
 
@@ -71,16 +71,7 @@ class AnthropicClient:
         self._sdk.close()
 
     def _translate(self, exc: anthropic.AnthropicError) -> ProviderError:
-        if isinstance(exc, anthropic.APIStatusError):
-            message = provider_message(exc.body, exc.message)
-            return status_error(PROVIDER, exc.status_code, message, exc.response.headers)
-        if isinstance(exc, anthropic.APITimeoutError):
-            return ProviderRetryableError(f"{PROVIDER} did not answer within {self._timeout_s:g}s")
-        if isinstance(exc, anthropic.APIConnectionError):
-            return ProviderRetryableError(f"{PROVIDER} connection failed: {exc.message}")
-        if isinstance(exc, anthropic.APIResponseValidationError):
-            return malformed(PROVIDER, exc.message)
-        return ProviderError(f"{PROVIDER} client error: {exc}")
+        return translate_sdk_error(anthropic, PROVIDER, exc, self._timeout_s)
 
 
 def _completion(response: object) -> Completion:

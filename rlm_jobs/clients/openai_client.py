@@ -16,9 +16,9 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from rlm_jobs.clients.base import ChatMessage, Completion
-from rlm_jobs.clients.translate import malformed, provider_message, status_error
+from rlm_jobs.clients.translate import malformed, translate_sdk_error
 from rlm_jobs.config import Settings
-from rlm_jobs.errors import ConfigError, ProviderError, ProviderRetryableError
+from rlm_jobs.errors import ConfigError, ProviderError
 
 __all__ = ["OpenAIClient", "openai_from_settings", "scripted_from_settings"]
 
@@ -81,17 +81,7 @@ class OpenAIClient:
         self._sdk.close()
 
     def _translate(self, exc: openai.OpenAIError) -> ProviderError:
-        name = self._provider
-        if isinstance(exc, openai.APIStatusError):
-            message = provider_message(exc.body, exc.message)
-            return status_error(name, exc.status_code, message, exc.response.headers)
-        if isinstance(exc, openai.APITimeoutError):
-            return ProviderRetryableError(f"{name} did not answer within {self._timeout_s:g}s")
-        if isinstance(exc, openai.APIConnectionError):
-            return ProviderRetryableError(f"{name} connection failed: {exc.message}")
-        if isinstance(exc, openai.APIResponseValidationError):
-            return malformed(name, exc.message)
-        return ProviderError(f"{name} client error: {exc}")
+        return translate_sdk_error(openai, self._provider, exc, self._timeout_s)
 
     def _completion(self, response: object) -> Completion:
         # Without strict validation the SDK builds models from whatever arrived, or hands

@@ -15,6 +15,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from rlm_jobs.errors import ProviderError, ProviderRetryableError
 
@@ -94,3 +95,17 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == name:
             return value.strip()
     return None
+
+
+def translate_sdk_error(sdk: Any, provider: str, exc: Exception, timeout_s: float) -> ProviderError:
+    """Map an ``openai`` or ``anthropic`` exception (same class names in both SDKs) to ours."""
+    if isinstance(exc, sdk.APIStatusError):
+        message = provider_message(exc.body, exc.message)
+        return status_error(provider, exc.status_code, message, exc.response.headers)
+    if isinstance(exc, sdk.APITimeoutError):  # before APIConnectionError: it is a subclass
+        return ProviderRetryableError(f"{provider} did not answer within {timeout_s:g}s")
+    if isinstance(exc, sdk.APIConnectionError):
+        return ProviderRetryableError(f"{provider} connection failed: {exc.message}")
+    if isinstance(exc, sdk.APIResponseValidationError):
+        return malformed(provider, exc.message)
+    return ProviderError(f"{provider} client error: {exc}")
