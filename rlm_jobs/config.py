@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     # How often each orchestrator worker looks for jobs whose lease expired.
     reaper_interval_s: float = Field(default=5.0, gt=0)
+    # How often it removes dead workers' sandbox containers and stale sandbox ACL users:
+    # listing containers costs a Docker API call, and leftovers only waste resources.
+    sandbox_sweep_interval_s: float = Field(default=30.0, gt=0)
     # Flower progress events per job at most this often (iteration changes always report).
     progress_interval_s: float = Field(default=0.5, ge=0)
 

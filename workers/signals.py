@@ -20,10 +20,6 @@ from workers.runtime import runtime_for
 log = logging.getLogger(__name__)
 
 
-# Sandbox leftovers (containers, ACL users) are rarer and costlier to list than jobs.
-SANDBOX_SWEEP_EVERY_S = 30.0
-
-
 class Reaper:
     """Cleans up after workers that died: requeues their jobs (one live worker wins each),
     removes their sandbox containers and their sandboxes' Redis ACL users."""
@@ -65,14 +61,15 @@ class Reaper:
                 log.warning("removed %d sandbox containers left by dead workers", len(removed))
 
     def _run(self) -> None:
-        interval = runtime_for(self._app).settings.reaper_interval_s
+        settings = runtime_for(self._app).settings
+        interval = settings.reaper_interval_s
         next_sandbox_sweep = 0.0
         while True:
             _guarded(self.sweep)
             if time.monotonic() >= next_sandbox_sweep:
-                next_sandbox_sweep = time.monotonic() + SANDBOX_SWEEP_EVERY_S
+                next_sandbox_sweep = time.monotonic() + settings.sandbox_sweep_interval_s
                 _guarded(self.sweep_sandboxes)
-            if self._stop.wait(interval):
+            if self._stop.wait(min(interval, settings.sandbox_sweep_interval_s)):
                 return
 
     def stop(self) -> None:

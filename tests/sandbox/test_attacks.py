@@ -513,6 +513,7 @@ def stack(
         "RLM_JOBS_LEASE_TTL_S": "3",
         "RLM_JOBS_LEASE_RENEW_S": "0.5",
         "RLM_JOBS_REAPER_INTERVAL_S": "0.5",
+        "RLM_JOBS_SANDBOX_SWEEP_INTERVAL_S": "1",
         **secrets.env,
     }
     settings = Settings(redis_url=redis_server.url, scripted_base_url=provider.url)
@@ -934,26 +935,16 @@ def test_cleanup_after_worker_kill(stack: Stack) -> None:
     stack.assert_clean()
 
 
-def test_a_dead_orchestrator_s_sandboxes_go_while_another_lives(
-    stack: Stack, request: pytest.FixtureRequest
-) -> None:
-    if stack.backend == "docker":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="gap: orphaned sandbox containers are reaped only when an orchestrator "
-                "starts (workers/signals.py); a live one never sweeps (see docs/security.md)",
-            )
-        )
+def test_a_dead_orchestrator_s_sandboxes_go_while_another_lives(stack: Stack) -> None:
+    # Live orchestrators sweep for orphaned containers every sandbox_sweep_interval_s (1 s here).
     report = kill_orchestrator_mid_job(stack)
     assert report.gone_without_a_restart, report.containers_after_kill
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="gap: the ACL users of a killed orchestrator's sandboxes outlive its replacement; "
-    "only a pool starting after their liveness keys expired (120 s) sweeps them "
-    "(see docs/security.md)",
+    reason="gap: the ACL users of a killed orchestrator's sandboxes are swept only after "
+    "their liveness keys expire (120 s), longer than this test waits (see docs/security.md)",
 )
 def test_a_dead_orchestrator_s_sandbox_acl_users_are_removed(stack: Stack) -> None:
     report = kill_orchestrator_mid_job(stack)
