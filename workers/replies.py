@@ -31,16 +31,7 @@ class Reply(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     call_id: str
-    ok: bool
-    text: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    latency_s: float = 0.0
-    worker: str = ""
-
-    def result(self) -> SubcallResult:
-        return SubcallResult(**self.model_dump(exclude={"call_id"}))
+    result: SubcallResult
 
 
 def push_reply(client: redis.Redis, waiter_id: str, reply: Reply) -> None:
@@ -83,7 +74,7 @@ class ReplyCollector:
             future = self._waiting.pop(reply.call_id, None)
         # A duplicate delivery of a call, or a call the job gave up on: nothing waits for it.
         if future is not None and not future.done():
-            future.set_result(reply.result())
+            future.set_result(reply.result)
 
     def _run(self) -> None:
         key = keys.subcall_replies(self.waiter_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -11,7 +12,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from rlm_jobs import keys
-from rlm_jobs.dispatch import SubcallSpec, complete_one
+from rlm_jobs.dispatch import SubcallResult, SubcallSpec, complete_one
 from rlm_jobs.models import JobResult, JobStatus
 from workers.app import LLM_TASK, RUN_JOB_TASK
 from workers.orchestrator import execute_job
@@ -84,19 +85,11 @@ def llm_complete(self: Task, call_id: str, waiter_id: str) -> str:
     spec = SubcallSpec(job_id=record["job_id"], model=record["model"], prompt=record["prompt"])
     cancelled = runtime.store.cancel_reason(spec.job_id)
     if cancelled:
-        reply = Reply(call_id=call_id, ok=False, text=f"Error: not run: {cancelled}")
+        result = SubcallResult(ok=False, text=f"Error: not run: {cancelled}")
     else:
-        result = complete_one(runtime.router, spec)
-        reply = Reply(
-            call_id=call_id,
-            ok=result.ok,
-            text=result.text,
-            input_tokens=result.input_tokens,
-            output_tokens=result.output_tokens,
-            cost_usd=result.cost_usd,
-            latency_s=result.latency_s,
-            worker=self.request.hostname or runtime.worker_id,
+        result = dataclasses.replace(
+            complete_one(runtime.router, spec), worker=self.request.hostname or runtime.worker_id
         )
-    push_reply(runtime.redis, waiter_id, reply)
+    push_reply(runtime.redis, waiter_id, Reply(call_id=call_id, result=result))
     runtime.redis.delete(keys.subcall_prompt(call_id))
-    return "ok" if reply.ok else "error"
+    return "ok" if result.ok else "error"

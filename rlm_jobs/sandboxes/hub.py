@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from rlm_jobs.errors import SandboxError
+from rlm_jobs.sandboxes.per_pool import PerPool
 
 log = logging.getLogger(__name__)
 
@@ -178,17 +179,9 @@ class PubSubHub:
             sub._fail(reason)
 
 
-_hubs: dict[int, tuple[redis.ConnectionPool, PubSubHub]] = {}
-_hubs_lock = threading.Lock()
+_hubs: PerPool[PubSubHub] = PerPool(PubSubHub)
 
 
 def hub_for(client: redis.Redis) -> PubSubHub:
     """The process-wide hub for the Redis server behind ``client``'s connection pool."""
-    pool = client.connection_pool
-    with _hubs_lock:
-        entry = _hubs.get(id(pool))
-        # The pool is kept in the entry so its id cannot be reused by another pool.
-        if entry is None or entry[0] is not pool:
-            entry = (pool, PubSubHub(client))
-            _hubs[id(pool)] = entry
-        return entry[1]
+    return _hubs.get(client)

@@ -31,6 +31,7 @@ import redis
 
 from rlm_jobs import keys
 from rlm_jobs.errors import SandboxError
+from rlm_jobs.sandboxes.per_pool import PerPool
 
 log = logging.getLogger(__name__)
 
@@ -153,28 +154,21 @@ class Janitor:
         return stale
 
 
-_janitors: dict[int, tuple[redis.ConnectionPool, Janitor]] = {}
-_janitors_lock = threading.Lock()
+_janitors: PerPool[Janitor] = PerPool(Janitor)
+_janitors_started = threading.Event()
 
 
 def janitor_for(client: redis.Redis) -> Janitor:
     """The process-wide janitor for the Redis server behind ``client``'s connection pool."""
-    pool = client.connection_pool
-    with _janitors_lock:
-        entry = _janitors.get(id(pool))
-        # The pool is kept in the entry so its id cannot be reused by another pool.
-        if entry is None or entry[0] is not pool:
-            if not _janitors:
-                atexit.register(drain_all)
-            entry = (pool, Janitor(client))
-            _janitors[id(pool)] = entry
-        return entry[1]
+    if not _janitors_started.is_set():
+        _janitors_started.set()
+        atexit.register(drain_all)  # queued teardowns finish before the process exits
+    return _janitors.get(client)
 
 
 def drain_all(timeout_s: float = DRAIN_AT_EXIT_S) -> None:
     """Finish every queued teardown of this process (registered with ``atexit``)."""
-    with _janitors_lock:
-        janitors = [j for _, j in _janitors.values()]
+    janitors = _janitors.all()
     deadline = time.monotonic() + timeout_s
     for janitor in janitors:
         if not janitor.drain(max(0.0, deadline - time.monotonic())):
