@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from rlm_jobs.contexts import ContextValue
 from rlm_jobs.errors import SpecError
+from rlm_jobs.models import validation_problems
 from rlm_jobs.submitter import Document
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
@@ -72,10 +73,7 @@ def _document(fields: dict[str, Any], source: str) -> Document:
     try:
         return Document(**fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'row'}: {e['msg']}" for e in exc.errors()
-        )
-        raise SpecError(f"{source}: {problems}") from None
+        raise SpecError(f"{source}: {validation_problems(exc, 'row')}") from None
 
 
 def _row_document(row: Any, line_no: int, source: str) -> Document:

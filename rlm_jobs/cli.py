@@ -33,7 +33,7 @@ from rlm_jobs.clients import check_model
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import ContextValue
 from rlm_jobs.errors import ConfigError, RLMJobsError, SpecError, StorageError
-from rlm_jobs.models import JobStatus, Limits, ModelName
+from rlm_jobs.models import JobStatus, Limits, ModelName, validation_problems
 from rlm_jobs.submitter import BatchHandle, Submitter
 from rlm_jobs.trajectory import to_jsonl
 
@@ -54,10 +54,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _one_line(exc: ValidationError, what: str) -> str:
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or what}: {e['msg']}" for e in exc.errors()
-    )
-    return f"invalid {what}: {problems}"
+    return f"invalid {what}: {validation_problems(exc, what)}"
 
 
 def _query(text: str | None, *, required: bool = True) -> str | None:

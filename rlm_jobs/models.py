@@ -9,7 +9,21 @@ import threading
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+
+def validation_problems(exc: ValidationError, what: str) -> str:
+    """A pydantic error as one readable line: ``field: message; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or what}: {e['msg']}" for e in exc.errors()
+    )
 
 
 class Strict(BaseModel):

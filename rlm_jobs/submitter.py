@@ -19,7 +19,7 @@ from rlm_jobs.clients import check_model
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import ContextValue, put_context
 from rlm_jobs.errors import SpecError, StorageError
-from rlm_jobs.models import JobResult, JobSpec, JobStatus, Limits
+from rlm_jobs.models import JobResult, JobSpec, JobStatus, Limits, validation_problems
 from rlm_jobs.store import JobRecord, Store
 
 # Sends the orchestrate task for a job id that is already recorded.
@@ -43,10 +43,7 @@ def _spec(**fields: Any) -> JobSpec:
     try:
         return JobSpec(**fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-        )
-        raise SpecError(f"invalid job: {problems}") from exc
+        raise SpecError(f"invalid job: {validation_problems(exc, 'spec')}") from exc
 
 
 class JobHandle:
