@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     subcall_concurrency: int = Field(default=32, ge=1, le=1024)
     # Child RLMs of one rlm_query_batched running at once: each holds a sandbox.
     child_concurrency: int = Field(default=4, ge=1, le=64)
+    # Service: prompts of one llm_query_batched carried by one rlm.llm task at most. Celery
+    # costs milliseconds of CPU per task, so big batches go in chunks; a chunk's prompts
+    # still run concurrently on its worker (llm_worker_concurrency).
+    llm_chunk_size: int = Field(default=10, ge=1, le=100)
+    # Service: provider calls one llm worker process runs at once, over all its tasks.
+    llm_worker_concurrency: int = Field(default=64, ge=1, le=1024)
 
     sandbox_backend: Literal["process", "docker"] = "process"
     # Interpreter that runs the process sandbox; the one running rlm-jobs by default.
@@ -109,6 +115,9 @@ class Settings(BaseSettings):
     # Sandboxes kept started per orchestrator process: hides the ~1 s start of the next
     # job or two while costing only two idle runtimes' memory; 0 starts each on demand.
     sandbox_pool_size: int = Field(default=2, ge=0, le=64)
+    # Sandboxes one orchestrator process starts at the same time: a start is CPU-bound, so a
+    # burst of jobs queues for a start slot rather than slowing every start down.
+    sandbox_start_concurrency: int = Field(default=4, ge=1, le=256)
     # Process backend only: run without an isolation layer (namespaces, unprivileged uid).
     sandbox_allow_unsafe: bool = False
     docker_image: str = "rlm-jobs-sandbox:latest"
