@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -51,12 +51,19 @@ if ARGV[4] == '1' then redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3]) end
 return attempts
 """
 
-# Take or renew the lease only if it is free or already ours.
-_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+# Take or renew each lease (KEYS[i], holder ARGV[i + 1], TTL ARGV[1] ms) only if it is free
+# or already that holder's; returns the positions (1-based) of the leases someone else has.
+_LEASES = """
+local taken = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder and holder ~= ARGV[i + 1] then
+    taken[#taken + 1] = i
+  else
+    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
+  end
+end
+return taken
 """
 
 _RELEASE = """
@@ -120,7 +127,7 @@ class Store:
         self.r = client
         self._finish = client.register_script(_FINISH)
         self._start = client.register_script(_START)
-        self._lease = client.register_script(_LEASE)
+        self._leases = client.register_script(_LEASES)
         self._release = client.register_script(_RELEASE)
 
     # ---- jobs -----------------------------------------------------------------------
@@ -215,7 +222,22 @@ class Store:
     # ---- leases: who runs a job right now ----------------------------------------------
 
     def acquire_lease(self, job_id: str, holder: str, ttl_s: float) -> bool:
-        return bool(self._lease(keys=[keys.job_lease(job_id)], args=[holder, int(ttl_s * 1000)]))
+        """Take the lease, or renew it if ``holder`` has it; False if someone else has it."""
+        return not self.renew_leases({job_id: holder}, ttl_s)
+
+    def renew_leases(self, holders: Mapping[str, str], ttl_s: float) -> list[str]:
+        """Renew many leases (job id -> holder) in one round trip; a lapsed one is taken again.
+
+        Returns the jobs whose lease another holder has: their runs must stop.
+        """
+        ids = list(holders)
+        if not ids:
+            return []
+        taken = self._leases(
+            keys=[keys.job_lease(job_id) for job_id in ids],
+            args=[int(ttl_s * 1000), *(holders[job_id] for job_id in ids)],
+        )
+        return [ids[int(i) - 1] for i in taken]
 
     def release_lease(self, job_id: str, holder: str) -> None:
         self._release(keys=[keys.job_lease(job_id)], args=[holder])
@@ -246,6 +268,14 @@ class Store:
     def cancel_reason(self, job_id: str) -> str | None:
         raw = self.r.get(keys.job_cancel(keys.root_job_id(job_id)))
         return None if raw is None else _s(raw)
+
+    def cancel_reasons(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """The cancelled ones among ``job_ids`` (one MGET), with their reasons."""
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        raw = self.r.mget([keys.job_cancel(keys.root_job_id(job_id)) for job_id in ids])
+        return {job_id: _s(r) for job_id, r in zip(ids, raw, strict=True) if r is not None}
 
     # ---- progress and trajectory ---------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis
 
+from rlm_jobs import keys
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import get_context, put_context
 from rlm_jobs.models import JobResult, JobSpec, JobStatus, Usage
@@ -54,6 +55,30 @@ def test_leases_exclude_other_holders_until_released(redis_client: redis.Redis) 
     assert store.running_without_lease() == ["j2"]
     assert store.requeue_claim("j2", 1)
     assert not store.requeue_claim("j2", 1)
+
+
+def test_many_leases_are_renewed_in_one_call_and_foreign_ones_reported(
+    redis_client: redis.Redis,
+) -> None:
+    store = Store(redis_client)
+    assert store.acquire_lease("mine", "a", 1)
+    assert store.acquire_lease("theirs", "b", 60)
+    # "lapsed" has no lease (expired): renewing takes it again, as a single renewal does.
+    taken = store.renew_leases({"mine": "a", "theirs": "a", "lapsed": "a"}, 60)
+    assert taken == ["theirs"]
+    assert store.lease_holder("theirs") == "b"  # someone else's lease is left alone
+    assert store.lease_holder("mine") == "a" and store.lease_holder("lapsed") == "a"
+    assert redis_client.pttl(keys.job_lease("mine")) > 50_000  # the TTL was extended
+    assert store.renew_leases({}, 60) == []
+
+
+def test_cancel_flags_of_many_jobs_are_read_at_once(redis_client: redis.Redis) -> None:
+    store = Store(redis_client)
+    store.request_cancel("j1", "stop it")
+    reasons = store.cancel_reasons(["j1", "j2", "j1.3"])
+    # A child RLM is cancelled with its root.
+    assert reasons == {"j1": "stop it", "j1.3": "stop it"}
+    assert store.cancel_reasons([]) == {}
 
 
 def test_batch_resubmission_skips_finished_documents(redis_client: redis.Redis) -> None:
