@@ -10,7 +10,8 @@ by ``Fatal`` and exit when the context cannot be read.
 Threads: the main thread runs cells (so SIGALRM can interrupt them); a reader thread takes
 pub/sub messages and routes them (cells to the main thread, sub-call replies to their
 waiters); a heartbeat thread reports liveness and exits the process when Redis or the parent
-is gone. Dependencies: stdlib, redis, pydantic — never ``rlm_jobs``.
+is gone. Dependencies: the stdlib only (``sandbox.resp`` speaks to Redis) — never
+``rlm_jobs``: a runtime starts for every job, and its start-up cost is mostly imports.
 """
 
 from __future__ import annotations
@@ -25,10 +26,7 @@ import threading
 import time
 from typing import Any
 
-import redis
-from pydantic import BaseModel, ValidationError
-
-from sandbox import wire
+from sandbox import resp, wire
 from sandbox.repl import Repl
 from sandbox.subcalls import SubcallClient, make_functions
 
@@ -55,27 +53,21 @@ def log(text: str) -> None:
         pass
 
 
-def connect(boot: wire.Bootstrap) -> redis.Redis:
-    options: dict[str, Any] = {
-        "username": boot.username,
-        "password": boot.password,
-        "socket_timeout": SOCKET_TIMEOUT_S,
-        "socket_connect_timeout": 10.0,
-    }
-    if boot.redis_unix_socket:
-        options["unix_socket_path"] = boot.redis_unix_socket
-    else:
-        options["host"] = boot.redis_host or "127.0.0.1"
-        options["port"] = boot.redis_port or 6379
-    try:
-        # CLIENT SETINFO is not in the sandbox's ACL; skipping it keeps the ACL log clean.
-        return redis.Redis(driver_info=None, **options)
-    except TypeError:  # redis-py before 7 has no driver_info
-        return redis.Redis(lib_name=None, lib_version=None, **options)
+def connect(boot: wire.Bootstrap) -> resp.Connection:
+    return resp.Connection(
+        unix_socket=boot.redis_unix_socket,
+        host=boot.redis_host or "127.0.0.1",
+        port=boot.redis_port or 6379,
+        username=boot.username,
+        password=boot.password,
+        timeout_s=SOCKET_TIMEOUT_S,
+    )
 
 
 class Runtime:
-    def __init__(self, boot: wire.Bootstrap, client: redis.Redis) -> None:
+    """Commands go over ``client`` (any thread); the input channel has its own connection."""
+
+    def __init__(self, boot: wire.Bootstrap, client: resp.Connection) -> None:
         self.boot = boot
         self.redis = client
         self._seq = itertools.count()
@@ -90,27 +82,23 @@ class Runtime:
     def next_seq(self) -> int:
         return next(self._seq)
 
-    def send(self, msg: BaseModel) -> None:
+    def send(self, msg: wire.Message) -> None:
         wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg)
 
     def _fetch_reply(self, request_id: str) -> wire.ToSandbox | None:
         try:
             return wire.fetch_reply_to_sandbox(self.redis, self.boot.message_key_prefix, request_id)
-        except (ValidationError, redis.RedisError) as exc:
+        except (wire.WireError, resp.RedisError) as exc:
             log(f"could not read the stored reply to {request_id}: {exc}")
             return None
 
     # ---- startup -------------------------------------------------------------------------
 
-    def subscribe(self) -> Any:
-        pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
-        pubsub.subscribe(self.boot.channel_in)
-        deadline = time.monotonic() + SOCKET_TIMEOUT_S
-        while time.monotonic() < deadline:
-            msg = pubsub.get_message(timeout=1.0)
-            if msg is not None and msg["type"] == "subscribe":
-                return pubsub
-        raise TimeoutError("Redis never confirmed the subscription")
+    def subscribe(self) -> resp.Connection:
+        """A second connection, subscribed to the input channel (confirmed on return)."""
+        sub = connect(self.boot)
+        sub.subscribe(self.boot.channel_in)
+        return sub
 
     def load_context(self, key: str) -> tuple[Any, int]:
         """The context stored under ``key`` and its size in bytes."""
@@ -123,25 +111,25 @@ class Runtime:
         return value, len(blob)
 
     def send_fatal(self, message: str) -> None:
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(resp.RedisError):
             self.send(wire.Fatal(seq=self.next_seq(), id=wire.new_id(), message=message[:2000]))
 
     # ---- threads -------------------------------------------------------------------------
 
-    def read_forever(self, pubsub: Any) -> None:
+    def read_forever(self, sub: resp.Connection) -> None:
         while True:
             try:
-                msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            except redis.RedisError as exc:
+                push = sub.read_push(timeout_s=1.0)
+            except resp.RedisError as exc:
                 log(f"lost the Redis connection: {exc}; exiting")
                 os._exit(EXIT_REDIS_LOST)
-            if msg is not None and msg["type"] == "message":
-                self.route(msg["data"])
+            if push is not None and len(push) == 3 and push[0] == b"message":
+                self.route(push[2])
 
     def route(self, raw: bytes | str) -> None:
         try:
             msg = wire.decode_to_sandbox(self.redis, self.boot.message_key_prefix, raw)
-        except (wire.WireError, redis.RedisError) as exc:
+        except (wire.WireError, resp.RedisError) as exc:
             self.reject(raw, str(exc))
             return
         if isinstance(msg, wire.SubcallReply):
@@ -196,7 +184,7 @@ class Runtime:
             try:
                 self.send(wire.Heartbeat(seq=self.next_seq(), id=wire.new_id()))
                 failures = 0
-            except redis.RedisError as exc:
+            except resp.RedisError as exc:
                 failures += 1
                 if failures >= MAX_HEARTBEAT_FAILURES:
                     log(f"Redis unreachable ({exc}); exiting")
@@ -214,7 +202,7 @@ class Runtime:
             if isinstance(msg, wire.LoadContext):
                 try:
                     context, size = self.load_context(msg.context_key)
-                except (redis.RedisError, LookupError, ValueError, MemoryError) as exc:
+                except (resp.RedisError, LookupError, ValueError, MemoryError) as exc:
                     log(f"cannot load the context: {exc!r}")
                     self.send_fatal(f"could not load the context: {exc!r}")
                     return EXIT_FATAL
@@ -268,25 +256,24 @@ def _json_head(raw: bytes | str) -> dict[str, Any]:
 
 def read_bootstrap() -> wire.Bootstrap:
     line = sys.stdin.buffer.readline(MAX_BOOTSTRAP_BYTES)
-    return wire.Bootstrap.model_validate_json(line)
+    return wire.Bootstrap.from_json(line)
 
 
 def main() -> int:
     try:
         boot = read_bootstrap()
-    except (ValidationError, OSError) as exc:
+    except (wire.WireError, OSError) as exc:
         log(f"bad bootstrap on stdin: {exc}")
         return EXIT_BAD_BOOTSTRAP
     sys.stdin.close()
     sys.stdin = open(os.devnull)  # noqa: SIM115 - model code's input() gets EOF for good
-    client = connect(boot)
-    runtime = Runtime(boot, client)
     context: Any = None
     try:
-        pubsub = runtime.subscribe()
+        runtime = Runtime(boot, connect(boot))
+        sub = runtime.subscribe()
         if boot.context_key is not None:
             context, _ = runtime.load_context(boot.context_key)
-    except (redis.RedisError, TimeoutError) as exc:
+    except resp.RedisError as exc:
         log(f"cannot start: {exc}")
         return EXIT_REDIS_LOST
     except (LookupError, ValueError, MemoryError) as exc:
@@ -295,7 +282,7 @@ def main() -> int:
         return EXIT_FATAL
     repl = Repl(context, make_functions(runtime.subcalls))
     del context
-    threading.Thread(target=runtime.read_forever, args=(pubsub,), daemon=True).start()
+    threading.Thread(target=runtime.read_forever, args=(sub,), daemon=True).start()
     threading.Thread(target=runtime.heartbeat_forever, daemon=True).start()
     runtime.send(wire.Ready(seq=runtime.next_seq(), id=wire.new_id(), pid=os.getpid()))
     return runtime.serve(repl)

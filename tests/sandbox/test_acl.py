@@ -106,22 +106,23 @@ def test_the_runtime_needs_no_command_outside_its_acl(
 
 
 STEAL_CREDENTIALS = """
-import gc, redis
-r = next(o for o in gc.get_objects() if isinstance(o, redis.Redis))
+import gc
+from sandbox import resp
+r = next(o for o in gc.get_objects() if type(o).__name__ == "Runtime").redis
 attempts = {
     "get other key": lambda: r.get("rlm:job:someone-else"),
     "overwrite context": lambda: r.set(CONTEXT, "x"),
     "publish elsewhere": lambda: r.publish("rlm:sbx:other:in", "x"),
-    "keys": lambda: r.keys("*"),
-    "config": lambda: r.config_get("*"),
-    "flushall": lambda: r.flushall(),
-    "acl": lambda: r.acl_list(),
+    "keys": lambda: r.call("KEYS", "*"),
+    "config": lambda: r.call("CONFIG", "GET", "*"),
+    "flushall": lambda: r.call("FLUSHALL"),
+    "acl": lambda: r.call("ACL", "LIST"),
 }
 for name, attempt in attempts.items():
     try:
         print(name, "ALLOWED", attempt())
-    except redis.exceptions.NoPermissionError:
-        print(name, "denied")
+    except resp.ReplyError as exc:
+        print(name, "denied" if str(exc).startswith("NOPERM") else f"error {exc}")
 """
 
 
@@ -146,15 +147,15 @@ def test_the_socket_gives_nothing_away_without_the_sandbox_credentials(
     assert not acl.default_user_is_open(redis_client)
     redis_client.set("rlm:job:someone-else", "secret record")
     code = (
-        "import gc, redis\n"
-        "r = next(o for o in gc.get_objects() if isinstance(o, redis.Redis))\n"
-        "path = r.connection_pool.connection_kwargs['path']\n"
-        "anon = redis.Redis(unix_socket_path=path)\n"
+        "import gc\n"
+        "from sandbox import resp\n"
+        "runtime = next(o for o in gc.get_objects() if type(o).__name__ == 'Runtime')\n"
+        "anon = resp.Connection(unix_socket=runtime.boot.redis_unix_socket)\n"
         "try:\n"
         "    print('ALLOWED', anon.get('rlm:job:someone-else'))\n"
-        "except redis.exceptions.AuthenticationError as exc:\n"
-        "    print('refused:', type(exc).__name__)\n"
+        "except resp.ReplyError as exc:\n"
+        "    print('refused:', exc)\n"
     )
     out = open_session().run_cell(code, timeout_s=20, max_output_chars=2000)
     assert out.error is None, out.error
-    assert "ALLOWED" not in out.stdout and "refused" in out.stdout
+    assert "ALLOWED" not in out.stdout and "refused: NOAUTH" in out.stdout

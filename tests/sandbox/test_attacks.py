@@ -665,15 +665,16 @@ def check_redis(stack: Stack, run: AttackRun, neighbour: Neighbour) -> None:
     assert "ALLOWED" not in run.output
     for probe in REDIS_PROBES:
         assert any(
-            line.startswith(probe) and ": refused: NoPermissionError:" in line
+            line.startswith(probe) and ": refused: ReplyError: NOPERM" in line
             for line in run.output.splitlines()
         ), probe
     # One line per attempt (none was skipped by a crash), every one refused.
     assert len([line for line in run.output.splitlines() if ": refused: " in line]) == 42
     # DEBUG is refused before the ACL is even consulted (enable-debug-command no).
     assert "DEBUG SLEEP: refused: " in run.output
-    for who in ("default, no password", "default, guessed password", "the neighbour's user"):
-        assert f"connect as {who}: refused: AuthenticationError" in run.output
+    assert "connect as default, no password: refused: ReplyError: NOAUTH" in run.output
+    for who in ("default, guessed password", "the neighbour's user"):
+        assert f"connect as {who}: refused: ReplyError: WRONGPASS" in run.output
     # The server agrees: its ACL log holds the attacker's refused attempts, nothing changed.
     (fished,) = run.lines("fished the runtime's client: user ")
     attacker = fished.split()[5]

@@ -331,10 +331,10 @@ def test_reap_orphans_removes_sandboxes_of_dead_owners_only(
         "from rlm_jobs.sandboxes.docker import DockerBackend\n"
         "from sandbox.wire import Bootstrap\n"
         "settings = Settings.model_validate_json(sys.argv[1])\n"
-        "DockerBackend(settings).launch(Bootstrap.model_validate_json(sys.argv[2]))\n"
+        "DockerBackend(settings).launch(Bootstrap.from_json(sys.argv[2]))\n"
     )
     subprocess.run(
-        [sys.executable, "-c", script, docker_settings.model_dump_json(), boot.model_dump_json()],
+        [sys.executable, "-c", script, docker_settings.model_dump_json(), boot.to_json()],
         check=True,
         timeout=60,
     )

@@ -1,0 +1,252 @@
+"""A small Redis client for the sandbox runtime: RESP2 over one socket, stdlib only.
+
+Why not redis-py: importing it (and pydantic) cost a sandbox ~0.7 s of CPU at every start,
+95 % of the runtime's start-up, and a sandbox starts for every job. The runtime needs five
+commands (AUTH, GET, SET, PUBLISH, SUBSCRIBE), so a client of its own is small.
+
+One ``Connection`` carries one conversation: ``call``/``pipeline`` are thread-safe (a lock
+around each request and its replies), and a subscribed connection is read by one thread
+with ``read_push``. A reply that arrives in pieces is always read whole, so a timeout can
+never leave half a reply in the buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+# Replies bigger than this are read straight into their own buffer (a context is one GET).
+_BIG_BULK = 1 << 20
+_CHUNK = 1 << 16
+
+Arg = str | bytes | int | float
+
+
+class RedisError(Exception):
+    """Anything that went wrong talking to Redis."""
+
+
+class ConnectionLost(RedisError):
+    """The socket closed, failed or timed out: this connection is unusable now."""
+
+
+class ReplyError(RedisError):
+    """Redis answered with an error (``-ERR ...``, ``-NOPERM ...``)."""
+
+
+def encode_command(args: Sequence[Arg]) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        else:
+            data = str(arg).encode()
+        parts.append(b"$%d\r\n" % len(data))
+        parts.append(data)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class Connection:
+    def __init__(
+        self,
+        *,
+        unix_socket: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        username: str | None = None,
+        password: str | None = None,
+        timeout_s: float = 120.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        try:
+            if unix_socket:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(connect_timeout_s)
+                    sock.connect(unix_socket)
+                except OSError:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection((host, port), timeout=connect_timeout_s)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to Redis: {exc}") from exc
+        sock.settimeout(timeout_s)
+        self._sock = sock
+        self._buf = bytearray()
+        self._pos = 0
+        self._lock = threading.Lock()
+        self._broken: str | None = None
+        if password is not None:
+            auth: list[Arg] = ["AUTH", username, password] if username else ["AUTH", password]
+            try:
+                self.call(*auth)
+            except RedisError:
+                self.close()
+                raise
+
+    # ---- commands ------------------------------------------------------------------------
+
+    def call(self, *args: Arg) -> Any:
+        """Send one command and return its reply; an error reply raises ``ReplyError``."""
+        reply = self.pipeline_call([args])[0]
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
+    def pipeline_call(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send all commands at once and read every reply (error replies are returned)."""
+        payload = b"".join(encode_command(c) for c in commands)
+        with self._lock:
+            self._check_usable()
+            try:
+                self._sock.sendall(payload)
+                return [self._read_reply() for _ in commands]
+            except (OSError, ValueError, ConnectionLost) as exc:
+                raise self._fail(exc) from exc
+
+    def get(self, key: str) -> bytes | bytearray | None:
+        value = self.call("GET", key)
+        return value if value is None or isinstance(value, (bytes, bytearray)) else None
+
+    def set(self, key: str, value: str | bytes, ex: int | None = None) -> Any:
+        return self.call("SET", key, value, *(("EX", ex) if ex is not None else ()))
+
+    def publish(self, channel: str, message: str | bytes) -> Any:
+        return self.call("PUBLISH", channel, message)
+
+    def pipeline(self, transaction: bool = False) -> Pipeline:
+        if transaction:
+            raise ValueError("the sandbox client sends no MULTI/EXEC")
+        return Pipeline(self)
+
+    # ---- pub/sub -------------------------------------------------------------------------
+
+    def subscribe(self, channel: str) -> None:
+        """SUBSCRIBE and wait for the confirmation; afterwards only ``read_push`` is valid."""
+        reply = self.call("SUBSCRIBE", channel)
+        if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
+            raise RedisError(f"unexpected answer to SUBSCRIBE: {reply!r}")
+
+    def read_push(self, timeout_s: float) -> list[Any] | None:
+        """The next pushed message of a subscribed connection, or None after ``timeout_s``."""
+        with self._lock:
+            self._check_usable()
+            try:
+                if self._pos >= len(self._buf):
+                    readable, _, _ = select.select([self._sock], [], [], timeout_s)
+                    if not readable:
+                        return None
+                reply = self._read_reply()
+            except (OSError, ValueError, ConnectionLost) as exc:
+                raise self._fail(exc) from exc
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply if isinstance(reply, list) else None
+
+    def close(self) -> None:
+        self._broken = self._broken or "closed"
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    # ---- reading replies -----------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise ConnectionLost(f"the Redis connection is unusable ({self._broken})")
+
+    def _fail(self, exc: BaseException) -> ConnectionLost:
+        # A failure mid-reply leaves the stream out of step: nothing after it can be trusted.
+        self._broken = str(exc) or type(exc).__name__
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        return exc if isinstance(exc, ConnectionLost) else ConnectionLost(self._broken)
+
+    def _fill(self) -> None:
+        if self._pos and self._pos >= len(self._buf) // 2:
+            del self._buf[: self._pos]
+            self._pos = 0
+        chunk = self._sock.recv(_CHUNK)
+        if not chunk:
+            raise ConnectionLost("Redis closed the connection")
+        self._buf += chunk
+
+    def _line(self) -> bytes:
+        while True:
+            end = self._buf.find(b"\r\n", self._pos)
+            if end >= 0:
+                line = bytes(self._buf[self._pos : end])
+                self._pos = end + 2
+                return line
+            self._fill()
+
+    def _take(self, n: int) -> bytes | bytearray:
+        """The next ``n`` bytes and the CRLF after them."""
+        if n >= _BIG_BULK:
+            return self._take_big(n)
+        while len(self._buf) - self._pos < n + 2:
+            self._fill()
+        data = bytes(self._buf[self._pos : self._pos + n])
+        self._pos += n + 2
+        return data
+
+    def _take_big(self, n: int) -> bytearray:
+        out = bytearray(n)
+        have = min(n, len(self._buf) - self._pos)
+        out[:have] = self._buf[self._pos : self._pos + have]
+        self._pos += have
+        view = memoryview(out)
+        while have < n:
+            got = self._sock.recv_into(view[have:], min(n - have, _BIG_BULK))
+            if not got:
+                raise ConnectionLost("Redis closed the connection mid-reply")
+            have += got
+        while len(self._buf) - self._pos < 2:
+            self._fill()
+        self._pos += 2
+        return out
+
+    def _read_reply(self) -> Any:
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            return ReplyError(rest.decode("utf-8", "replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self._take(size)
+        if kind == b"*":
+            count = int(rest)
+            return None if count < 0 else [self._read_reply() for _ in range(count)]
+        raise ConnectionLost(f"unexpected data from Redis: {line[:40]!r}")
+
+
+class Pipeline:
+    """Commands queued and sent in one round trip (no MULTI: the order is all we need)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._commands: list[tuple[Arg, ...]] = []
+
+    def execute_command(self, *args: Arg) -> Pipeline:
+        self._commands.append(args)
+        return self
+
+    def execute(self) -> list[Any]:
+        commands, self._commands = self._commands, []
+        replies = self._conn.pipeline_call(commands)
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise reply
+        return replies
