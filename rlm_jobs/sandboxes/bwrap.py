@@ -1,9 +1,9 @@
 """Bubblewrap command lines for the process backend, and the check that they work here.
 
 The sandbox sees a read-only ``/usr`` (plus the ``/bin``, ``/lib*`` links), the Python
-installation at ``/opt/python``, the directories holding redis/pydantic at
-``/opt/site-packages/<n>``, the ``sandbox`` package at ``/opt/rlm/sandbox``, the Redis Unix
-socket at ``/run/rlm/redis.sock``, fresh ``/proc`` and ``/dev``, and a size-limited tmpfs at
+installation at ``/opt/python``, any directory outside it the runtime imports from at
+``/opt/site-packages/<n>`` (none today: the runtime is stdlib only), the ``sandbox``
+package at ``/opt/rlm/sandbox``, the Redis Unix socket at ``/run/rlm/redis.sock``, fresh ``/proc`` and ``/dev``, and a size-limited tmpfs at
 ``/scratch`` (``/tmp`` points there). No ``/etc``, ``/root``, ``/home``, ``/var``, no network
 (a new network namespace holds only loopback), no view of other processes (pid namespace).
 
