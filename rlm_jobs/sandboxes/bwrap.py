@@ -4,8 +4,9 @@ The sandbox sees a read-only ``/usr`` (plus the ``/bin``, ``/lib*`` links), the 
 installation at ``/opt/python``, any directory outside it the runtime imports from at
 ``/opt/site-packages/<n>`` (none today: the runtime is stdlib only), the ``sandbox``
 package at ``/opt/rlm/sandbox``, the Redis Unix socket at ``/run/rlm/redis.sock``, fresh
-``/proc`` and ``/dev``, and a size-limited tmpfs at ``/scratch`` (``/tmp`` points there). No ``/etc``, ``/root``, ``/home``, ``/var``, no network
-(a new network namespace holds only loopback), no view of other processes (pid namespace).
+``/proc`` and ``/dev``, and a size-limited tmpfs at ``/scratch`` (``/tmp`` points there).
+No ``/etc``, ``/root``, ``/home``, ``/var``, no network (a new network namespace holds only
+loopback), no view of other processes (pid namespace).
 
 Why neutral paths: the interpreter lives under ``/root/.pyenv`` and ``/root`` is mode 0700,
 so an unprivileged uid cannot reach it on the host, and bwrap started *as* that uid could
