@@ -1,20 +1,24 @@
 """Starting and ending one sandbox: the steps a session and a pool share.
 
-A start is: liveness key, ACL user, subscription on the hub (made *before* launch, so
-``Ready`` cannot be missed), the backend's launch with the bootstrap, then the ready
-handshake. An end is: ask the runtime to stop, wait briefly, kill, delete the ACL user, its
-liveness key and keys, unsubscribe; every step runs even if one fails.
+A start is: a start slot (``StartSlots``), liveness key, ACL user, subscription on the hub
+(made *before* launch, so ``Ready`` cannot be missed), the backend's launch with the
+bootstrap, then the ready handshake, which frees the slot. An end is: ask the runtime to
+stop, wait briefly, kill, delete the ACL user, its liveness key and keys, unsubscribe; every
+step runs even if one fails.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
+from pydantic import BaseModel
 
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
@@ -35,6 +39,99 @@ STORED_REPLY_POLL_S = 1.0
 SHUTDOWN_WAIT_S = 1.0
 
 
+class StartSlots:
+    """At most ``limit`` sandbox starts at once in this process; jobs before pool refills.
+
+    A start is CPU-bound (a fresh interpreter, or a container, getting going): a burst that
+    starts everything at once slows every start down and the first jobs wait as long as the
+    last. A job queues for a slot in arrival order (``acquire``); a pool refill takes only a
+    slot that is free while no job waits (``try_acquire``), so refills never delay a job. A
+    slot is held from the launch until the runtime says Ready or the start fails; a freed
+    slot goes straight to the oldest waiting job.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._free = limit
+        self._waiting: deque[threading.Event] = deque()
+
+    def acquire(self) -> StartSlot:
+        """Wait for a slot, behind the jobs that asked earlier."""
+        with self._lock:
+            if self._free > 0 and not self._waiting:
+                self._free -= 1
+                return StartSlot(self)
+            handed = threading.Event()
+            self._waiting.append(handed)
+        try:
+            handed.wait()
+        except BaseException:
+            with self._lock:
+                if handed.is_set():
+                    self._hand_on()  # it was ours already: the next in line gets it
+                else:
+                    self._waiting.remove(handed)
+            raise
+        return StartSlot(self)
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued for a slot right now."""
+        with self._lock:
+            return len(self._waiting)
+
+    def try_acquire(self) -> StartSlot | None:
+        """A slot if one is free and no job is waiting for one (pool refills), else None."""
+        with self._lock:
+            if self._free > 0 and not self._waiting:
+                self._free -= 1
+                return StartSlot(self)
+            return None
+
+    def _release(self, slot: StartSlot) -> None:
+        with self._lock:
+            if slot.held:
+                slot.held = False
+                self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Called with the lock held: a freed slot goes to the oldest waiter, or is free."""
+        if self._waiting:
+            self._waiting.popleft().set()
+        else:
+            self._free += 1
+
+
+class StartSlot:
+    """One start's right to run; ``release`` is safe to call more than once."""
+
+    def __init__(self, slots: StartSlots) -> None:
+        self._slots = slots
+        self.held = True
+
+    def release(self) -> None:
+        self._slots._release(self)
+
+
+_start_slots: dict[int, StartSlots] = {}
+_start_slots_lock = threading.Lock()
+
+
+def start_slots_for(settings: Settings) -> StartSlots:
+    """The process's start slots: shared by every launcher with the same limit.
+
+    A service process has one ``Settings``, hence one limit for all its sessions and pools;
+    keying by the limit lets a test (or an embedding) ask for another one.
+    """
+    limit = settings.sandbox_start_concurrency
+    with _start_slots_lock:
+        slots = _start_slots.get(limit)
+        if slots is None:
+            slots = _start_slots[limit] = StartSlots(limit)
+        return slots
+
+
 @dataclass
 class LiveSandbox:
     id: str
@@ -42,6 +139,8 @@ class LiveSandbox:
     process: SandboxProcess | None = None
     # Set once the runtime said Ready (a pool hands out sandboxes that are still starting).
     ready: bool = False
+    # Held until the start is over (ready or failed); whoever waits for Ready frees it.
+    start_slot: StartSlot | None = None
     launched_at: float = field(default_factory=time.monotonic)
     # Request ids already being served: the runtime re-sends a request it got no answer to.
     requests_seen: set[str] = field(default_factory=set)
@@ -59,6 +158,12 @@ class LiveSandbox:
     def describe(self) -> str:
         return "no process" if self.process is None else self.process.describe_exit()
 
+    def end_start(self) -> None:
+        """The start is over (ready, failed or abandoned): the next start may run."""
+        slot, self.start_slot = self.start_slot, None
+        if slot is not None:
+            slot.release()
+
 
 class Launcher:
     """Starts and ends sandboxes of one backend against one Redis."""
@@ -72,18 +177,23 @@ class Launcher:
         hub: PubSubHub | None = None,
         janitor: Janitor | None = None,
         heartbeat_s: float = 5.0,
+        start_slots: StartSlots | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.backend = backend
         self.hub = hub or hub_for(client)
         self.janitor = janitor or janitor_for(client)
+        self.start_slots = start_slots or start_slots_for(settings)
         self.heartbeat_s = heartbeat_s
         self._redis_address = redis_address(client, settings)
 
     def start(self, context_key: str | None) -> LiveSandbox:
-        """Launch and wait until ready; nothing is left behind if that fails."""
-        sbx = self.launch(context_key)
+        """Launch and wait until ready; nothing is left behind if that fails.
+
+        The wait for a start slot comes first and is not part of ``sandbox_start_timeout_s``.
+        """
+        sbx = self.launch(context_key, self.start_slots.acquire())
         try:
             self.await_ready(sbx)
         except BaseException:
@@ -91,14 +201,18 @@ class Launcher:
             raise
         return sbx
 
-    def launch(self, context_key: str | None) -> LiveSandbox:
-        """Start the runtime without waiting for it; ``context_key`` None: no context yet."""
+    def launch(self, context_key: str | None, slot: StartSlot) -> LiveSandbox:
+        """Start the runtime without waiting for it; ``context_key`` None: no context yet.
+
+        The sandbox holds ``slot`` until its start is over (``LiveSandbox.end_start``).
+        """
         sandbox_id = wire.new_id()
         sbx: LiveSandbox | None = None
         try:
             self.janitor.mark_alive(sandbox_id)
             password = acl.create_user(self.client, sandbox_id, context_key)
             sbx = LiveSandbox(sandbox_id, self.hub.subscribe(keys.sandbox_to_host(sandbox_id)))
+            sbx.start_slot = slot
             socket_path, host, port = self._redis_address
             bootstrap = wire.Bootstrap(
                 sandbox_id=sandbox_id,
@@ -116,23 +230,28 @@ class Launcher:
             sbx.launched_at = time.monotonic()
             sbx.process = self.backend.launch(bootstrap)
         except BaseException:
+            slot.release()
             self.teardown(sandbox_id, sbx)
             raise
         return sbx
 
     def await_ready(self, sbx: LiveSandbox) -> None:
-        if sbx.ready:
-            return
-        timeout_s = self.settings.sandbox_start_timeout_s
-        left = timeout_s - (time.monotonic() - sbx.launched_at)
-        self.await_message(
-            sbx,
-            lambda m: isinstance(m, wire.Ready),
-            None,
-            left,
-            f"sandbox was not ready within {timeout_s:g} s (sandbox_start_timeout_s)",
-        )
-        sbx.ready = True
+        """Wait for Ready; either way the start is over after this and its slot free."""
+        try:
+            if sbx.ready:
+                return
+            timeout_s = self.settings.sandbox_start_timeout_s
+            left = timeout_s - (time.monotonic() - sbx.launched_at)
+            self.await_message(
+                sbx,
+                lambda m: isinstance(m, wire.Ready),
+                None,
+                left,
+                f"sandbox was not ready within {timeout_s:g} s (sandbox_start_timeout_s)",
+            )
+            sbx.ready = True
+        finally:
+            sbx.end_start()
 
     def await_message(
         self,
@@ -178,7 +297,7 @@ class Launcher:
             if now >= deadline:
                 raise SandboxTimeout(f"{timeout_text}; {sbx.describe()}")
 
-    def send(self, sbx: LiveSandbox, msg: wire.Message) -> None:
+    def send(self, sbx: LiveSandbox, msg: BaseModel) -> None:
         try:
             wire.send(self.client, sbx.channel_in, sbx.prefix, msg)
         except redis.RedisError as exc:
@@ -198,6 +317,7 @@ class Launcher:
     def teardown(self, sandbox_id: str, sbx: LiveSandbox | None) -> None:
         """Kill, then remove user, keys and subscription; every step runs even if one fails."""
         steps: list[tuple[str, Callable[[], object]]] = [
+            ("free its start slot", lambda: sbx.end_start() if sbx else None),
             ("kill the process", lambda: sbx.process.kill() if sbx and sbx.process else None),
             ("delete the ACL user", lambda: acl.delete_user(self.client, sandbox_id)),
             ("drop its liveness key", lambda: self.janitor.mark_gone(sandbox_id)),

@@ -7,9 +7,10 @@ exactly one session, which grants its user read access to that job's context blo
 ends it as usual, so no state can cross from one job to the next.
 
 One refill thread keeps ``size`` sandboxes idle or starting: it launches without waiting
-(so several starts overlap, but never more than the pool is short of), watches for
-``Ready``, and discards sandboxes that died, failed to start or sat idle longer than
-``max_idle_s`` (old ones are replaced so a pool does not hold a stale process for hours).
+(so several starts overlap, but never more than the pool is short of, and each only with a
+start slot no job is waiting for: ``lifecycle.StartSlots``), watches for ``Ready``, and
+discards sandboxes that died, failed to start or sat idle longer than ``max_idle_s`` (old
+ones are replaced so a pool does not hold a stale process for hours).
 When the pool is empty, ``take()`` hands out one that is still starting (the session waits
 for its ``Ready``: never longer than a fresh start) or None, and the session starts its own.
 
@@ -165,8 +166,13 @@ class SandboxPool:
                 if short <= 0:
                     self._cond.wait(STARTING_POLL_S if self._starting else IDLE_CHECK_S)
                     continue
+                # Never blocks: this thread must keep freeing the slots of its own starts.
+                slot = self._launcher.start_slots.try_acquire()
+                if slot is None:
+                    self._cond.wait(STARTING_POLL_S)
+                    continue
             try:
-                sbx = self._launcher.launch(None)
+                sbx = self._launcher.launch(None, slot)
             except Exception as exc:
                 failures += 1
                 delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (failures - 1))
@@ -203,9 +209,11 @@ class SandboxPool:
                 elif sbx.process is not None and not sbx.process.alive():
                     problem = "exited before it was ready"
             if problem is not None:
+                sbx.end_start()
                 self._starting.remove(sbx)
                 self._discard(sbx, problem)
             elif sbx.ready:
+                sbx.end_start()
                 self._starting.remove(sbx)
                 self._idle.append(sbx)
                 self._cond.notify_all()
