@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
-from pydantic import BaseModel
 
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
@@ -297,7 +296,7 @@ class Launcher:
             if now >= deadline:
                 raise SandboxTimeout(f"{timeout_text}; {sbx.describe()}")
 
-    def send(self, sbx: LiveSandbox, msg: BaseModel) -> None:
+    def send(self, sbx: LiveSandbox, msg: wire.Message) -> None:
         try:
             wire.send(self.client, sbx.channel_in, sbx.prefix, msg)
         except redis.RedisError as exc:
