@@ -1,9 +1,9 @@
 """Sub-call replies, collected for a whole orchestrator process over one connection.
 
 llm workers RPUSH each reply onto ``keys.subcall_replies(waiter_id)``; one thread per
-orchestrator process BLPOPs that list and hands each reply to the waiting call. A
-process with 200 jobs in flight still holds one blocking connection, and nothing ever
-waits on a Celery result inside a task.
+orchestrator process BLPOPs that list, drains what else is there in one LPOP, and hands
+each reply to the waiting call. A process with 200 jobs in flight still holds one blocking
+connection, and nothing ever waits on a Celery result inside a task.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # BLPOP wakes this often to notice a stop request.
 _POLL_S = 1
+# Replies taken per LPOP once BLPOP found some: a fan-out's replies arrive in bursts, and
+# one round trip per burst instead of per reply is what keeps a batch of hundreds cheap.
+_DRAIN_COUNT = 100
 
 
 class Reply(BaseModel):
@@ -34,12 +37,22 @@ class Reply(BaseModel):
     result: SubcallResult
 
 
-def push_reply(client: redis.Redis, waiter_id: str, reply: Reply) -> None:
+def push_reply(
+    client: redis.Redis, waiter_id: str, reply: Reply, *, prompt_key: str | None = None
+) -> None:
+    """Push ``reply`` and delete the call's ``prompt_key`` in one round trip.
+
+    One transaction: a worker that dies around it leaves the call either answered with its
+    prompt gone, or unanswered with its prompt still there for the redelivered task, never
+    answered with the prompt left behind to be answered again.
+    """
     key = keys.subcall_replies(waiter_id)
-    pipe = client.pipeline()
+    pipe = client.pipeline(transaction=True)
     pipe.rpush(key, reply.model_dump_json())
     # Replies for a process that died are useless after a while.
     pipe.expire(key, keys.SANDBOX_KEY_TTL_S)
+    if prompt_key is not None:
+        pipe.delete(prompt_key)
     pipe.execute()
 
 
@@ -85,8 +98,22 @@ class ReplyCollector:
                 log.exception("reply collector lost Redis; retrying")
                 self._stop.wait(1.0)
                 continue
-            if item is not None:
-                self._deliver(item[1])
+            if item is None:
+                continue
+            self._deliver(item[1])
+            self._drain(key)
+
+    def _drain(self, key: str) -> None:
+        while not self._stop.is_set():
+            try:
+                items: Any = self._client.lpop(key, _DRAIN_COUNT)
+            except redis.RedisError:
+                log.exception("reply collector lost Redis while draining; back to BLPOP")
+                return
+            for raw in items or ():
+                self._deliver(raw)
+            if not items or len(items) < _DRAIN_COUNT:
+                return
 
     def close(self) -> None:
         self._stop.set()
