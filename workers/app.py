@@ -37,7 +37,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": _transport_options(settings),
         "broker_connection_retry_on_startup": True,
-        # Flower shows tasks from events: send them without needing `-E`.
+        # Flower shows tasks from events: send them without needing `-E`. ``task-sent`` lets
+        # it show jobs still queued; llm tasks are sent without one (workers/dispatcher.py).
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,

@@ -1,20 +1,23 @@
-"""The Celery dispatcher: each llm_query prompt becomes one ``rlm.llm`` task.
+"""The Celery dispatcher: the prompts of a batch go to the ``rlm.llm`` queue in chunks.
 
-Prompts are stored in Redis and the task carries only the call id and where to reply, so
-no message grows with the prompt. A batch is sent in one go and fans out over the whole
-llm pool; replies come back through ``ReplyCollector`` in any order and are put back in
-prompt order here.
+Prompts are stored in Redis and a task carries only ids (the job, its chunk's call ids and
+where to reply), so no message grows with the prompts. A chunk's prompts run concurrently
+on the llm worker that takes it, and each reply is pushed as soon as it is ready; replies
+come back through ``ReplyCollector`` in any order, are streamed to ``on_result`` and put
+back in prompt order here.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 import redis
 from celery import Celery
+from kombu.messaging import Producer
+from pydantic import BaseModel, ConfigDict
 
 from rlm_jobs import keys
 from rlm_jobs.dispatch import ResultCallback, StopCheck, SubcallResult, SubcallSpec
@@ -23,13 +26,46 @@ from workers.replies import ReplyCollector
 
 # How often a waiting batch checks whether its job must stop (cancel, budget, timeout).
 _STOP_CHECK_S = 0.25
+# A batch goes out as at least this many tasks (one per prompt below it) before prompts
+# share a task. Celery costs ~7 ms of CPU per task (message, ack, events), so sharing pays,
+# but a chunk runs inside one worker process: with too few tasks a batch lands on one or two
+# processes, queues for their llm_worker_concurrency slots and shares their GIL while the
+# rest of the pool idles. Eight reaches every process of a usual pool (2-4 llm processes,
+# with room for their prefetch to interleave) for at most ~56 ms of Celery CPU per batch;
+# past 8 * llm_chunk_size prompts, chunks are full and tasks grow with the batch.
+_SPREAD_TASKS = 8
+
+
+class PromptRecord(BaseModel):
+    """What ``keys.subcall_prompt(call_id)`` holds: everything a worker needs for one call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    model: str
+    prompt: str
+
+
+def chunk_sizes(n: int, max_chunk: int) -> list[int]:
+    """How ``n`` prompts are split into tasks: as even as possible, none above ``max_chunk``.
+
+    One prompt is one task (a lone ``llm_query`` must not wait for anything).
+    """
+    if n <= 0:
+        return []
+    tasks = max(math.ceil(n / max_chunk), min(n, _SPREAD_TASKS))
+    base, extra = divmod(n, tasks)
+    return [base + 1] * extra + [base] * (tasks - extra)
 
 
 class CeleryDispatcher:
-    def __init__(self, app: Celery, client: redis.Redis, collector: ReplyCollector) -> None:
+    def __init__(
+        self, app: Celery, client: redis.Redis, collector: ReplyCollector, *, chunk_size: int
+    ) -> None:
         self._app = app
         self._client = client
         self._collector = collector
+        self._chunk_size = chunk_size
 
     def run_batch(
         self, specs: Sequence[SubcallSpec], *, on_result: ResultCallback, stop: StopCheck
@@ -40,20 +76,17 @@ class CeleryDispatcher:
         call_ids = [uuid.uuid4().hex for _ in specs]
         pipe = self._client.pipeline(transaction=False)
         for call_id, spec in zip(call_ids, specs, strict=True):
-            record = {"job_id": spec.job_id, "model": spec.model, "prompt": spec.prompt}
-            pipe.set(keys.subcall_prompt(call_id), json.dumps(record), ex=keys.SANDBOX_KEY_TTL_S)
+            record = PromptRecord(job_id=spec.job_id, model=spec.model, prompt=spec.prompt)
+            pipe.set(
+                keys.subcall_prompt(call_id), record.model_dump_json(), ex=keys.SANDBOX_KEY_TTL_S
+            )
         pipe.execute()
         futures: dict[Future[SubcallResult], int] = {
             self._collector.expect(call_id): i for i, call_id in enumerate(call_ids)
         }
         with self._app.producer_or_acquire() as producer:
-            for call_id in call_ids:
-                self._app.send_task(
-                    LLM_TASK,
-                    args=[call_id, self._collector.waiter_id],
-                    queue=LLM_QUEUE,
-                    producer=producer,
-                )
+            for job_id, chunk in self._chunks(specs, call_ids):
+                self._send(producer, job_id, chunk)
         results: list[SubcallResult | None] = [None] * len(specs)
         pending = set(futures)
         while pending:
@@ -70,6 +103,36 @@ class CeleryDispatcher:
             r if r is not None else SubcallResult(ok=False, text="Error: lost") for r in results
         ]
 
+    def _chunks(
+        self, specs: Sequence[SubcallSpec], call_ids: list[str]
+    ) -> list[tuple[str, list[str]]]:
+        """(job id, call ids) per task; a task serves one job, whose cancel flag it reads."""
+        by_job: dict[str, list[str]] = {}
+        for call_id, spec in zip(call_ids, specs, strict=True):
+            by_job.setdefault(spec.job_id, []).append(call_id)
+        chunks = []
+        for job_id, ids in by_job.items():
+            start = 0
+            for size in chunk_sizes(len(ids), self._chunk_size):
+                chunks.append((job_id, ids[start : start + size]))
+                start += size
+        return chunks
+
+    def _send(self, producer: Producer, job_id: str, call_ids: list[str]) -> None:
+        # Built without a ``task-sent`` event (``task_send_sent_event`` stays on for the
+        # orchestrate task, which ``send_task`` would apply to every task): an llm task
+        # shows up in Flower when a worker receives it, and the event was one more publish
+        # per task from the orchestrator.
+        amqp = self._app.amqp
+        message = amqp.create_task_message(
+            uuid.uuid4().hex,
+            LLM_TASK,
+            [job_id, call_ids, self._collector.waiter_id],
+            create_sent_event=False,
+            ignore_result=True,
+        )
+        amqp.send_task_message(producer, LLM_TASK, message, queue=LLM_QUEUE)
+
     def _abandon(
         self,
         pending: set[Future[SubcallResult]],
@@ -79,7 +142,7 @@ class CeleryDispatcher:
         results: list[SubcallResult | None],
         on_result: ResultCallback,
     ) -> None:
-        """Drop calls not yet answered: deleting the prompt makes a queued task a no-op."""
+        """Drop calls not yet answered: deleting the prompt makes queued work a no-op."""
         pipe = self._client.pipeline(transaction=False)
         for future in pending:
             index = futures[future]

@@ -1,4 +1,5 @@
-"""What one worker process shares between its tasks: connections, router, dispatcher.
+"""What one worker process shares between its tasks: connections, router, dispatcher,
+and the pool that runs the llm tasks' provider calls.
 
 Built on first use (never at import, never before a fork) and kept for the process
 lifetime, one per Celery app.
@@ -10,6 +11,7 @@ import os
 import socket
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -25,7 +27,6 @@ from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.session import open_repl_factory
 from rlm_jobs.store import Store
 from workers.dispatcher import CeleryDispatcher
-from workers.orchestrator import LeaseKeeper
 from workers.replies import ReplyCollector
 
 _lock = threading.Lock()
@@ -54,7 +55,7 @@ class WorkerRuntime:
         self._collector: ReplyCollector | None = None
         self._repl_factory: ReplFactory | None = None
         self._sandbox_pool: SandboxPool | None = None
-        self._lease_keeper: LeaseKeeper | None = None
+        self._llm_pool: ThreadPoolExecutor | None = None
 
     def engine(self) -> Engine:
         """The orchestrator's engine; its reply collector starts with the first job."""
@@ -71,7 +72,9 @@ class WorkerRuntime:
                 )
                 self._engine = Engine(
                     router=self.router,
-                    dispatcher=CeleryDispatcher(self.app, client, self._collector),
+                    dispatcher=CeleryDispatcher(
+                        self.app, client, self._collector, chunk_size=self.settings.llm_chunk_size
+                    ),
                     repl_factory=open_repl_factory(client, self.settings, pool=self._sandbox_pool),
                     store_context=lambda value: put_context(client, value),
                     max_output_tokens=self.settings.max_output_tokens,
@@ -80,20 +83,25 @@ class WorkerRuntime:
                 )
             return self._engine
 
-    def lease_keeper(self) -> LeaseKeeper:
-        """The one thread that renews the leases of all jobs of this process (made lazily)."""
+    def llm_pool(self) -> ThreadPoolExecutor:
+        """Where llm tasks run their prompts: one bound on provider calls for the process.
+
+        A chunk's prompts run concurrently and the chunks of every task share these
+        threads, so ``llm_worker_concurrency`` caps the calls in flight however the prompts
+        were split into tasks.
+        """
         with _lock:
-            if self._lease_keeper is None:
-                self._lease_keeper = LeaseKeeper(
-                    self.store,
-                    ttl_s=self.settings.lease_ttl_s,
-                    renew_s=self.settings.lease_renew_s,
+            if self._llm_pool is None:
+                self._llm_pool = ThreadPoolExecutor(
+                    max_workers=self.settings.llm_worker_concurrency, thread_name_prefix="rlm-llm"
                 )
-            return self._lease_keeper
+            return self._llm_pool
 
     def close(self) -> None:
-        if self._lease_keeper is not None:
-            self._lease_keeper.close()
+        if self._llm_pool is not None:
+            # Prompts not yet started are cancelled (their task hands them back to the
+            # broker); calls in flight finish, so none pushes its reply through a closed client.
+            self._llm_pool.shutdown(wait=True, cancel_futures=True)
         if self._sandbox_pool is not None:
             self._sandbox_pool.close()  # ends its sandboxes and waits for queued teardowns
         if self._engine is not None:
