@@ -23,7 +23,7 @@ from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.submitter import Document, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
 from tests.workerstack import Worker, runtime_pids, sandbox_pids, wait_for
-from workers.app import ORCHESTRATE_QUEUE, RUN_JOB_TASK, create_app
+from workers.app import LLM_TASK, ORCHESTRATE_QUEUE, RUN_JOB_TASK, create_app
 from workers.enqueue import celery_enqueuer
 
 pytestmark = pytest.mark.timeout(240)
@@ -228,13 +228,15 @@ def test_cancelling_a_job_a_parent_and_a_batch(cluster: Cluster) -> None:
 
 def test_progress_reaches_the_event_stream_flower_reads(cluster: Cluster) -> None:
     seen: list[dict[str, Any]] = []
+    sent: list[dict[str, Any]] = []
+    received: list[dict[str, Any]] = []
     receivers: list[Any] = []
 
     def listen() -> None:
         with cluster.app.connection_for_read() as connection:
-            receiver = cluster.app.events.Receiver(
-                connection, handlers={"task-progress": seen.append}
-            )
+            handlers = {"task-progress": seen.append, "task-sent": sent.append}
+            handlers["task-received"] = received.append
+            receiver = cluster.app.events.Receiver(connection, handlers=handlers)
             receivers.append(receiver)
             # Checks receiver.should_stop about once a second.
             receiver.capture(limit=None, timeout=None, wakeup=False)
@@ -250,12 +252,16 @@ def test_progress_reaches_the_event_stream_flower_reads(cluster: Cluster) -> Non
     handle.wait(timeout_s=60)
     try:
         wait_for(lambda: any(e.get("iteration", 0) >= 2 for e in seen), 20, "progress events")
+        # Flower lists every task, the llm tasks too (from task-received); only the
+        # orchestrate task is announced when sent (jobs waiting in the queue show up).
+        wait_for(lambda: {e["name"] for e in received} == {RUN_JOB_TASK, LLM_TASK}, 20, "tasks")
     finally:
         receivers[0].should_stop = True
         listener.join(timeout=10)
     event = next(e for e in seen if e.get("iteration", 0) >= 2)
     assert event["state"] == "PROGRESS" and event["job_id"] == handle.id
     assert {"subcalls_done", "subcalls_in_flight", "tokens", "cost_usd", "depth"} <= set(event)
+    assert {e["name"] for e in sent} == {RUN_JOB_TASK}
 
 
 def test_bad_input_fails_alone_and_the_worker_carries_on(cluster: Cluster) -> None:

@@ -1,0 +1,299 @@
+"""llm tasks in chunks: real Redis, real `celery -A workers worker -Q rlm.llm` processes,
+the scripted provider over real HTTP.
+
+This process plays the orchestrator: the same ``CeleryDispatcher`` and ``ReplyCollector``
+an orchestrator worker's engine uses send batches to the workers and wait for the replies.
+Tests that need to act as a misbehaving broker send task messages themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from rlm_jobs import keys
+from rlm_jobs.config import Settings
+from rlm_jobs.dispatch import SubcallResult, SubcallSpec
+from rlm_jobs.redis_server import RedisServer
+from rlm_jobs.store import Store
+from rlm_jobs.testing.policies.sub import NEEDLE_ASK
+from rlm_jobs.testing.provider import ScriptedProvider
+from tests.workerstack import Worker, wait_for
+from workers.app import LLM_QUEUE, LLM_TASK, create_app
+from workers.dispatcher import CeleryDispatcher, PromptRecord, chunk_sizes
+from workers.replies import Reply, ReplyCollector
+
+pytestmark = pytest.mark.timeout(120)
+
+MODEL = "scripted/needle"
+CHUNK_SIZE = 5
+
+
+def prompt(i: int) -> str:
+    """A prompt the scripted needle model answers with ``C<i>``: replies show their order."""
+    return f"{NEEDLE_ASK}\nsome text. The secret code is C{i}. more text."
+
+
+class LlmStack:
+    """llm workers started on demand, and a dispatcher in this process to feed them."""
+
+    def __init__(self, server: RedisServer, provider: ScriptedProvider, logdir: Path) -> None:
+        self.provider = provider
+        self.logdir = logdir
+        self.env = {
+            "PATH": os.environ.get("PATH", ""),
+            "RLM_JOBS_REDIS_URL": server.url,
+            "RLM_JOBS_SCRIPTED_BASE_URL": provider.url,
+        }
+        self.workers: list[Worker] = []
+        settings = Settings(redis_url=server.url, scripted_base_url=provider.url)
+        self.app = create_app(settings)
+        self.client = redis.Redis.from_url(server.url)
+        self.store = Store(self.client)
+        blocking = redis.Redis.from_url(server.url, socket_timeout=30)
+        self.collector = ReplyCollector(blocking, f"test-{uuid.uuid4().hex[:8]}")
+        self.dispatcher = CeleryDispatcher(
+            self.app, self.client, self.collector, chunk_size=CHUNK_SIZE
+        )
+
+    def start(self, concurrency: int = 4, **env: str) -> Worker:
+        worker = Worker(LLM_QUEUE, {**self.env, **env}, self.logdir, concurrency=concurrency)
+        self.workers.append(worker)
+        worker.wait_ready()
+        return worker
+
+    def run(
+        self,
+        n: int,
+        *,
+        job_id: str = "job-1",
+        on_result: Callable[[int, SubcallResult], None] | None = None,
+        stop: Callable[[], str | None] = lambda: None,
+    ) -> list[SubcallResult]:
+        specs = [SubcallSpec(job_id=job_id, model=MODEL, prompt=prompt(i)) for i in range(n)]
+        return self.dispatcher.run_batch(
+            specs, on_result=on_result or (lambda i, r: None), stop=stop
+        )
+
+    def tasks_finished(self) -> list[str]:
+        """What each llm task a worker finished returned, from the workers' logs."""
+        return [
+            line.split("] succeeded in ", 1)[1].split(": ", 1)[1]
+            for w in self.workers
+            for line in w.log().splitlines()
+            if f"Task {LLM_TASK}[" in line and "] succeeded in " in line
+        ]
+
+    def wait_tasks_finished(self, count: int, timeout_s: float) -> list[str]:
+        wait_for(lambda: len(self.tasks_finished()) >= count, timeout_s, f"{count} llm tasks")
+        return self.tasks_finished()
+
+    def tasks_received(self) -> int:
+        return sum(
+            1
+            for w in self.workers
+            for line in w.log().splitlines()
+            if f"Task {LLM_TASK}[" in line and line.endswith("] received")
+        )
+
+    def provider_calls(self) -> int:
+        entry = self.provider.ledger().get(MODEL)
+        return entry.calls if entry is not None else 0
+
+    def stop(self) -> None:
+        self.dispatcher.close()
+        for worker in self.workers:
+            worker.stop()
+        self.client.close()
+
+
+@pytest.fixture
+def stack(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> Iterator[LlmStack]:
+    with ScriptedProvider() as provider:
+        s = LlmStack(redis_server, provider, tmp_path)
+        yield s
+        s.stop()
+
+
+def store_prompts(stack: LlmStack, job_id: str, n: int) -> list[str]:
+    """Prompts stored as the dispatcher stores them; their call ids."""
+    call_ids = [uuid.uuid4().hex for _ in range(n)]
+    for i, call_id in enumerate(call_ids):
+        record = PromptRecord(job_id=job_id, model=MODEL, prompt=prompt(i))
+        stack.client.set(keys.subcall_prompt(call_id), record.model_dump_json(), ex=600)
+    return call_ids
+
+
+def replies(stack: LlmStack, waiter_id: str) -> list[Reply]:
+    raw = stack.client.lrange(keys.subcall_replies(waiter_id), 0, -1)
+    return [Reply.model_validate_json(r) for r in raw]
+
+
+@pytest.mark.parametrize(
+    ("n", "max_chunk", "sizes"),
+    [
+        (1, 10, [1]),  # a lone llm_query is a task of its own
+        (5, 10, [1] * 5),  # small batches spread one prompt per task
+        (20, 10, [3, 3, 3, 3, 2, 2, 2, 2]),  # shared evenly once past the spread
+        (200, 10, [10] * 20),  # full chunks
+        (23, 2, [2] * 11 + [1]),
+    ],
+)
+def test_chunk_sizes_spread_small_batches_and_cap_big_ones(
+    n: int, max_chunk: int, sizes: list[int]
+) -> None:
+    assert chunk_sizes(n, max_chunk) == sizes
+
+
+def test_a_batch_bigger_than_a_chunk_is_answered_in_order_over_several_tasks(
+    stack: LlmStack,
+) -> None:
+    stack.provider.configure(sub_latency_s=0.2)
+    stack.start()
+    stack.start()
+    n = 40
+    streamed: list[int] = []
+
+    results = stack.run(n, on_result=lambda i, r: streamed.append(i))
+
+    assert [r.text for r in results] == [f"C{i}" for i in range(n)]
+    assert all(r.ok for r in results)
+    assert sorted(streamed) == list(range(n))  # each result streamed once, as it arrived
+    assert stack.provider_calls() == n
+    # 8 tasks of 5 (CHUNK_SIZE), spread over both workers.
+    assert len({r.worker for r in results}) == 2
+    finished = stack.wait_tasks_finished(8, 10)
+    assert finished == ["'ok 5'"] * 8
+    assert stack.tasks_received() == 8
+
+    # A lone prompt is one task of one prompt.
+    assert [r.text for r in stack.run(1)] == ["C0"]
+    # (Logs are read worker by worker, so the order is not the order tasks ran in.)
+    assert sorted(stack.wait_tasks_finished(9, 10)) == ["'ok 1'"] + ["'ok 5'"] * 8
+
+
+def test_a_chunk_of_a_job_cancelled_mid_way_calls_the_provider_no_more(stack: LlmStack) -> None:
+    # One provider call at a time: the first chunk's later prompts queue behind its first.
+    stack.provider.configure(sub_latency_s=0.2)
+    stack.start(concurrency=1, RLM_JOBS_LLM_WORKER_CONCURRENCY="1")
+    n = 40
+    cancelled = threading.Event()
+
+    def cancel_after_first(index: int, result: SubcallResult) -> None:
+        if not cancelled.is_set():
+            stack.store.request_cancel("job-2", "test cancel")
+            cancelled.set()
+
+    results = stack.run(n, job_id="job-2", on_result=cancel_after_first)
+
+    calls = stack.provider_calls()
+    # The first answer sets the flag; the prompt started meanwhile may still run.
+    assert 1 <= calls <= 2 < CHUNK_SIZE
+    assert all(r.ok for r in results[:calls])
+    assert [r.text for r in results[calls:]] == ["Error: not run: test cancel"] * (n - calls)
+    finished = stack.wait_tasks_finished(8, 10)
+    assert finished[0] == f"'not run {CHUNK_SIZE - calls}, ok {calls}'"
+    assert finished[1:] == [f"'not run {CHUNK_SIZE}'"] * 7
+
+
+def test_a_batch_its_job_gave_up_on_leaves_queued_prompts_unrun(stack: LlmStack) -> None:
+    stack.provider.configure(sub_latency_s=0.2)
+    stack.start(concurrency=1, RLM_JOBS_LLM_WORKER_CONCURRENCY="1")
+    n = 40
+    answered = threading.Event()
+
+    results = stack.run(
+        n,
+        on_result=lambda i, r: answered.set(),
+        stop=lambda: "budget exceeded" if answered.is_set() else None,
+    )
+
+    assert results[0].ok
+    assert [r.text for r in results[1:]] == ["Error: not run: budget exceeded"] * (n - 1)
+    # The workers see the prompts gone (the dispatcher deleted them) and skip them all.
+    finished = stack.wait_tasks_finished(8, 15)
+    assert stack.provider_calls() <= 2
+    assert finished[1:] == [f"'gone {CHUNK_SIZE}'"] * 7
+
+
+def test_a_chunk_delivered_twice_answers_each_prompt_once(stack: LlmStack) -> None:
+    stack.start()
+    call_ids = store_prompts(stack, "job-3", 3)
+    waiter = "dup-waiter"
+
+    for delivery in (1, 2):
+        stack.app.send_task(LLM_TASK, args=["job-3", call_ids, waiter], queue=LLM_QUEUE)
+        stack.wait_tasks_finished(delivery, 15)
+
+    assert stack.tasks_finished() == ["'ok 3'", "'gone 3'"]
+    got = replies(stack, waiter)
+    assert sorted(r.call_id for r in got) == sorted(call_ids)
+    assert [r.result.text for r in got if r.call_id == call_ids[2]] == ["C2"]
+    assert stack.provider_calls() == 3
+    assert not stack.client.exists(*[keys.subcall_prompt(c) for c in call_ids])
+
+
+def test_a_chunk_redelivered_after_its_worker_died_answers_only_what_was_left(
+    stack: LlmStack,
+) -> None:
+    stack.provider.configure(sub_latency_s=0.4)
+    first = stack.start(concurrency=1, RLM_JOBS_LLM_WORKER_CONCURRENCY="1")
+    call_ids = store_prompts(stack, "job-4", 4)
+    waiter = "crash-waiter"
+    stack.app.send_task(LLM_TASK, args=["job-4", call_ids, waiter], queue=LLM_QUEUE)
+    wait_for(lambda: len(replies(stack, waiter)) >= 2, 15, "half the chunk to be answered")
+
+    first.kill()
+    before = len(replies(stack, waiter))
+    # The message was never acknowledged: a live worker restores it once it is older than
+    # the visibility timeout.
+    stack.start(RLM_JOBS_VISIBILITY_TIMEOUT_S="1", RLM_JOBS_BROKER_RESTORE_INTERVAL_S="1")
+    wait_for(lambda: len(replies(stack, waiter)) >= 4, 30, "the rest after redelivery")
+    finished = stack.wait_tasks_finished(1, 10)
+
+    assert before >= 2
+    assert finished == [f"'gone {before}, ok {4 - before}'"]
+    got = replies(stack, waiter)
+    assert sorted(r.call_id for r in got) == sorted(call_ids)  # each exactly once
+    by_id = {r.call_id: r.result.text for r in got}
+    assert [by_id[c] for c in call_ids] == ["C0", "C1", "C2", "C3"]
+    # Only the prompt in flight when the worker died may have reached the provider twice.
+    assert stack.provider_calls() <= 5
+
+
+def test_malformed_llm_messages_are_rejected_alone(stack: LlmStack) -> None:
+    worker = stack.start()
+    good = store_prompts(stack, "job-5", 1)
+    corrupt = uuid.uuid4().hex
+    stack.client.set(keys.subcall_prompt(corrupt), "{not json")
+    bad_args: list[Any] = [
+        [{"job": 1}, good, "w"],
+        ["job-5", "not-a-list", "w"],
+        ["job-5", [], "w"],
+        ["job-5", ["bad id!"], "w"],
+        ["job-5", good + good, "w"],
+        ["job-5", [uuid.uuid4().hex for _ in range(101)], "w"],
+        ["job-5", good],  # a missing argument: Celery fails the task, not the worker
+    ]
+    for args in bad_args:
+        stack.app.send_task(LLM_TASK, args=args, queue=LLM_QUEUE)
+    stack.app.send_task(LLM_TASK, args=["job-5", [corrupt], "w"], queue=LLM_QUEUE)
+
+    # The worker carries on: a real batch after them is answered in full.
+    assert [r.text for r in stack.run(12)] == [f"C{i}" for i in range(12)]
+    wait_for(lambda: worker.log().count("rejected llm message") == 6, 10, "six rejections")
+    assert worker.alive()
+    assert stack.provider_calls() == 12  # no rejected message reached the provider
+    # A corrupt prompt record is answered with an error, so nobody waits for it forever.
+    reply = wait_for(lambda: replies(stack, "w"), 10, "the corrupt record's reply")
+    assert [(r.call_id, r.result.ok) for r in reply] == [(corrupt, False)]
+    assert reply[0].result.text == "Error: malformed sub-call record"
