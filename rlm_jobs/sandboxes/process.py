@@ -8,7 +8,7 @@ If bubblewrap is missing or fails its self-check, the backend refuses to start u
 ``sandbox_allow_unsafe`` is set; then it warns and runs plain child processes with rlimits
 only. The runtime's own stdout/stderr go to a pipe whose last
 few KB are kept in memory (never on disk, which model code could fill); that tail explains a
-crash in ``describe_exit``.
+crash in ``describe_exit``. One thread reads the pipes of all of a process's sandboxes.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import resource
+import selectors
 import shutil
 import signal
 import subprocess
@@ -67,23 +68,101 @@ def rlimits(settings: Settings, cpu_s: int) -> list[tuple[int, int]]:
 
 
 class _OutputTail:
-    """Drains the child's stdout/stderr pipe, keeping only the end of it."""
+    """The end of one child's stdout/stderr pipe, drained by the process's ``_OutputReader``."""
 
     def __init__(self, pipe: IO[bytes]) -> None:
         self._pipe = pipe
         self._tail = b""
-        self._thread = threading.Thread(target=self._drain, name="rlm-sandbox-log", daemon=True)
-        self._thread.start()
+        self._ended = threading.Event()
+        _reader.add(self)
 
-    def _drain(self) -> None:
-        with self._pipe:
-            while chunk := os.read(self._pipe.fileno(), 65536):
-                self._tail = (self._tail + chunk)[-LOG_TAIL_BYTES:]
+    def fileno(self) -> int:
+        return self._pipe.fileno()
+
+    def take(self, chunk: bytes) -> None:
+        self._tail = (self._tail + chunk)[-LOG_TAIL_BYTES:]
+
+    def end(self) -> None:
+        self._pipe.close()
+        self._ended.set()
 
     def text(self, wait_s: float = 0.0) -> str:
         """The tail; ``wait_s`` lets a just-dead process's last words arrive."""
-        self._thread.join(wait_s)
+        self._ended.wait(wait_s)
         return self._tail.decode("utf-8", "replace")
+
+
+class _OutputReader:
+    """One thread reading the output pipes of every sandbox of this process.
+
+    A thread per sandbox would mostly sit blocked in ``read``; 200 sandboxes would mean 200
+    threads. A pipe is dropped (and closed) at end of file, when its process and everything
+    it started have exited.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_w = -1
+        self._pid = 0
+
+    def add(self, tail: _OutputTail) -> None:
+        os.set_blocking(tail.fileno(), False)
+        with self._lock:
+            if self._selector is None or self._pid != os.getpid():
+                self._start()  # first use, or a forked child: the thread did not come along
+            assert self._selector is not None
+            self._selector.register(tail.fileno(), selectors.EVENT_READ, tail)
+            # Selectors other than epoll only see a new pipe on their next call; a full
+            # wake-up pipe means a wake-up is pending anyway.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"\0")
+
+    def _start(self) -> None:
+        """Called with the lock held."""
+        wake_r, self._wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(wake_r, selectors.EVENT_READ, None)
+        self._pid = os.getpid()
+        thread = threading.Thread(
+            target=self._run, args=(self._selector,), name="rlm-sandbox-output", daemon=True
+        )
+        thread.start()
+
+    def _run(self, selector: selectors.BaseSelector) -> None:
+        while True:
+            for key, _ in selector.select():
+                try:
+                    self._serve(selector, key)
+                except Exception:  # this thread must live on for the other sandboxes' pipes
+                    log.exception("reading sandbox output (fd %d)", key.fd)
+
+    def _serve(self, selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        tail: _OutputTail | None = key.data
+        chunk = _read_available(key.fd)
+        if tail is None:
+            return  # the wake-up pipe: the registration has taken effect
+        if chunk:
+            tail.take(chunk)
+        elif chunk is not None:  # end of file
+            with self._lock:
+                selector.unregister(key.fd)
+            tail.end()
+
+
+def _read_available(fd: int) -> bytes | None:
+    """What the pipe holds (b"" at end of file), or None if nothing after all."""
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return None
+    except OSError:  # the pipe broke: treat it as ended
+        return b""
+
+
+_reader = _OutputReader()
 
 
 class ProcessSandbox:
