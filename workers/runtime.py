@@ -27,6 +27,7 @@ from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.session import open_repl_factory
 from rlm_jobs.store import Store
 from workers.dispatcher import CeleryDispatcher
+from workers.orchestrator import LeaseKeeper
 from workers.replies import ReplyCollector
 
 _lock = threading.Lock()
@@ -56,6 +57,7 @@ class WorkerRuntime:
         self._repl_factory: ReplFactory | None = None
         self._sandbox_pool: SandboxPool | None = None
         self._llm_pool: ThreadPoolExecutor | None = None
+        self._lease_keeper: LeaseKeeper | None = None
 
     def engine(self) -> Engine:
         """The orchestrator's engine; its reply collector starts with the first job."""
@@ -83,6 +85,17 @@ class WorkerRuntime:
                 )
             return self._engine
 
+    def lease_keeper(self) -> LeaseKeeper:
+        """The one thread that renews the leases of all jobs of this process (made lazily)."""
+        with _lock:
+            if self._lease_keeper is None:
+                self._lease_keeper = LeaseKeeper(
+                    self.store,
+                    ttl_s=self.settings.lease_ttl_s,
+                    renew_s=self.settings.lease_renew_s,
+                )
+            return self._lease_keeper
+
     def llm_pool(self) -> ThreadPoolExecutor:
         """Where llm tasks run their prompts: one bound on provider calls for the process.
 
@@ -102,6 +115,8 @@ class WorkerRuntime:
             # Prompts not yet started are cancelled (their task hands them back to the
             # broker); calls in flight finish, so none pushes its reply through a closed client.
             self._llm_pool.shutdown(wait=True, cancel_futures=True)
+        if self._lease_keeper is not None:
+            self._lease_keeper.close()
         if self._sandbox_pool is not None:
             self._sandbox_pool.close()  # ends its sandboxes and waits for queued teardowns
         if self._engine is not None:
