@@ -2,9 +2,9 @@
 
 The command list is the minimum the runtime uses, found by running it with nothing else
 allowed and reading ``ACL LOG`` (a test keeps it that way): AUTH needs no permission, the
-runtime's own client (``sandbox.resp``) sends no ``HELLO`` or ``CLIENT SETINFO``, and closing
-a pub/sub connection sends no UNSUBSCRIBE. Only the SHA-256 of the password is sent to Redis, so the password itself
-never appears in MONITOR or ``ACL LIST``.
+runtime's own client (``sandbox.resp``) sends no ``HELLO`` or ``CLIENT SETINFO``, and
+closing a pub/sub connection sends no UNSUBSCRIBE. Only the SHA-256 of the password is sent
+to Redis, so the password itself never appears in MONITOR or ``ACL LIST``.
 
 The ACL only confines sandboxes if Redis's ``default`` user has a password: the sandbox can
 reach the server's socket and could otherwise simply not log in as its own user.
