@@ -69,6 +69,15 @@ class WorkerSpec:
     app: str = "workers"
 
 
+def llm_spec(calls: int) -> WorkerSpec:
+    """An llm worker process that runs at most ``calls`` provider calls at once.
+
+    Prompts travel in chunks, so Celery's concurrency counts chunks in flight; the cap on
+    provider calls is ``llm_worker_concurrency``. Both are set to ``calls``.
+    """
+    return WorkerSpec(LLM_QUEUE, calls, env={"RLM_JOBS_LLM_WORKER_CONCURRENCY": str(calls)})
+
+
 def echo_spec(concurrency: int = 8) -> WorkerSpec:
     return WorkerSpec("bench.echo", concurrency, app="echo")
 

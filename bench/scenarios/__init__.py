@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import LLM_QUEUE, ORCHESTRATE_QUEUE, Cluster, WorkerSpec
+from bench.cluster import ORCHESTRATE_QUEUE, Cluster, WorkerSpec, llm_spec
 
 log = logging.getLogger("bench")
 
@@ -33,7 +33,7 @@ class RunContext:
 
 def standard_workers() -> list[WorkerSpec]:
     """The workers most scenarios share: one orchestrator (4 threads), one llm (16)."""
-    return [WorkerSpec(ORCHESTRATE_QUEUE, 4), WorkerSpec(LLM_QUEUE, 16)]
+    return [WorkerSpec(ORCHESTRATE_QUEUE, 4), llm_spec(16)]
 
 
 Scenario = Callable[[RunContext], dict[str, Any]]

@@ -18,7 +18,7 @@ from typing import Any
 from celery import group
 
 from bench import echo, procinfo, stats
-from bench.cluster import LLM_QUEUE, ORCHESTRATE_QUEUE, WorkerSpec, echo_spec
+from bench.cluster import ORCHESTRATE_QUEUE, WorkerSpec, echo_spec, llm_spec
 from bench.scenarios import RunContext, log, result
 
 LATENCY_S = 0.5
@@ -58,7 +58,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         cluster.ensure_workers(
             [
                 WorkerSpec(ORCHESTRATE_QUEUE, 4),
-                *[WorkerSpec(LLM_QUEUE, math.ceil(n / procs))] * procs,
+                *[llm_spec(math.ceil(n / procs))] * procs,
             ]
         )
         cluster.provider.configure(sub_latency_s=LATENCY_S)

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from bench import procinfo, reference, stats, workloads
-from bench.cluster import LLM_QUEUE, ORCHESTRATE_QUEUE, WorkerSpec
+from bench.cluster import ORCHESTRATE_QUEUE, WorkerSpec, llm_spec
 from bench.scenarios import RunContext, log, result
 from rlm_jobs.submitter import JobHandle
 
@@ -38,7 +38,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     notes: list[str] = []
     llm_threads = ctx.size(64, 16)
     orchestrator, _ = cluster.ensure_workers(
-        [WorkerSpec(ORCHESTRATE_QUEUE, concurrency), WorkerSpec(LLM_QUEUE, llm_threads)]
+        [WorkerSpec(ORCHESTRATE_QUEUE, concurrency), llm_spec(llm_threads)]
     )
     cluster.provider.configure(root_latency_s=ROOT_S, sub_latency_s=SUB_S)
     try:

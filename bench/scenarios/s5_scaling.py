@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from bench import procinfo, stats
-from bench.cluster import LLM_QUEUE, ORCHESTRATE_QUEUE, WorkerSpec
+from bench.cluster import ORCHESTRATE_QUEUE, WorkerSpec, llm_spec
 from bench.scenarios import RunContext, log, result
 
 THREADS = 16
@@ -31,9 +31,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     throughput: dict[int, list[float]] = {}
     warmup = ctx.size(1, 0)
     for count in counts:
-        cluster.ensure_workers(
-            [WorkerSpec(ORCHESTRATE_QUEUE, 4), *[WorkerSpec(LLM_QUEUE, THREADS)] * count]
-        )
+        cluster.ensure_workers([WorkerSpec(ORCHESTRATE_QUEUE, 4), *[llm_spec(THREADS)] * count])
         cluster.provider.configure(sub_latency_s=latency_s)
         cpu = procinfo.CpuMeter(cluster.cpu_groups())
         try:
