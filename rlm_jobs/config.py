@@ -48,8 +48,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
 
     # Connections one process may open to Redis; past it callers wait instead of failing.
-    # Pub/sub and blocking reads have their own. 32 serves hundreds of concurrent jobs.
-    redis_max_connections: int = Field(default=32, ge=4, le=10_000)
+    # Pub/sub and blocking reads have their own. Every command is short (leases and cancel
+    # flags go in one batch per process), so 8 serve 200 concurrent jobs (bench scenario 7).
+    redis_max_connections: int = Field(default=8, ge=4, le=10_000)
 
     # The root model; None picks one from whichever provider key is set (scripted if none).
     model: str | None = None
