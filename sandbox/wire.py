@@ -20,9 +20,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, Union
 
@@ -221,7 +221,8 @@ class Bootstrap(Record):
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits, like uuid4().hex, without importing uuid (and platform) at start.
+    return os.urandom(16).hex()
 
 
 # ---- checking ---------------------------------------------------------------------------

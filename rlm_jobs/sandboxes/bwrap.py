@@ -39,6 +39,10 @@ NOBODY = 65534
 SANDBOX_UID_FIRST = 3_000_000
 SANDBOX_UID_COUNT = 1_000_000
 PROBE_TIMEOUT_S = 30.0
+# How the sandbox's interpreter starts: -P keeps the working directory off sys.path, -S skips
+# ``site``: the runtime is stdlib only, and no .pth file of the host's installation runs
+# code (or imports anything) at every sandbox start.
+PYTHON_FLAGS = ["-P", "-S"]
 
 # Imports the runtime, then reports where everything it loaded came from.
 _PROBE = """
@@ -83,7 +87,7 @@ def discover_layout(python: str, sandbox_root: str) -> PythonLayout:
     """Ask ``python`` which directories the runtime imports from (raises OSError/ValueError)."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": sandbox_root}
     out = subprocess.run(
-        [python, "-P", "-s", "-c", _PROBE],
+        [python, *PYTHON_FLAGS, "-c", _PROBE],
         env=env,
         capture_output=True,
         text=True,

@@ -140,7 +140,9 @@ class PubSubHub:
                     return
             try:
                 msg = pubsub.get_message(timeout=POLL_S)
-            except (redis.RedisError, OSError, ValueError) as exc:
+            # Not only RedisError: when unsubscribe() closes the connection mid-read,
+            # redis-py fails on its torn-down internals (AttributeError on a None reader).
+            except Exception as exc:
                 with self._lock:
                     retired = self._pubsub is not pubsub
                 if not retired:

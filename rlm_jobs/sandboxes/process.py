@@ -50,7 +50,7 @@ BWRAP_OVERHEAD_PIDS = 2
 LOG_TAIL_BYTES = 2000
 WAIT_AFTER_KILL_S = 10.0
 MB = 1024 * 1024
-RUNTIME = ["-P", "-s", "-m", "sandbox.runtime"]
+RUNTIME = [*bwrap.PYTHON_FLAGS, "-m", "sandbox.runtime"]
 
 _checked: dict[tuple[str, str, bool], bwrap.PythonLayout] = {}
 _checked_lock = threading.Lock()
@@ -324,7 +324,7 @@ class ProcessBackend:
                 redis_socket=None,
                 uid=uid,
                 seccomp_fd=filter_fd,
-                program=["-P", "-s", "-c", probe],
+                program=[*bwrap.PYTHON_FLAGS, "-c", probe],
             )
             out = subprocess.run(
                 argv,
