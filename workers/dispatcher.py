@@ -28,12 +28,12 @@ from workers.replies import ReplyCollector
 _STOP_CHECK_S = 0.25
 # A batch goes out as at least this many tasks (one per prompt below it) before prompts
 # share a task. Celery costs ~7 ms of CPU per task (message, ack, events), so sharing pays,
-# but a chunk runs inside one worker process: with too few tasks a batch lands on one or two
-# processes, queues for their llm_worker_concurrency slots and shares their GIL while the
-# rest of the pool idles. Eight reaches every process of a usual pool (2-4 llm processes,
-# with room for their prefetch to interleave) for at most ~56 ms of Celery CPU per batch;
-# past 8 * llm_chunk_size prompts, chunks are full and tasks grow with the batch.
-_SPREAD_TASKS = 8
+# but a chunk runs inside one worker process, and a process takes up to its Celery
+# concurrency in tasks whatever their size: with few, big chunks one process takes most of a
+# batch and queues it for its llm_worker_concurrency slots while the rest of the pool idles.
+# Measured on 2 llm processes of 16 (bench scenario 5): 8 tasks gave 1.53x the throughput of
+# one process, 32 gave 1.88x; past 32 * llm_chunk_size prompts chunks are full.
+SPREAD_TASKS = 32
 
 
 class PromptRecord(BaseModel):
@@ -46,26 +46,33 @@ class PromptRecord(BaseModel):
     prompt: str
 
 
-def chunk_sizes(n: int, max_chunk: int) -> list[int]:
+def chunk_sizes(n: int, max_chunk: int, spread: int = SPREAD_TASKS) -> list[int]:
     """How ``n`` prompts are split into tasks: as even as possible, none above ``max_chunk``.
 
     One prompt is one task (a lone ``llm_query`` must not wait for anything).
     """
     if n <= 0:
         return []
-    tasks = max(math.ceil(n / max_chunk), min(n, _SPREAD_TASKS))
+    tasks = max(math.ceil(n / max_chunk), min(n, spread))
     base, extra = divmod(n, tasks)
     return [base + 1] * extra + [base] * (tasks - extra)
 
 
 class CeleryDispatcher:
     def __init__(
-        self, app: Celery, client: redis.Redis, collector: ReplyCollector, *, chunk_size: int
+        self,
+        app: Celery,
+        client: redis.Redis,
+        collector: ReplyCollector,
+        *,
+        chunk_size: int,
+        spread_tasks: int = SPREAD_TASKS,
     ) -> None:
         self._app = app
         self._client = client
         self._collector = collector
         self._chunk_size = chunk_size
+        self._spread_tasks = spread_tasks
 
     def run_batch(
         self, specs: Sequence[SubcallSpec], *, on_result: ResultCallback, stop: StopCheck
@@ -113,7 +120,7 @@ class CeleryDispatcher:
         chunks = []
         for job_id, ids in by_job.items():
             start = 0
-            for size in chunk_sizes(len(ids), self._chunk_size):
+            for size in chunk_sizes(len(ids), self._chunk_size, self._spread_tasks):
                 chunks.append((job_id, ids[start : start + size]))
                 start += size
         return chunks

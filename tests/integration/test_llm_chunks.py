@@ -27,13 +27,15 @@ from rlm_jobs.testing.policies.sub import NEEDLE_ASK
 from rlm_jobs.testing.provider import ScriptedProvider
 from tests.workerstack import Worker, wait_for
 from workers.app import LLM_QUEUE, LLM_TASK, create_app
-from workers.dispatcher import CeleryDispatcher, PromptRecord, chunk_sizes
+from workers.dispatcher import SPREAD_TASKS, CeleryDispatcher, PromptRecord, chunk_sizes
 from workers.replies import Reply, ReplyCollector
 
 pytestmark = pytest.mark.timeout(120)
 
 MODEL = "scripted/needle"
 CHUNK_SIZE = 5
+# Smaller than the default spread, so a 40-prompt batch shows full chunks of CHUNK_SIZE.
+SPREAD = 8
 
 
 def prompt(i: int) -> str:
@@ -60,7 +62,7 @@ class LlmStack:
         blocking = redis.Redis.from_url(server.url, socket_timeout=30)
         self.collector = ReplyCollector(blocking, f"test-{uuid.uuid4().hex[:8]}")
         self.dispatcher = CeleryDispatcher(
-            self.app, self.client, self.collector, chunk_size=CHUNK_SIZE
+            self.app, self.client, self.collector, chunk_size=CHUNK_SIZE, spread_tasks=SPREAD
         )
 
     def start(self, concurrency: int = 4, **env: str) -> Worker:
@@ -139,19 +141,22 @@ def replies(stack: LlmStack, waiter_id: str) -> list[Reply]:
 
 
 @pytest.mark.parametrize(
-    ("n", "max_chunk", "sizes"),
+    ("n", "max_chunk", "spread", "sizes"),
     [
-        (1, 10, [1]),  # a lone llm_query is a task of its own
-        (5, 10, [1] * 5),  # small batches spread one prompt per task
-        (20, 10, [3, 3, 3, 3, 2, 2, 2, 2]),  # shared evenly once past the spread
-        (200, 10, [10] * 20),  # full chunks
-        (23, 2, [2] * 11 + [1]),
+        (1, 10, 8, [1]),  # a lone llm_query is a task of its own
+        (5, 10, 8, [1] * 5),  # small batches spread one prompt per task
+        (20, 10, 8, [3, 3, 3, 3, 2, 2, 2, 2]),  # shared evenly once past the spread
+        (200, 10, 8, [10] * 20),  # full chunks
+        (23, 2, 8, [2] * 11 + [1]),
+        (32, 10, SPREAD_TASKS, [1] * 32),  # the default spread
+        (100, 10, SPREAD_TASKS, [4] * 4 + [3] * 28),
+        (1000, 10, SPREAD_TASKS, [10] * 100),
     ],
 )
 def test_chunk_sizes_spread_small_batches_and_cap_big_ones(
-    n: int, max_chunk: int, sizes: list[int]
+    n: int, max_chunk: int, spread: int, sizes: list[int]
 ) -> None:
-    assert chunk_sizes(n, max_chunk) == sizes
+    assert chunk_sizes(n, max_chunk, spread) == sizes
 
 
 def test_a_batch_bigger_than_a_chunk_is_answered_in_order_over_several_tasks(
