@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("celery", "kombu", "redis", "pydantic", "openai", "httpx", "rlm-jobs")
+PACKAGES = ("celery", "kombu", "redis", "pydantic", "openai", "httpx", "httpx2", "rlm-jobs")
 
 
 def _cpu_model() -> str:
