@@ -7,16 +7,21 @@ commands (AUTH, GET, SET, PUBLISH, SUBSCRIBE), so a client of its own is small.
 One ``Connection`` carries one conversation: ``call``/``pipeline`` are thread-safe (a lock
 around each request and its replies), and a subscribed connection is read by one thread
 with ``read_push``. A reply that arrives in pieces is always read whole, so a timeout can
-never leave half a reply in the buffer.
+never leave half a reply in the buffer. Anything that interrupts a request (an error, or an
+exception raised into the thread) leaves the stream out of step, so the socket is dropped;
+the next command opens a new one, except on a subscribed connection (its subscription
+would be gone). The cell timer (SIGALRM) is held off while the main thread talks to Redis,
+so a timeout lands between requests rather than inside one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import select
+import signal
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 # Replies bigger than this are read straight into their own buffer (a context is one GET).
@@ -65,6 +70,25 @@ class Connection:
         timeout_s: float = 120.0,
         connect_timeout_s: float = 10.0,
     ) -> None:
+        self._address = (unix_socket, host, port)
+        self._auth: list[Arg] | None = None
+        if password is not None:
+            self._auth = ["AUTH", username, password] if username else ["AUTH", password]
+        self._timeouts = (timeout_s, connect_timeout_s)
+        self._lock = threading.Lock()
+        self._subscribed = False
+        self._closed = False
+        self._sock: socket.socket | None = None
+        self._buf = bytearray()
+        self._pos = 0
+        self._broken: str | None = "not connected"
+        with self._lock:
+            self._open()
+
+    def _open(self) -> None:
+        """Connect and authenticate (called with the lock held)."""
+        unix_socket, host, port = self._address
+        timeout_s, connect_timeout_s = self._timeouts
         try:
             if unix_socket:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -78,20 +102,18 @@ class Connection:
                 sock = socket.create_connection((host, port), timeout=connect_timeout_s)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
-            raise ConnectionLost(f"cannot connect to Redis: {exc}") from exc
+            self._broken = f"cannot connect to Redis: {exc}"
+            raise ConnectionLost(self._broken) from exc
         sock.settimeout(timeout_s)
         self._sock = sock
         self._buf = bytearray()
         self._pos = 0
-        self._lock = threading.Lock()
-        self._broken: str | None = None
-        if password is not None:
-            auth: list[Arg] = ["AUTH", username, password] if username else ["AUTH", password]
-            try:
-                self.call(*auth)
-            except RedisError:
-                self.close()
-                raise
+        self._broken = None
+        if self._auth is not None:
+            (reply,) = self._exchange([self._auth])
+            if isinstance(reply, ReplyError):
+                self._drop("authentication failed")
+                raise reply
 
     # ---- commands ------------------------------------------------------------------------
 
@@ -104,14 +126,25 @@ class Connection:
 
     def pipeline_call(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Send all commands at once and read every reply (error replies are returned)."""
-        payload = b"".join(encode_command(c) for c in commands)
         with self._lock:
-            self._check_usable()
+            if self._broken is not None:
+                if self._closed or self._subscribed:
+                    raise ConnectionLost(f"the Redis connection is unusable ({self._broken})")
+                self._open()
+            return self._exchange(commands)
+
+    def _exchange(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """One request and its replies, with the lock held; any interruption drops the socket."""
+        payload = b"".join(encode_command(c) for c in commands)
+        with _timer_held():
             try:
-                self._sock.sendall(payload)
+                self._connected().sendall(payload)
                 return [self._read_reply() for _ in commands]
             except (OSError, ValueError, ConnectionLost) as exc:
-                raise self._fail(exc) from exc
+                raise ConnectionLost(self._drop(exc)) from exc
+            except BaseException as exc:  # MemoryError, or an exception raised into the thread
+                self._drop(exc)
+                raise
 
     def get(self, key: str) -> bytes | bytearray | None:
         value = self.call("GET", key)
@@ -133,48 +166,55 @@ class Connection:
     def subscribe(self, channel: str) -> None:
         """SUBSCRIBE and wait for the confirmation; afterwards only ``read_push`` is valid."""
         reply = self.call("SUBSCRIBE", channel)
+        self._subscribed = True
         if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
             raise RedisError(f"unexpected answer to SUBSCRIBE: {reply!r}")
 
     def read_push(self, timeout_s: float) -> list[Any] | None:
         """The next pushed message of a subscribed connection, or None after ``timeout_s``."""
         with self._lock:
-            self._check_usable()
+            if self._broken is not None:
+                raise ConnectionLost(f"the Redis connection is unusable ({self._broken})")
             try:
                 if self._pos >= len(self._buf):
-                    readable, _, _ = select.select([self._sock], [], [], timeout_s)
+                    readable, _, _ = select.select([self._connected()], [], [], timeout_s)
                     if not readable:
                         return None
                 reply = self._read_reply()
             except (OSError, ValueError, ConnectionLost) as exc:
-                raise self._fail(exc) from exc
+                raise ConnectionLost(self._drop(exc)) from exc
+            except BaseException as exc:
+                self._drop(exc)
+                raise
         if isinstance(reply, ReplyError):
             raise reply
         return reply if isinstance(reply, list) else None
 
     def close(self) -> None:
-        self._broken = self._broken or "closed"
-        with contextlib.suppress(OSError):
-            self._sock.close()
+        self._closed = True
+        self._drop("closed")
 
     # ---- reading replies -----------------------------------------------------------------
 
-    def _check_usable(self) -> None:
-        if self._broken is not None:
-            raise ConnectionLost(f"the Redis connection is unusable ({self._broken})")
+    def _connected(self) -> socket.socket:
+        if self._sock is None:
+            raise ConnectionLost("not connected")
+        return self._sock
 
-    def _fail(self, exc: BaseException) -> ConnectionLost:
-        # A failure mid-reply leaves the stream out of step: nothing after it can be trusted.
-        self._broken = str(exc) or type(exc).__name__
-        with contextlib.suppress(OSError):
-            self._sock.close()
-        return exc if isinstance(exc, ConnectionLost) else ConnectionLost(self._broken)
+    def _drop(self, why: BaseException | str) -> str:
+        """Close the socket: after an interrupted request the stream cannot be trusted."""
+        if self._broken is None:
+            self._broken = why if isinstance(why, str) else (str(why) or type(why).__name__)
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+        return self._broken
 
     def _fill(self) -> None:
         if self._pos and self._pos >= len(self._buf) // 2:
             del self._buf[: self._pos]
             self._pos = 0
-        chunk = self._sock.recv(_CHUNK)
+        chunk = self._connected().recv(_CHUNK)
         if not chunk:
             raise ConnectionLost("Redis closed the connection")
         self._buf += chunk
@@ -205,7 +245,7 @@ class Connection:
         self._pos += have
         view = memoryview(out)
         while have < n:
-            got = self._sock.recv_into(view[have:], min(n - have, _BIG_BULK))
+            got = self._connected().recv_into(view[have:], min(n - have, _BIG_BULK))
             if not got:
                 raise ConnectionLost("Redis closed the connection mid-reply")
             have += got
@@ -230,6 +270,19 @@ class Connection:
             count = int(rest)
             return None if count < 0 else [self._read_reply() for _ in range(count)]
         raise ConnectionLost(f"unexpected data from Redis: {line[:40]!r}")
+
+
+@contextlib.contextmanager
+def _timer_held() -> Iterator[None]:
+    """Hold off SIGALRM (the cell timer) on the main thread; it fires when released."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class Pipeline:

@@ -83,7 +83,13 @@ class Runtime:
         return next(self._seq)
 
     def send(self, msg: wire.Message) -> None:
-        wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg)
+        try:
+            wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg)
+        except resp.ConnectionLost as exc:
+            # The client reconnects on its next command; a message sent twice is harmless
+            # (receivers drop repeated ids), one lost would stall the host.
+            log(f"sending {msg.TYPE} failed ({exc}); sending it again on a new connection")
+            wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg)
 
     def _fetch_reply(self, request_id: str) -> wire.ToSandbox | None:
         try:

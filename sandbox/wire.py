@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ class Record:
         names = {f.name for f in dataclasses.fields(cls)}
         extra = sorted(set(data) - names)
         if extra:
-            raise WireError(f"{cls.__name__}: unexpected field {extra[0]!r}")
+            raise WireError(f"{cls.__name__}: unexpected field {reprlib.repr(extra[0])}")
         hints = _hints(cls)
         values = {name: _convert(value, hints[name]) for name, value in data.items()}
         try:
@@ -254,7 +255,8 @@ def _check(value: Any, hint: Any, name: str, bounds: dict[str, float]) -> None:
         return
     if origin is Literal:
         if value not in typing.get_args(hint):
-            raise WireError(f"{name}: {value!r} is not one of {list(typing.get_args(hint))}")
+            shown = reprlib.repr(value)
+            raise WireError(f"{name}: {shown} is not one of {list(typing.get_args(hint))}")
         return
     if origin is list:
         if not isinstance(value, list):
@@ -271,7 +273,11 @@ def _check(value: Any, hint: Any, name: str, bounds: dict[str, float]) -> None:
     elif hint is float:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise WireError(f"{name}: expected a number, got {_type_name(value)}")
-        if not math.isfinite(value):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer too big for a float
+            finite = False
+        if not finite:
             raise WireError(f"{name}: expected a finite number")
     elif hint is str:
         if not isinstance(value, str):
@@ -306,7 +312,18 @@ def _convert(value: Any, hint: Any) -> Any:
         return [_convert(element, item) for element in value]
     if isinstance(hint, type) and issubclass(hint, Record):
         return hint.from_dict(value)
+    if hint is str and isinstance(value, str) and not value.isascii():
+        return _without_lone_surrogates(value)
     return value
+
+
+def _without_lone_surrogates(text: str) -> str:
+    """JSON may carry lone surrogates (``"\\ud800"``); nothing downstream can encode them."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def _loads(raw: str | bytes | bytearray) -> Any:
@@ -323,10 +340,12 @@ def _decode(table: dict[str, type[Message]], raw: str | bytes | bytearray, side:
     kind = data.pop("type", None)
     cls = table.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise WireError(f"bad message {side}: unknown type {kind!r}")
+        raise WireError(f"bad message {side}: unknown type {reprlib.repr(kind)}")
     try:
         return cls.from_dict(data)
-    except WireError as exc:
+    # Only WireError is expected; anything else a message provokes is one too (hostile
+    # input must never reach callers as an exception they do not handle).
+    except (WireError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise WireError(f"bad message {side}: {exc}") from exc
 
 

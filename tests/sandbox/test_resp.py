@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import pytest
@@ -109,10 +110,51 @@ def test_auth_failures_and_a_lost_server(redis_server: RedisServer) -> None:
     with pytest.raises(resp.ConnectionLost, match="cannot connect"):
         resp.Connection(unix_socket=redis_server.unix_socket + ".missing")
     conn = connect(redis_server)
+    sub = connect(redis_server)
+    sub.subscribe("chan")
     killer = redis.Redis.from_url(redis_server.url)
     killer.client_kill_filter(skipme=True, _type="normal")
+    killer.client_kill_filter(skipme=True, _type="pubsub")
     with pytest.raises(resp.ConnectionLost):
         conn.get("k")
-    with pytest.raises(resp.ConnectionLost, match="unusable"):  # fails fast from now on
+    # The next command opens a new connection (and authenticates again).
+    assert conn.call("PING") == b"PONG"
+    # A subscribed connection cannot come back: its subscription is gone.
+    with pytest.raises(resp.ConnectionLost):
+        sub.read_push(timeout_s=5)
+    with pytest.raises(resp.ConnectionLost, match="unusable"):
+        sub.read_push(timeout_s=0.1)
+    conn.close()
+    with pytest.raises(resp.ConnectionLost, match="unusable"):  # closed for good
         conn.get("k")
+    sub.close()
     killer.close()
+
+
+class Boom(Exception):
+    pass
+
+
+def test_the_cell_timer_fires_between_requests_not_inside_one(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    blob = b"x" * (64 << 20)
+    redis.Redis.from_url(redis_server.url).set("big", blob)
+    conn = connect(redis_server)
+    client_id = conn.call("CLIENT", "ID")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Boom
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.001)  # due while the 64 MB reply is read
+        with pytest.raises(Boom):
+            conn.get("big")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    # The reply was read whole: the same connection is still in step.
+    assert conn.call("CLIENT", "ID") == client_id
+    assert conn.get("big") == blob
+    conn.close()
