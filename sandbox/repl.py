@@ -56,7 +56,16 @@ class CellRun:
 
 
 class Repl:
-    def __init__(self, context: Any, subcall_functions: dict[str, Callable[..., Any]]) -> None:
+    def __init__(
+        self,
+        context: Any,
+        subcall_functions: dict[str, Callable[..., Any]],
+        *,
+        busy: Callable[[], bool] = lambda: False,
+    ) -> None:
+        # True while the main thread is in the middle of something the timer must not cut
+        # (a Redis request): the timeout then waits for the next tick, REFIRE_S later.
+        self._busy = busy
         self._capture = Capture()
         self._capture.install()
         self._final: str | None = None
@@ -176,7 +185,7 @@ class Repl:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
-        if self._in_cell:
+        if self._in_cell and not self._busy():
             raise CellTimeout
 
     def _after_cell(self) -> tuple[str | None, str | None, str]:

@@ -10,18 +10,17 @@ with ``read_push``. A reply that arrives in pieces is always read whole, so a ti
 never leave half a reply in the buffer. Anything that interrupts a request (an error, or an
 exception raised into the thread) leaves the stream out of step, so the socket is dropped;
 the next command opens a new one, except on a subscribed connection (its subscription
-would be gone). The cell timer (SIGALRM) is held off while the main thread talks to Redis,
-so a timeout lands between requests rather than inside one.
+would be gone). ``main_thread_in_request`` tells the cell timer when the main thread is
+inside a request, so it can wait for the next tick instead of breaking the connection.
 """
 
 from __future__ import annotations
 
 import contextlib
 import select
-import signal
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 # Replies bigger than this are read straight into their own buffer (a context is one GET).
@@ -136,7 +135,7 @@ class Connection:
     def _exchange(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """One request and its replies, with the lock held; any interruption drops the socket."""
         payload = b"".join(encode_command(c) for c in commands)
-        with _timer_held():
+        with _InRequest():
             try:
                 self._connected().sendall(payload)
                 return [self._read_reply() for _ in commands]
@@ -272,17 +271,26 @@ class Connection:
         raise ConnectionLost(f"unexpected data from Redis: {line[:40]!r}")
 
 
-@contextlib.contextmanager
-def _timer_held() -> Iterator[None]:
-    """Hold off SIGALRM (the cell timer) on the main thread; it fires when released."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+_main_busy = False
+
+
+def main_thread_in_request() -> bool:
+    """Whether the main thread is between sending a request and reading its last reply."""
+    return _main_busy
+
+
+class _InRequest:
+    """Marks the main thread's requests (other threads are never interrupted by SIGALRM)."""
+
+    def __enter__(self) -> None:
+        global _main_busy
+        if threading.current_thread() is threading.main_thread():
+            _main_busy = True
+
+    def __exit__(self, *exc: object) -> None:
+        global _main_busy
+        if threading.current_thread() is threading.main_thread():
+            _main_busy = False
 
 
 class Pipeline:

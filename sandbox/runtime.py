@@ -286,7 +286,7 @@ def main() -> int:
         log(f"cannot load the context: {exc!r}")
         runtime.send_fatal(f"could not load the context: {exc!r}")
         return EXIT_FATAL
-    repl = Repl(context, make_functions(runtime.subcalls))
+    repl = Repl(context, make_functions(runtime.subcalls), busy=resp.main_thread_in_request)
     del context
     threading.Thread(target=runtime.read_forever, args=(sub,), daemon=True).start()
     threading.Thread(target=runtime.heartbeat_forever, daemon=True).start()

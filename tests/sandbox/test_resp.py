@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 import pytest
@@ -10,6 +11,7 @@ import redis
 
 from rlm_jobs.redis_server import RedisServer
 from sandbox import resp
+from sandbox.repl import Repl
 
 
 def connect(server: RedisServer, **overrides: object) -> resp.Connection:
@@ -131,30 +133,25 @@ def test_auth_failures_and_a_lost_server(redis_server: RedisServer) -> None:
     killer.close()
 
 
-class Boom(Exception):
-    pass
-
-
-def test_the_cell_timer_fires_between_requests_not_inside_one(
+def test_the_cell_timer_waits_for_a_request_to_finish(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    blob = b"x" * (64 << 20)
+    blob = b"x" * (128 << 20)  # long enough to read that the first timer tick lands inside
     redis.Redis.from_url(redis_server.url).set("big", blob)
     conn = connect(redis_server)
     client_id = conn.call("CLIENT", "ID")
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise Boom
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.001)  # due while the 64 MB reply is read
-        with pytest.raises(Boom):
-            conn.get("big")
+    streams, alarm = (sys.stdout, sys.stderr), signal.getsignal(signal.SIGALRM)
+    try:  # a Repl takes over the process's stdout, stderr and SIGALRM, as in a sandbox
+        repl = Repl(
+            None, {"fetch": lambda: len(conn.get("big") or b"")}, busy=resp.main_thread_in_request
+        )
+        code = "size = fetch()\nwhile True:\n    pass"
+        run = repl.run(code, timeout_s=0.01, max_output_chars=1000)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    # The reply was read whole: the same connection is still in step.
+        sys.stdout, sys.stderr = streams
+        signal.signal(signal.SIGALRM, alarm)
+    # The timeout came, but only after the reply was read whole: the connection is in step.
+    assert run.timed_out
+    assert repl.namespace["size"] == len(blob)
     assert conn.call("CLIENT", "ID") == client_id
-    assert conn.get("big") == blob
     conn.close()
