@@ -37,9 +37,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": _transport_options(settings),
         "broker_connection_retry_on_startup": True,
-        # Producer connections per process: a send takes a fraction of a millisecond, so a
-        # few serve hundreds of job threads (they wait for one), and each is a Redis client.
-        "broker_pool_limit": 4,
+        # Producer connections per process (task sends and progress events): a send takes a
+        # fraction of a millisecond, so two serve hundreds of job threads (they wait for one),
+        # and each is a Redis client (bench scenario 7: 19 connections in all for 200 jobs).
+        "broker_pool_limit": 2,
         # Flower shows tasks from events: send them without needing `-E`. ``task-sent`` lets
         # it show jobs still queued; llm tasks are sent without one (workers/dispatcher.py).
         "worker_send_task_events": True,
