@@ -11,6 +11,7 @@ import redis
 
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
+from rlm_jobs.errors import ConfigError
 from rlm_jobs.models import SubcallOutcome
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.registry import create_backend
@@ -20,6 +21,34 @@ from sandbox.wire import SubcallRequest
 # Every backend must pass the contract suite; the docker backend joins with
 # pytest.param("docker", marks=pytest.mark.docker).
 BACKENDS = ["process", pytest.param("docker", marks=pytest.mark.docker)]
+
+_DOCKER_HINT = (
+    "start Docker with `sudo ops/start-dockerd.sh` and build the image with "
+    "`ops/build-images.sh sandbox`, or set RLM_JOBS_TEST_DOCKER=0 to skip these tests"
+)
+
+
+def connect_docker_or_fail() -> Any:
+    """A client of a running engine that has the sandbox image; fails the test otherwise.
+
+    Docker tests never skip quietly: a missing engine or image is a failure with a hint.
+    """
+    from rlm_jobs.sandboxes import docker as docker_backend
+
+    settings = Settings()
+    try:
+        client = docker_backend.connect(settings)
+    except ConfigError as exc:
+        pytest.fail(f"Docker tests cannot run: {exc}. {_DOCKER_HINT}", pytrace=False)
+    try:
+        client.images.get(settings.docker_image)
+    except Exception as exc:
+        client.close()
+        pytest.fail(
+            f"Docker tests cannot run: image {settings.docker_image!r}: {exc}. {_DOCKER_HINT}",
+            pytrace=False,
+        )
+    return client
 
 
 def answer_from_text(request: SubcallRequest) -> list[SubcallOutcome]:

@@ -45,7 +45,6 @@ import redis
 
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
-from rlm_jobs.errors import ConfigError
 from rlm_jobs.keys import SANDBOX_USER_PREFIX
 from rlm_jobs.models import JobStatus, Limits
 from rlm_jobs.redis_server import RedisServer
@@ -58,6 +57,7 @@ from rlm_jobs.testing import POLICIES, Policy, ScriptedProvider
 from rlm_jobs.testing.policies import needle
 from rlm_jobs.testing.policies.sub import NEEDLE_ASK, answer_sub
 from tests.sandbox import attacks
+from tests.sandbox.conftest import connect_docker_or_fail
 from tests.workerstack import Worker, wait_for
 from workers.app import ORCHESTRATE_QUEUE, create_app
 from workers.enqueue import celery_enqueuer
@@ -179,26 +179,7 @@ def host_addresses() -> tuple[str, ...]:
 
 
 def require_docker() -> None:
-    """Docker tests fail loudly without an engine and the image; they never skip quietly."""
-    from rlm_jobs.sandboxes import docker as docker_backend
-
-    hint = (
-        "start Docker with `sudo ops/start-dockerd.sh` and build the image with "
-        "`ops/build-images.sh sandbox`, or set RLM_JOBS_TEST_DOCKER=0 to skip these tests"
-    )
-    settings = Settings()
-    try:
-        client = docker_backend.connect(settings)
-        try:
-            client.images.get(settings.docker_image)
-        finally:
-            client.close()
-    except ConfigError as exc:
-        pytest.fail(f"Docker tests cannot run: {exc}. {hint}", pytrace=False)
-    except Exception as exc:
-        pytest.fail(
-            f"Docker tests cannot run: {settings.docker_image}: {exc}. {hint}", pytrace=False
-        )
+    connect_docker_or_fail().close()
 
 
 # ---- what is running, and what is left -----------------------------------------------------

@@ -29,6 +29,7 @@ from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes import docker as docker_backend
 from rlm_jobs.sandboxes.docker import DockerBackend, DockerSandbox, reap_orphans
 from sandbox import wire
+from tests.sandbox.conftest import connect_docker_or_fail
 
 pytestmark = pytest.mark.docker
 
@@ -41,21 +42,7 @@ def docker_client() -> Iterator[Any]:
     """A client of a running engine that has the sandbox image; fails loudly otherwise."""
     if os.environ.get("RLM_JOBS_TEST_DOCKER") == "0":
         pytest.skip("Docker tests disabled explicitly with RLM_JOBS_TEST_DOCKER=0")
-    hint = (
-        "start Docker with `sudo ops/start-dockerd.sh` and build the image with "
-        "`ops/build-images.sh sandbox`, or set RLM_JOBS_TEST_DOCKER=0 to skip these tests"
-    )
-    settings = Settings()
-    try:
-        client = docker_backend.connect(settings)
-        client.images.get(settings.docker_image)
-    except ConfigError as exc:
-        pytest.fail(f"Docker tests cannot run: {exc}. {hint}", pytrace=False)
-    except Exception as exc:
-        pytest.fail(
-            f"Docker tests cannot run: image {settings.docker_image!r}: {exc}. {hint}",
-            pytrace=False,
-        )
+    client = connect_docker_or_fail()
     yield client
     client.close()
 
