@@ -59,7 +59,7 @@ def _transport_options(settings: Settings) -> dict[str, object]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     """An app configured from ``settings`` (the CLI, tests and the local stack use this)."""
-    celery_app = Celery("rlm_jobs", include=["workers.tasks", "workers.signals"])
+    celery_app = Celery("rlm_jobs", include=["workers.tasks", "workers.signals", "workers.credit"])
     if settings is not None:
         celery_app.conf.update(celery_config(settings))
         celery_app.rlm_settings = settings

@@ -28,11 +28,9 @@ from workers.replies import ReplyCollector
 _STOP_CHECK_S = 0.25
 # A batch goes out as at least this many tasks (one per prompt below it) before prompts
 # share a task. Celery costs ~7 ms of CPU per task (message, ack, events), so sharing pays,
-# but a chunk runs inside one worker process, and a process takes up to its Celery
-# concurrency in tasks whatever their size: with few, big chunks one process takes most of a
-# batch and queues it for its llm_worker_concurrency slots while the rest of the pool idles.
-# Measured on 2 llm processes of 16 (bench scenario 5): 8 tasks gave 1.53x the throughput of
-# one process, 32 gave 1.88x; past 32 * llm_chunk_size prompts chunks are full.
+# but a chunk runs inside one worker process: a batch in a few big chunks would keep most
+# of the llm pool idle. Workers reserve chunks by their prompts (workers/credit.py), so
+# chunks this small spread evenly; past 32 * llm_chunk_size prompts chunks are full.
 SPREAD_TASKS = 32
 
 

@@ -302,3 +302,54 @@ def test_malformed_llm_messages_are_rejected_alone(stack: LlmStack) -> None:
     reply = wait_for(lambda: replies(stack, "w"), 10, "the corrupt record's reply")
     assert [(r.call_id, r.result.ok) for r in reply] == [(corrupt, False)]
     assert reply[0].result.text == "Error: malformed sub-call record"
+
+
+def broker_holds(stack: LlmStack) -> tuple[int, int]:
+    """(messages waiting in the llm queue, messages delivered and not yet acknowledged)."""
+    pipe = stack.client.pipeline(transaction=False)
+    pipe.llen(LLM_QUEUE)
+    pipe.hlen("unacked")  # kombu's Redis transport keeps delivered messages here
+    waiting, unacked = pipe.execute()
+    return int(waiting), int(unacked)
+
+
+def test_a_worker_reserves_chunks_by_their_prompts_not_by_their_count(stack: LlmStack) -> None:
+    # 10 threads and 10 provider slots. Counting messages, Celery would reserve all 8 chunks
+    # of 5 (40 prompts for 10 slots) and leave nothing for a second worker; counting
+    # prompts, it holds 2 chunks and the other 6 wait in the queue.
+    stack.provider.configure(sub_latency_s=1.0)
+    stack.start(concurrency=10, RLM_JOBS_LLM_WORKER_CONCURRENCY="10")
+    results: list[SubcallResult] = []
+    batch = threading.Thread(target=lambda: results.extend(stack.run(40)))
+    batch.start()
+    try:
+        stack.provider.wait_for_requests(10, timeout_s=10)
+        samples = []
+        # Until the first round is answered and the next chunks go out.
+        while len(stack.provider.requests()) == 10 and batch.is_alive():
+            samples.append(broker_holds(stack))
+        assert samples, "the first round ended before the broker could be read"
+        assert max(unacked for _, unacked in samples) == 2
+        assert max(waiting for waiting, _ in samples) == 6
+    finally:
+        batch.join(timeout=30)
+    assert [r.text for r in results] == [f"C{i}" for i in range(40)]
+    # Credit comes back as chunks end: all 8 ran, and the queue is empty again.
+    assert stack.wait_tasks_finished(8, 10) == [f"'ok {CHUNK_SIZE}'"] * 8
+    wait_for(lambda: broker_holds(stack) == (0, 0), 10, "every chunk acknowledged")
+
+
+def test_a_chunk_bigger_than_the_slots_is_taken_alone(stack: LlmStack) -> None:
+    stack.provider.configure(sub_latency_s=0.5)
+    stack.start(concurrency=4, RLM_JOBS_LLM_WORKER_CONCURRENCY="4")
+    waiter = "big-waiter"
+    chunks = [store_prompts(stack, "job-6", 6) for _ in range(3)]
+    for call_ids in chunks:
+        stack.app.send_task(LLM_TASK, args=["job-6", call_ids, waiter], queue=LLM_QUEUE)
+
+    stack.provider.wait_for_requests(4, timeout_s=10)
+    # One chunk of 6 fills the 4 slots: the other two stay in the queue for other workers.
+    assert broker_holds(stack) == (2, 1)
+    wait_for(lambda: len(replies(stack, waiter)) == 18, 30, "all three chunks answered")
+    assert stack.wait_tasks_finished(3, 10) == ["'ok 6'"] * 3
+    assert stack.provider_calls() == 18
