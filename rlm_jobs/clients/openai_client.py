@@ -10,10 +10,9 @@ import json
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from rlm_jobs.clients.base import ChatMessage, Completion
 from rlm_jobs.clients.translate import malformed, translate_sdk_error
@@ -28,6 +27,8 @@ OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # The scripted provider ignores the key, but the SDK refuses to start without one.
 SCRIPTED_API_KEY = "scripted-no-key"
 WORKER_HEADER = "X-RLM-Worker"
+# Relative to the client's base URL, as the SDK's own chat.completions.create sends it.
+CHAT_COMPLETIONS_PATH = "/chat/completions"
 
 # OpenAI's own API wants max_completion_tokens (reasoning models reject max_tokens);
 # compatible servers have accepted max_tokens far longer than the newer name.
@@ -60,15 +61,24 @@ class OpenAIClient:
     def complete(
         self, messages: Sequence[ChatMessage], *, model: str, max_output_tokens: int
     ) -> Completion:
-        kwargs: dict[str, Any] = {self._max_tokens_param: max_output_tokens}
+        # Sent through the SDK's own request path (auth, timeouts, status errors) but as a
+        # plain body, decoded as plain JSON: the typed ``chat.completions.create`` walks
+        # its parameter types and builds response models, a third of the SDK's CPU per
+        # call (~1 ms of 3.4), and every field is checked here anyway.
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            self._max_tokens_param: max_output_tokens,
+        }
+        options: openai.RequestOptions = {"timeout": self._timeout_s}
         if self._extra_headers is not None:
-            kwargs["extra_headers"] = dict(self._extra_headers())
+            options["headers"] = dict(self._extra_headers())
         try:
-            response = self._sdk.chat.completions.create(
-                model=model,
-                messages=[_message(m) for m in messages],
-                timeout=self._timeout_s,
-                **kwargs,
+            response = self._sdk.post(
+                CHAT_COMPLETIONS_PATH,
+                cast_to=object,
+                body=body,
+                options=options,
             )
         except openai.OpenAIError as exc:
             raise self._translate(exc) from exc
@@ -84,36 +94,31 @@ class OpenAIClient:
         return translate_sdk_error(openai, self._provider, exc, self._timeout_s)
 
     def _completion(self, response: object) -> Completion:
-        # Without strict validation the SDK builds models from whatever arrived, or hands
-        # back the raw text for a non-JSON content type, so every field is checked here.
-        if not isinstance(response, ChatCompletion):
+        # The SDK hands back the decoded JSON, or the raw text for a non-JSON content type.
+        if not isinstance(response, dict):
             raise malformed(self._provider, f"not a chat completion: {response!r:.200}")
-        choices = getattr(response, "choices", None)
-        usage = getattr(response, "usage", None)
-        if not isinstance(choices, list) or not choices:
+        choices = response.get("choices")
+        usage = response.get("usage")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise malformed(self._provider, "no choices")
-        message = getattr(choices[0], "message", None)
-        text = getattr(message, "content", None)
+        message = choices[0].get("message")
+        if not isinstance(message, dict):
+            raise malformed(self._provider, "a choice without a message")
+        text = message.get("content")
         if text is None:
             # A refusal carries its explanation instead of content; surface it as the text.
-            text = getattr(message, "refusal", None) or ""
-        input_tokens = getattr(usage, "prompt_tokens", None)
-        output_tokens = getattr(usage, "completion_tokens", None)
+            text = message.get("refusal") or ""
         if not isinstance(text, str):
             raise malformed(self._provider, "message content is not text")
-        if not isinstance(input_tokens, int) or not isinstance(output_tokens, int):
+        input_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        output_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        if not _is_count(input_tokens) or not _is_count(output_tokens):
             raise malformed(self._provider, "no token usage")
         return Completion(text=text, input_tokens=input_tokens, output_tokens=output_tokens)
 
 
-def _message(message: ChatMessage) -> ChatCompletionMessageParam:
-    # The SDK's message types are a union keyed by role; build the matching one.
-    role, content = message["role"], message["content"]
-    if role == "system":
-        return {"role": "system", "content": content}
-    if role == "assistant":
-        return {"role": "assistant", "content": content}
-    return {"role": "user", "content": content}
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def openai_from_settings(settings: Settings) -> OpenAIClient:

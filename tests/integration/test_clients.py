@@ -6,6 +6,8 @@ format, "anthropic" the Anthropic one. Retries use real time.
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import socket
 import threading
@@ -345,3 +347,80 @@ def test_router_under_many_threads_builds_one_client_and_counts_every_call(
     assert entry.calls == threads_n * calls_each == len(results)
     assert entry.input_tokens == sum(i for i, _ in results)
     assert entry.output_tokens == sum(o for _, o in results)
+
+
+# ---- odd but well-formed JSON (OpenAI wire format) ---------------------------------------
+
+
+class _CannedHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with the server's canned (content type, body)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        content_type, body = self.server.canned  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def canned_server() -> Iterator[http.server.HTTPServer]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _CannedHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def _chat(message: object, usage: object = None) -> bytes:
+    usage = usage if usage is not None else {"prompt_tokens": 3, "completion_tokens": 1}
+    return json.dumps({"choices": [{"index": 0, "message": message}], "usage": usage}).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "reason"),
+    [
+        ("text/plain", b"hello", "not a chat completion"),
+        ("application/json", b"[1, 2]", "not a chat completion"),
+        ("application/json", b'{"choices": [], "usage": {}}', "no choices"),
+        ("application/json", b'{"choices": ["x"]}', "no choices"),
+        ("application/json", _chat("text"), "a choice without a message"),
+        ("application/json", _chat({"content": 5}), "message content is not text"),
+        ("application/json", _chat({"content": "hi"}, {"prompt_tokens": 3}), "no token usage"),
+        (
+            "application/json",
+            _chat({"content": "hi"}, {"prompt_tokens": True, "completion_tokens": 1}),
+            "no token usage",
+        ),
+        ("application/json", _chat({"content": "hi"}, "lots"), "no token usage"),
+    ],
+)
+def test_a_completion_missing_what_we_need_is_malformed(
+    canned_server: http.server.HTTPServer, content_type: str, body: bytes, reason: str
+) -> None:
+    canned_server.canned = (content_type, body)  # type: ignore[attr-defined]
+    host, port = canned_server.server_address[:2]
+    client = build_client("scripted", Settings(scripted_base_url=f"http://{host!s}:{port}/v1"))
+    try:
+        with pytest.raises(ProviderRetryableError, match=f"malformed.*{reason}"):
+            client.complete(MESSAGES, model="any", max_output_tokens=10)
+    finally:
+        client.close()
+
+
+def test_a_refusal_is_the_completion_text(canned_server: http.server.HTTPServer) -> None:
+    canned_server.canned = ("application/json", _chat({"content": None, "refusal": "No."}))  # type: ignore[attr-defined]
+    host, port = canned_server.server_address[:2]
+    client = build_client("scripted", Settings(scripted_base_url=f"http://{host!s}:{port}/v1"))
+    try:
+        completion = client.complete(MESSAGES, model="any", max_output_tokens=10)
+    finally:
+        client.close()
+    assert (completion.text, completion.input_tokens, completion.output_tokens) == ("No.", 3, 1)
