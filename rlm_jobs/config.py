@@ -140,6 +140,10 @@ class Settings(BaseSettings):
     # How often it removes dead workers' sandbox containers and stale sandbox ACL users:
     # listing containers costs a Docker API call, and leftovers only waste resources.
     sandbox_sweep_interval_s: float = Field(default=30.0, gt=0)
+    # Life of a sandbox's liveness key, refreshed every quarter of it by its orchestrator:
+    # a dead orchestrator's sandbox ACL users are swept this long (plus a sweep interval)
+    # after it died. Four missed refreshes in a row would cut off a live sandbox.
+    sandbox_alive_ttl_s: float = Field(default=30.0, ge=2, le=3600)
     # Flower progress events per job at most this often (iteration changes always report).
     progress_interval_s: float = Field(default=0.5, ge=0)
 

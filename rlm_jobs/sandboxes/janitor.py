@@ -31,15 +31,15 @@ import redis
 
 from rlm_jobs import keys
 from rlm_jobs.errors import SandboxError
+from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.per_pool import PerPool
 
 log = logging.getLogger(__name__)
 
 # Teardowns running at once: each mostly waits (on a process, the Docker API, Redis).
 TEARDOWN_THREADS = 4
-# A liveness key outlives a few missed refreshes, then marks its user as stale.
-ALIVE_TTL_S = 120
-ALIVE_REFRESH_S = 30.0
+# A liveness key outlives this many missed refreshes, then marks its user as stale.
+ALIVE_REFRESHES_PER_TTL = 4
 # Longest a process waits at exit for queued teardowns; each step has its own timeout.
 DRAIN_AT_EXIT_S = 60.0
 
@@ -55,6 +55,9 @@ class Janitor:
         self._pending = 0
         self._workers: list[threading.Thread] = []
         self._alive: set[str] = set()
+        # The shortest liveness TTL asked for (every sandbox of a process has the same).
+        self._alive_ttl_s = float("inf")
+        self._wake_keeper = threading.Event()
         self._keeper: threading.Thread | None = None
 
     # ---- teardown ------------------------------------------------------------------------
@@ -100,14 +103,21 @@ class Janitor:
 
     # ---- liveness ------------------------------------------------------------------------
 
-    def mark_alive(self, sandbox_id: str) -> None:
-        """Call before creating the sandbox's ACL user (so a sweep never sees it unmarked)."""
+    def mark_alive(self, sandbox_id: str, ttl_s: float) -> None:
+        """Call before creating the sandbox's ACL user (so a sweep never sees it unmarked).
+
+        The key lives ``ttl_s`` unless refreshed; this process refreshes it every quarter of
+        that until ``mark_gone``.
+        """
         try:
-            self._client.set(keys.sandbox_alive(sandbox_id), "1", ex=ALIVE_TTL_S)
+            self._client.set(keys.sandbox_alive(sandbox_id), "1", px=max(1, int(ttl_s * 1000)))
         except redis.RedisError as exc:
             raise SandboxError(f"could not mark sandbox {sandbox_id} alive: {exc}") from exc
         with self._lock:
             self._alive.add(sandbox_id)
+            if ttl_s < self._alive_ttl_s:
+                self._alive_ttl_s = ttl_s
+                self._wake_keeper.set()  # it may be sleeping for a longer TTL's interval
             if self._keeper is None:
                 self._keeper = threading.Thread(
                     target=self._keep_alive, name="rlm-sandbox-alive", daemon=True
@@ -123,14 +133,16 @@ class Janitor:
 
     def _keep_alive(self) -> None:
         while True:
-            time.sleep(ALIVE_REFRESH_S)
+            self._wake_keeper.wait(self._alive_ttl_s / ALIVE_REFRESHES_PER_TTL)
+            self._wake_keeper.clear()
             try:
                 with self._lock:
                     if not self._alive:
                         continue
+                    ttl_ms = max(1, int(self._alive_ttl_s * 1000))
                     pipe = self._client.pipeline(transaction=False)
                     for sandbox_id in self._alive:
-                        pipe.set(keys.sandbox_alive(sandbox_id), "1", ex=ALIVE_TTL_S)
+                        pipe.set(keys.sandbox_alive(sandbox_id), "1", px=ttl_ms)
                     pipe.execute()
             except redis.RedisError as exc:
                 log.warning("could not refresh sandbox liveness keys: %s", exc)
@@ -151,6 +163,14 @@ class Janitor:
             # ACL DELUSER also disconnects any client still logged in as that user.
             self._client.acl_deluser(*stale)
             log.warning("removed %d sandbox ACL users left by dead orchestrators", len(stale))
+            for user in stale:
+                # Wire copies expire by themselves; keys hostile code wrote without a TTL
+                # would not.
+                sandbox_id = user[len(keys.SANDBOX_USER_PREFIX) :]
+                try:
+                    acl.delete_keys(self._client, sandbox_id)
+                except SandboxError as exc:
+                    log.warning("could not delete dead sandbox %s's keys: %s", sandbox_id, exc)
         return stale
 
 

@@ -208,7 +208,7 @@ class Launcher:
         sandbox_id = wire.new_id()
         sbx: LiveSandbox | None = None
         try:
-            self.janitor.mark_alive(sandbox_id)
+            self.janitor.mark_alive(sandbox_id, self.settings.sandbox_alive_ttl_s)
             password = acl.create_user(self.client, sandbox_id, context_key)
             sbx = LiveSandbox(sandbox_id, self.hub.subscribe(keys.sandbox_to_host(sandbox_id)))
             sbx.start_slot = slot

@@ -81,6 +81,10 @@ JOB_TIMEOUT_S = 90.0
 CLEAN_TIMEOUT_S = 20.0
 # How long a live orchestrator gets to remove a dead one's containers.
 WITNESS_WAIT_S = 6.0
+# Sandbox liveness keys live this long here; a dead orchestrator's ACL users are swept
+# within this plus a sweep interval (1 s here), so the kill test waits USERS_WAIT_S for it.
+ALIVE_TTL_S = 4
+USERS_WAIT_S = ALIVE_TTL_S + 11.0
 
 
 # ---- the world the attacks run in ---------------------------------------------------------
@@ -495,6 +499,7 @@ def stack(
         "RLM_JOBS_LEASE_RENEW_S": "0.5",
         "RLM_JOBS_REAPER_INTERVAL_S": "0.5",
         "RLM_JOBS_SANDBOX_SWEEP_INTERVAL_S": "1",
+        "RLM_JOBS_SANDBOX_ALIVE_TTL_S": str(ALIVE_TTL_S),
         **secrets.env,
     }
     settings = Settings(redis_url=redis_server.url, scripted_base_url=provider.url)
@@ -850,8 +855,10 @@ class KillReport:
     containers_after_kill: dict[str, str] = field(default_factory=dict)
     # Gone before any new orchestrator started (docker: while another one was alive).
     gone_without_a_restart: bool = False
-    # Sandbox ACL users of the dead orchestrator still in Redis after a new one started.
+    # Sandbox ACL users of the dead orchestrator still in Redis USERS_WAIT_S after its
+    # death, and those of its sandboxes that still had keys in their namespace then.
     users_left: set[str] = field(default_factory=set)
+    keys_left: set[str] = field(default_factory=set)
 
 
 def eventually(condition: Callable[[], object], timeout_s: float) -> bool:
@@ -894,7 +901,13 @@ def kill_orchestrator_mid_job(stack: Stack) -> KillReport:
         # A new orchestrator removes containers whose launcher is gone as it starts.
         stack.start_orchestrator()
     wait_for(lambda: not stack.containers(dead), 30, "orphaned containers to be reaped")
+    eventually(lambda: not report.users & set(stack.sandbox_users()), USERS_WAIT_S)
     report.users_left = report.users & set(stack.sandbox_users())
+    report.keys_left = {
+        sandbox_id
+        for sandbox_id in report.users
+        if next(stack.client.scan_iter(match=keys.sandbox_prefix(sandbox_id) + "*"), None)
+    }
     # Keep the module's shared Redis clean for the tests after this one.
     for sandbox_id in report.users:
         acl.delete_user(stack.client, sandbox_id)
@@ -923,11 +936,8 @@ def test_a_dead_orchestrator_s_sandboxes_go_while_another_lives(stack: Stack) ->
     assert report.gone_without_a_restart, report.containers_after_kill
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: the ACL users of a killed orchestrator's sandboxes are swept only after "
-    "their liveness keys expire (120 s), longer than this test waits (see docs/security.md)",
-)
 def test_a_dead_orchestrator_s_sandbox_acl_users_are_removed(stack: Stack) -> None:
     report = kill_orchestrator_mid_job(stack)
+    assert report.users, "the dead orchestrator had no sandbox users to leave behind"
     assert report.users_left == set()
+    assert report.keys_left == set()

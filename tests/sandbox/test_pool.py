@@ -202,9 +202,14 @@ def test_stale_sandbox_users_are_swept(
     acl.create_user(redis_client, "deadbeef", None)
     redis_client.set(keys.sandbox_alive("livebeef"), "1", ex=60)
     acl.create_user(redis_client, "livebeef", None)
+    # Keys hostile code wrote without a TTL go with a dead sandbox's user, not a live one's.
+    redis_client.set(keys.sandbox_prefix("deadbeef") + "hoard", "x")
+    redis_client.set(keys.sandbox_prefix("livebeef") + "msg", "x")
     pool = make_pool(size=1)
     assert pool.wait_full(START_S)
     users = sandbox_users(redis_client)
     assert keys.sandbox_user("deadbeef") not in users
     assert keys.sandbox_user("livebeef") in users
     assert keys.sandbox_user(pool.idle[0].id) in users
+    assert not redis_client.exists(keys.sandbox_prefix("deadbeef") + "hoard")
+    assert redis_client.exists(keys.sandbox_prefix("livebeef") + "msg")
