@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from celery.signals import task_postrun, task_received, task_revoked
+from celery.worker import state as worker_state
 
 from workers.app import LLM_TASK
 from workers.runtime import settings_of
@@ -43,9 +45,12 @@ class PromptCredit:
     ``consumer.qos`` (Celery replaces its lock with a dummy there).
     """
 
-    def __init__(self, consumer: Any, slots: int) -> None:
+    def __init__(
+        self, consumer: Any, slots: int, live_ids: Callable[[], set[str]] | None = None
+    ) -> None:
         self.consumer = consumer
         self._slots = slots
+        self._live_ids = live_ids or _celery_live_ids
         # task id -> prompts of each delivery still running (a redelivery may overlap).
         self._held: defaultdict[str, list[int]] = defaultdict(list)
         self._prompts = 0
@@ -61,6 +66,8 @@ class PromptCredit:
         self._held[task_id].append(prompts)
         self._prompts += prompts
         self._tasks += 1
+        if self._prompts >= self._slots:
+            self._forget_ended(keep=task_id)
         self._apply()
 
     def give_back(self, task_id: str) -> None:
@@ -72,6 +79,22 @@ class PromptCredit:
         if not deliveries:
             del self._held[task_id]
         self._apply()
+
+    def _forget_ended(self, keep: str) -> None:
+        """Drop tasks Celery no longer holds whose end this never heard of.
+
+        A safety net: a held chunk that never gave its prompts back (a pool thread that
+        died without ``task_postrun``) would otherwise shrink this worker's share for
+        good, and stop it taking messages once the lost prompts filled its slots.
+        """
+        live = self._live_ids()
+        for task_id in [t for t in self._held if t != keep and t not in live]:
+            deliveries = self._held.pop(task_id)
+            self._prompts -= sum(deliveries)
+            self._tasks -= len(deliveries)
+            log.warning(
+                "llm task %s ended unseen; its %d prompts are free again", task_id, sum(deliveries)
+            )
 
     def _apply(self) -> None:
         qos = self.consumer.qos
@@ -86,6 +109,11 @@ class PromptCredit:
         target = max(1, min(uncut, self._tasks)) if full else uncut
         self._cut = uncut - target
         qos.value = target  # the event loop calls qos.update() before it polls again
+
+
+def _celery_live_ids() -> set[str]:
+    """Tasks this worker process holds: reserved, running, or waiting for their ETA."""
+    return set(worker_state.requests) | {r.id for r in worker_state.scheduled_requests}
 
 
 # One credit per llm consumer, by worker hostname: the pool thread that ends a task finds

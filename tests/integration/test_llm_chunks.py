@@ -323,14 +323,14 @@ def test_a_worker_reserves_chunks_by_their_prompts_not_by_their_count(stack: Llm
     batch = threading.Thread(target=lambda: results.extend(stack.run(40)))
     batch.start()
     try:
-        stack.provider.wait_for_requests(10, timeout_s=10)
+        wait_for(lambda: broker_holds(stack) == (6, 2), 10, "two chunks taken, six waiting")
+        # The provider records a call when it answers: until then no chunk has ended, and
+        # the worker must take nothing more.
         samples = []
-        # Until the first round is answered and the next chunks go out.
-        while len(stack.provider.requests()) == 10 and batch.is_alive():
+        while not stack.provider.requests() and batch.is_alive():
             samples.append(broker_holds(stack))
-        assert samples, "the first round ended before the broker could be read"
-        assert max(unacked for _, unacked in samples) == 2
-        assert max(waiting for waiting, _ in samples) == 6
+        assert samples, "the first call was answered before the broker could be read"
+        assert set(samples) == {(6, 2)}
     finally:
         batch.join(timeout=30)
     assert [r.text for r in results] == [f"C{i}" for i in range(40)]
@@ -347,9 +347,13 @@ def test_a_chunk_bigger_than_the_slots_is_taken_alone(stack: LlmStack) -> None:
     for call_ids in chunks:
         stack.app.send_task(LLM_TASK, args=["job-6", call_ids, waiter], queue=LLM_QUEUE)
 
-    stack.provider.wait_for_requests(4, timeout_s=10)
-    # One chunk of 6 fills the 4 slots: the other two stay in the queue for other workers.
-    assert broker_holds(stack) == (2, 1)
+    # One chunk of 6 fills the 4 slots: the other two stay in the queue for other workers
+    # (until the chunk ends, which is after the provider's first answers).
+    wait_for(lambda: broker_holds(stack) == (2, 1), 10, "one chunk taken, two waiting")
+    samples = []
+    while not stack.provider.requests():
+        samples.append(broker_holds(stack))
+    assert samples and set(samples) == {(2, 1)}
     wait_for(lambda: len(replies(stack, waiter)) == 18, 30, "all three chunks answered")
     assert stack.wait_tasks_finished(3, 10) == ["'ok 6'"] * 3
     assert stack.provider_calls() == 18
