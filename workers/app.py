@@ -59,7 +59,11 @@ def _transport_options(settings: Settings) -> dict[str, object]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     """An app configured from ``settings`` (the CLI, tests and the local stack use this)."""
-    celery_app = Celery("rlm_jobs", include=["workers.tasks", "workers.signals", "workers.credit"])
+    from workers.credit import PromptCreditStep  # imports this module's task names
+
+    celery_app = Celery("rlm_jobs", include=["workers.tasks", "workers.signals"])
+    # llm workers reserve chunk tasks by the prompts they carry (workers/credit.py).
+    celery_app.steps["consumer"].add(PromptCreditStep)
     if settings is not None:
         celery_app.conf.update(celery_config(settings))
         celery_app.rlm_settings = settings

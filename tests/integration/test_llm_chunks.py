@@ -318,7 +318,7 @@ def test_a_worker_reserves_chunks_by_their_prompts_not_by_their_count(stack: Llm
     # of 5 (40 prompts for 10 slots) and leave nothing for a second worker; counting
     # prompts, it holds 2 chunks and the other 6 wait in the queue.
     stack.provider.configure(sub_latency_s=1.0)
-    stack.start(concurrency=10, RLM_JOBS_LLM_WORKER_CONCURRENCY="10")
+    worker = stack.start(concurrency=10, RLM_JOBS_LLM_WORKER_CONCURRENCY="10")
     results: list[SubcallResult] = []
     batch = threading.Thread(target=lambda: results.extend(stack.run(40)))
     batch.start()
@@ -337,6 +337,8 @@ def test_a_worker_reserves_chunks_by_their_prompts_not_by_their_count(stack: Llm
     # Credit comes back as chunks end: all 8 ran, and the queue is empty again.
     assert stack.wait_tasks_finished(8, 10) == [f"'ok {CHUNK_SIZE}'"] * 8
     wait_for(lambda: broker_holds(stack) == (0, 0), 10, "every chunk acknowledged")
+    # Every chunk gave its prompts back as it ended; none had to be found by the safety net.
+    assert "ended unseen" not in worker.log()
 
 
 def test_a_chunk_bigger_than_the_slots_is_taken_alone(stack: LlmStack) -> None:

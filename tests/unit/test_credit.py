@@ -1,24 +1,17 @@
-"""PromptCredit's arithmetic on a real kombu QoS (the broker-facing side is in
+"""PromptCredit's bookkeeping (the broker-facing side is in
 tests/integration/test_llm_chunks.py)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
-from kombu.common import QoS
 
 from workers.credit import PromptCredit, prompts_in
 
 
-def everything_live() -> set[str]:
-    return {"t1", "t2", "t3", "big"}
-
-
-def consumer(prefetch: int) -> SimpleNamespace:
-    applied: list[int] = []
-    qos = QoS(lambda prefetch_count: applied.append(prefetch_count), prefetch)
-    return SimpleNamespace(qos=qos, applied=applied)
+def credit_of(slots: int, live: set[str] | None = None) -> PromptCredit:
+    """A credit whose tasks Celery holds until the test says otherwise."""
+    live_ids = live if live is not None else {"t1", "t2", "t3", "big"}
+    return PromptCredit(slots, live_ids=lambda: live_ids)
 
 
 @pytest.mark.parametrize(
@@ -38,80 +31,75 @@ def test_prompts_in_counts_call_ids_and_treats_anything_else_as_one(
     assert prompts_in(args) == prompts
 
 
-def test_the_prefetch_is_cut_once_the_prompts_fill_the_slots_and_restored_as_chunks_end() -> None:
-    c = consumer(prefetch=16)
-    credit = PromptCredit(c, slots=16, live_ids=everything_live)
+def test_room_closes_once_the_prompts_fill_the_slots_and_opens_as_chunks_end() -> None:
+    credit = credit_of(slots=16)
 
     credit.take("t1", 8)
-    assert c.qos.value == 16  # 8 of 16 slots: room for more
+    assert credit.has_room()  # 8 of 16 slots
     credit.take("t2", 8)
-    assert c.qos.value == 2  # full: no message beyond the two held
-    credit.take("t3", 8)  # one already on its way when the cut applied
-    assert c.qos.value == 3
+    assert not credit.has_room()
+    credit.take("t3", 8)  # one already on its way when the room closed
     assert credit.prompts == 24
 
     credit.give_back("t1")  # out of order
-    assert c.qos.value == 2  # 16 prompts still fill the slots
+    assert not credit.has_room()  # 16 prompts still fill the slots
     credit.give_back("t3")
-    assert c.qos.value == 16
+    assert credit.has_room()
     credit.give_back("t2")
-    credit.give_back("t2")  # a second postrun for the same delivery changes nothing
-    assert (c.qos.value, credit.prompts) == (16, 0)
+    credit.give_back("t2")  # a second end of the same delivery changes nothing
+    assert (credit.prompts, credit.holds("t2")) == (0, False)
 
 
-def test_a_chunk_bigger_than_the_slots_holds_the_prefetch_at_one() -> None:
-    c = consumer(prefetch=4)
-    credit = PromptCredit(c, slots=4, live_ids=everything_live)
+def test_a_chunk_bigger_than_the_slots_closes_the_room_alone() -> None:
+    credit = credit_of(slots=4)
     credit.take("big", 30)
-    assert c.qos.value == 1  # never 0, which kombu reads as "no limit"
+    assert not credit.has_room()
     credit.give_back("big")
-    assert c.qos.value == 4
-
-
-def test_celery_changes_to_the_prefetch_are_kept_under_the_cut() -> None:
-    c = consumer(prefetch=8)
-    credit = PromptCredit(c, slots=8, live_ids=everything_live)
-    credit.take("t1", 8)
-    assert c.qos.value == 1
-    c.qos.increment_eventually(1)  # Celery holding a task with an ETA (a retry's countdown)
-    credit.give_back("t1")
-    assert c.qos.value == 9
+    assert credit.has_room()
 
 
 def test_a_redelivery_of_a_running_task_is_counted_twice() -> None:
-    c = consumer(prefetch=10)
-    credit = PromptCredit(c, slots=10, live_ids=everything_live)
+    credit = credit_of(slots=10)
     credit.take("t1", 5)
     credit.take("t1", 5)
-    assert (credit.prompts, c.qos.value) == (10, 2)
+    assert (credit.prompts, credit.has_room()) == (10, False)
     credit.give_back("t1")
-    assert (credit.prompts, c.qos.value) == (5, 10)
-
-
-def test_a_fresh_qos_after_a_reconnect_starts_uncut() -> None:
-    c = consumer(prefetch=8)
-    credit = PromptCredit(c, slots=8, live_ids=everything_live)
-    credit.take("t1", 8)
-    assert c.qos.value == 1
-    c.qos = QoS(lambda prefetch_count: None, 8)  # what Celery builds on a new connection
-    credit.give_back("t1")
-    assert c.qos.value == 8
-
-
-def test_a_disabled_prefetch_stays_disabled() -> None:
-    c = consumer(prefetch=0)
-    credit = PromptCredit(c, slots=2, live_ids=everything_live)
-    credit.take("t1", 5)
-    assert c.qos.value == 0
+    assert (credit.prompts, credit.has_room(), credit.holds("t1")) == (5, True, True)
 
 
 def test_a_chunk_whose_end_was_never_heard_of_is_dropped_once_it_would_block() -> None:
     live = {"lost", "t1"}
-    c = consumer(prefetch=8)
-    credit = PromptCredit(c, slots=8, live_ids=lambda: live)
-    credit.take("lost", 6)
+    credit = credit_of(slots=8, live=live)
+    assert credit.take("lost", 6) == []
     live.discard("lost")  # Celery finished it, but no task_postrun reached the credit
-    credit.take("t1", 4)  # would fill the slots with the lost chunk counted
-    assert (credit.prompts, c.qos.value) == (4, 8)
-    credit.give_back("lost")  # a late give-back of the dropped chunk changes nothing
-    assert (credit.prompts, c.qos.value) == (4, 8)
+    assert credit.take("t1", 4) == ["lost"]  # would have filled the slots
+    assert (credit.prompts, credit.has_room()) == (4, True)
+    credit.give_back("lost")  # a late end of the dropped chunk changes nothing
+    assert credit.prompts == 4
+
+
+def test_a_task_just_taken_is_never_forgotten() -> None:
+    # Celery reserves a task only after task_received: the newest one is not "live" yet.
+    credit = credit_of(slots=2, live=set())
+    assert credit.take("new", 3) == []
+    assert credit.holds("new")
+
+
+def test_a_chunk_whose_end_is_on_its_way_is_dropped_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    live = {"done", "t1", "t2", "t3"}
+    credit = credit_of(slots=8, live=live)
+    credit.take("done", 6)
+    credit.ending("done")  # task_postrun ran; its give_back waits for the loop thread
+    live.discard("done")
+    assert credit.take("t1", 4) == ["done"]
+    credit.give_back("done")
+    assert credit.prompts == 4
+    assert "ended unseen" not in caplog.text
+
+    credit.take("t2", 4)
+    live.discard("t1")  # no task_postrun for this one
+    assert credit.take("t3", 4) == ["t1"]
+    assert "llm task t1 ended unseen" in caplog.text
+    assert credit.prompts == 8
