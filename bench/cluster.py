@@ -28,8 +28,9 @@ from rlm_jobs.store import JobRecord
 from rlm_jobs.submitter import JobHandle, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
 from tests.workerstack import Worker, wait_for
-from workers.app import LLM_QUEUE, ORCHESTRATE_QUEUE, create_app
+from workers.app import create_app
 from workers.enqueue import celery_enqueuer
+from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
 __all__ = [
     "LLM_QUEUE",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from celery import Celery
-
 from rlm_jobs.config import Settings
+from workers.base import RLMCelery
+from workers.credit import PromptCreditStep
+from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
-ORCHESTRATE_QUEUE = "rlm.orchestrate"
-LLM_QUEUE = "rlm.llm"
-RUN_JOB_TASK = "rlm.orchestrate.run_job"
-LLM_TASK = "rlm.llm.complete"
+# Modules whose tasks and signal handlers every worker registers.
+TASK_MODULES = ["workers.jobs", "workers.llm_chunks", "workers.lifecycle"]
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
@@ -57,16 +56,14 @@ def _transport_options(settings: Settings) -> dict[str, object]:
     return options
 
 
-def create_app(settings: Settings | None = None) -> Celery:
-    """An app configured from ``settings`` (the CLI, tests and the local stack use this)."""
-    from workers.credit import PromptCreditStep  # imports this module's task names
-
-    celery_app = Celery("rlm_jobs", include=["workers.tasks", "workers.signals"])
+def create_app(settings: Settings | None = None) -> RLMCelery:
+    """An app configured from ``settings`` (the CLI, tests and the local stack use this);
+    without them, from the environment the first time Celery needs its configuration."""
+    celery_app = RLMCelery("rlm_jobs", include=TASK_MODULES, settings=settings)
     # llm workers reserve chunk tasks by the prompts they carry (workers/credit.py).
     celery_app.steps["consumer"].add(PromptCreditStep)
     if settings is not None:
         celery_app.conf.update(celery_config(settings))
-        celery_app.rlm_settings = settings
     else:
         celery_app.config_from_object("workers.celeryconfig")
     return celery_app

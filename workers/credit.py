@@ -28,7 +28,7 @@ from celery import bootsteps
 from celery.signals import task_postrun, task_received, task_revoked
 from celery.worker import state as worker_state
 
-from workers.app import LLM_TASK
+from workers.names import LLM_TASK
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +121,12 @@ class PromptCreditStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, c: Any) -> None:
         if c.connection.transport.driver_type != "redis":
             return
-        credit = getattr(c, "rlm_prompt_credit", None)
+        # One consumer per app; the credit survives its reconnects. ``c.app`` is our
+        # RLMCelery (workers/base.py), typed there; Celery hands it over untyped.
+        app = c.app
+        credit = app.prompt_credit
         if credit is None:
-            from workers.runtime import settings_of  # the worker's only: keeps imports light
-
-            credit = c.rlm_prompt_credit = PromptCredit(settings_of(c.app).llm_worker_concurrency)
+            credit = app.prompt_credit = PromptCredit(app.settings.llm_worker_concurrency)
         channel_qos = c.task_consumer.channel.qos
         messages_allow = channel_qos.can_consume
 
@@ -135,14 +136,15 @@ class PromptCreditStep(bootsteps.StartStopStep):  # type: ignore[misc]
         channel_qos.can_consume = MethodType(can_consume, channel_qos)
 
 
-# The credit each running llm task counts against, by task id: ``task_postrun`` runs on a
-# pool thread and knows only the task (its request's hostname is not the consumer's).
+# The credit each running llm task counts against, by task id. Process-wide because Celery's
+# signals are: ``task_postrun`` runs on a pool thread and knows only the task (its request's
+# hostname is not the consumer's, and its app is the pool's default app, not the consumer's).
 _credit_of_task: dict[str, tuple[Any, PromptCredit]] = {}
 
 
 @task_received.connect
 def _on_received(sender: Any, request: Any, **_: Any) -> None:
-    credit = getattr(sender, "rlm_prompt_credit", None)
+    credit = getattr(sender.app, "prompt_credit", None)
     if request.name != LLM_TASK or credit is None:
         return
     for forgotten in credit.take(request.id, prompts_in(request.args)):

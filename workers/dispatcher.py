@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from rlm_jobs import keys
 from rlm_jobs.dispatch import ResultCallback, StopCheck, SubcallResult, SubcallSpec
-from workers.app import LLM_QUEUE, LLM_TASK
+from workers.names import LLM_QUEUE, LLM_TASK
 from workers.replies import ReplyCollector
 
 # How often a waiting batch checks whether its job must stop (cancel, budget, timeout).

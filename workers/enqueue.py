@@ -6,7 +6,8 @@ from celery import Celery
 
 from rlm_jobs.config import Settings
 from rlm_jobs.submitter import Enqueue
-from workers.app import ORCHESTRATE_QUEUE, RUN_JOB_TASK, create_app
+from workers.app import create_app
+from workers.names import ORCHESTRATE_QUEUE, RUN_JOB_TASK
 
 
 def celery_enqueuer(settings: Settings, app: Celery | None = None) -> Enqueue:

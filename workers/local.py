@@ -32,7 +32,9 @@ from celery.worker import state as worker_state
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import ConfigError
 from rlm_jobs.redis_server import RedisServer
-from workers.app import LLM_QUEUE, ORCHESTRATE_QUEUE, create_app
+from workers.app import create_app
+from workers.base import RLMCelery
+from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
 # LLM calls are I/O-bound: a thread each is cheap, and a batch of llm_query_batched calls
 # from several jobs should not queue behind one another.
@@ -88,7 +90,7 @@ class LocalStack:
         self._redis: RedisServer | None = None
         self._provider: _Provider | None = None
         self._workers: list[tuple[_ThreadWorker, threading.Thread]] = []
-        self._task_app: Celery | None = None
+        self._task_app: RLMCelery | None = None
         self._previous_default_app: Celery | None = None
         self._settings: Settings | None = None
         self._log_handler: logging.Handler | None = None
@@ -181,9 +183,8 @@ class LocalStack:
     def _remove_task_app(self) -> None:
         if self._task_app is None:
             return
-        runtime = getattr(self._task_app, "rlm_runtime", None)
-        if runtime is not None:
-            runtime.close()  # what the worker_shutdown signal does for `celery -A` workers
+        # What the worker_shutdown signal does for `celery -A` workers.
+        self._task_app.close_runtime()
         _state.set_default_app(self._previous_default_app)
         self._task_app = self._previous_default_app = None
 

@@ -2,7 +2,7 @@
 and the pool that runs the llm tasks' provider calls.
 
 Built on first use (never at import, never before a fork) and kept for the process
-lifetime, one per Celery app.
+lifetime, one per Celery app (``RLMCelery.runtime``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import socket
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import redis
 from celery import Celery
@@ -27,25 +26,14 @@ from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.session import open_repl_factory
 from rlm_jobs.store import Store
 from workers.dispatcher import CeleryDispatcher
-from workers.orchestrator import LeaseKeeper
+from workers.leases import LeaseKeeper
 from workers.replies import ReplyCollector
-
-_lock = threading.Lock()
-
-
-def settings_of(app: Celery) -> Settings:
-    """The settings an app was built with (``create_app(settings)``), else the environment."""
-    settings = getattr(app, "rlm_settings", None)
-    if settings is None:
-        settings = Settings()
-        app.rlm_settings = settings
-    assert isinstance(settings, Settings)
-    return settings
 
 
 class WorkerRuntime:
     def __init__(self, app: Celery, settings: Settings) -> None:
         self.app = app
+        self._lock = threading.Lock()
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         assert settings.redis_url
@@ -61,7 +49,7 @@ class WorkerRuntime:
 
     def engine(self) -> Engine:
         """The orchestrator's engine; its reply collector starts with the first job."""
-        with _lock:
+        with self._lock:
             if self._engine is None:
                 # BLPOP blocks its connection: the collector gets its own client.
                 assert self.settings.redis_url
@@ -87,7 +75,7 @@ class WorkerRuntime:
 
     def lease_keeper(self) -> LeaseKeeper:
         """The one thread that renews the leases of all jobs of this process (made lazily)."""
-        with _lock:
+        with self._lock:
             if self._lease_keeper is None:
                 self._lease_keeper = LeaseKeeper(
                     self.store,
@@ -103,7 +91,7 @@ class WorkerRuntime:
         threads, so ``llm_worker_concurrency`` caps the calls in flight however the prompts
         were split into tasks.
         """
-        with _lock:
+        with self._lock:
             if self._llm_pool is None:
                 self._llm_pool = ThreadPoolExecutor(
                     max_workers=self.settings.llm_worker_concurrency, thread_name_prefix="rlm-llm"
@@ -123,13 +111,3 @@ class WorkerRuntime:
             self._engine.dispatcher.close()
         self.router.close()
         self.redis.close()
-
-
-def runtime_for(app: Celery) -> WorkerRuntime:
-    with _lock:
-        runtime: Any = getattr(app, "rlm_runtime", None)
-        if runtime is None:
-            runtime = WorkerRuntime(app, settings_of(app))
-            app.rlm_runtime = runtime
-        assert isinstance(runtime, WorkerRuntime)
-        return runtime

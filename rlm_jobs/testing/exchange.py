@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
+from email.message import Message
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rlm_jobs.testing import wire
-from rlm_jobs.testing.policies import is_root, respond
-from rlm_jobs.testing.state import Fault, RequestRecord, Role
-
-if TYPE_CHECKING:
-    from rlm_jobs.testing.server import ScriptedHandler
+from rlm_jobs.testing.policies import Policy, is_root, respond
+from rlm_jobs.testing.state import Fault, RequestRecord, Role, ScriptedState
 
 _log = logging.getLogger(__name__)
 
@@ -22,20 +21,41 @@ WORKER_HEADER = "X-RLM-Worker"
 MALFORMED_BODY = b'{"id": "scripted-malformed", "choices": [{"index": 0, "message": {"con'
 
 
+class Responder(Protocol):
+    """What an exchange needs from the HTTP request handler that received it."""
+
+    close_connection: bool
+    headers: Message
+
+    def send_json(
+        self, status: int, payload: object, headers: Mapping[str, str] | None = None
+    ) -> None: ...
+
+    def send_bytes(
+        self, status: int, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> None: ...
+
+
 class Exchange:
     """One completion request, from fault check to recorded response."""
 
     def __init__(
         self,
-        handler: ScriptedHandler,
+        handler: Responder,
         request: wire.ChatRequest,
         path: str,
         *,
+        state: ScriptedState,
+        policies: Mapping[str, Policy],
+        stopping: threading.Event,
         started: float,
         arrived: float,
     ) -> None:
         self.handler = handler
-        self.server = handler.server
+        self.state = state
+        self.policies = policies
+        # Set when the server stops: wakes a request waiting out its latency or hang.
+        self.stopping = stopping
         self.request = request
         self.path = path
         # time.monotonic() for latency, time.time() for the log.
@@ -46,7 +66,7 @@ class Exchange:
 
     def record(self, outcome: str, input_tokens: int = 0, output_tokens: int = 0) -> None:
         headers = self.handler.headers
-        self.server.state.record(
+        self.state.record(
             RequestRecord(
                 timestamp=self.arrived,
                 path=self.path,
@@ -67,17 +87,17 @@ class Exchange:
         self.handler.send_json(status, body, headers)
 
     def run(self) -> None:
-        fault = self.server.state.take_fault(self.request.model)
+        fault = self.state.take_fault(self.request.model)
         if fault is not None:
             self.fault(fault)
             return
-        policy = self.server.policies.get(self.policy_name)
+        policy = self.policies.get(self.policy_name)
         if policy is None:
             self.record("404")
             self.error(
                 404,
                 f"The model `{self.request.model}` does not exist or you do not have access "
-                f"to it. Scripted models: {', '.join(sorted(self.server.policies))}.",
+                f"to it. Scripted models: {', '.join(sorted(self.policies))}.",
             )
             return
         try:
@@ -96,13 +116,13 @@ class Exchange:
             # Cut like a real model that ran out of tokens: mid-sentence, four chars a token.
             text, truncated = text[: request.max_tokens * 4], True
         tokens_in, tokens_out = wire.input_tokens(request.messages), wire.count_tokens(text)
-        config = self.server.state.current_config()
+        config = self.state.current_config()
         latency_s = config.root_latency_s if self.role == "root" else config.sub_latency_s
-        if latency_s > 0 and self.server.stopping.wait(latency_s):
+        if latency_s > 0 and self.stopping.wait(latency_s):
             self.handler.close_connection = True
             return
         # Billed and logged before sending, so a caller holding the reply sees both.
-        self.server.state.bill(request.model, tokens_in, tokens_out)
+        self.state.bill(request.model, tokens_in, tokens_out)
         self.record("ok", tokens_in, tokens_out)
         build = wire.anthropic_message if request.wire == "anthropic" else wire.openai_completion
         body = build(request.model, text, tokens_in, tokens_out, truncated)
@@ -127,9 +147,7 @@ class Exchange:
             self.handler.send_bytes(HTTPStatus.OK, MALFORMED_BODY)
         else:  # hang: hold the request past the client's timeout, then drop it unanswered
             hang_s = (
-                fault.hang_s
-                if fault.hang_s is not None
-                else self.server.state.current_config().hang_s
+                fault.hang_s if fault.hang_s is not None else self.state.current_config().hang_s
             )
-            self.server.stopping.wait(hang_s)
+            self.stopping.wait(hang_s)
             self.handler.close_connection = True

@@ -173,4 +173,15 @@ class ScriptedHandler(BaseHTTPRequestHandler):
         except ValueError as exc:  # WireError and json.JSONDecodeError alike
             self.send_json(400, wire.error_body(wire_name, 400, str(exc)))
             return
-        Exchange(self, request, path, started=started, arrived=arrived).run()
+        server = self.server
+        assert isinstance(server, ScriptedHTTPServer)
+        Exchange(
+            self,
+            request,
+            path,
+            state=server.state,
+            policies=server.policies,
+            stopping=server.stopping,
+            started=started,
+            arrived=arrived,
+        ).run()

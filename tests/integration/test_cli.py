@@ -24,7 +24,8 @@ from rlm_jobs.config import Settings
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing.provider import ScriptedProvider
 from tests.workerstack import Worker, sandbox_pids, wait_for
-from workers.app import LLM_QUEUE, ORCHESTRATE_QUEUE, create_app
+from workers.app import create_app
+from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
 pytestmark = pytest.mark.timeout(300)
 

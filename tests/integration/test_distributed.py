@@ -23,8 +23,9 @@ from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.submitter import Document, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
 from tests.workerstack import Worker, runtime_pids, sandbox_pids, wait_for
-from workers.app import LLM_TASK, ORCHESTRATE_QUEUE, RUN_JOB_TASK, create_app
+from workers.app import create_app
 from workers.enqueue import celery_enqueuer
+from workers.names import LLM_TASK, ORCHESTRATE_QUEUE, RUN_JOB_TASK
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -19,8 +19,8 @@ from rlm_jobs.store import Store
 from rlm_jobs.testing.provider import ScriptedProvider
 from tests.integration.test_distributed import Cluster
 from tests.workerstack import wait_for
-from workers.app import ORCHESTRATE_QUEUE
-from workers.orchestrator import KEEPER_THREAD_NAME, JobLease, LeaseKeeper
+from workers.leases import KEEPER_THREAD_NAME, JobLease, LeaseKeeper
+from workers.names import ORCHESTRATE_QUEUE
 
 pytestmark = pytest.mark.timeout(240)
 

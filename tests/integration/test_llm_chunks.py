@@ -26,8 +26,9 @@ from rlm_jobs.store import Store
 from rlm_jobs.testing.policies.sub import NEEDLE_ASK
 from rlm_jobs.testing.provider import ScriptedProvider
 from tests.workerstack import Worker, wait_for
-from workers.app import LLM_QUEUE, LLM_TASK, create_app
+from workers.app import create_app
 from workers.dispatcher import SPREAD_TASKS, CeleryDispatcher, PromptRecord, chunk_sizes
+from workers.names import LLM_QUEUE, LLM_TASK
 from workers.replies import Reply, ReplyCollector
 
 pytestmark = pytest.mark.timeout(120)

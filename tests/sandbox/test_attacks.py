@@ -59,8 +59,9 @@ from rlm_jobs.testing.policies.sub import NEEDLE_ASK, answer_sub
 from tests.sandbox import attacks
 from tests.sandbox.conftest import connect_docker_or_fail
 from tests.workerstack import Worker, wait_for
-from workers.app import ORCHESTRATE_QUEUE, create_app
+from workers.app import create_app
 from workers.enqueue import celery_enqueuer
+from workers.names import ORCHESTRATE_QUEUE
 
 pytestmark = pytest.mark.timeout(150)
 

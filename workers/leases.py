@@ -1,9 +1,8 @@
-"""Running one job inside an orchestrator task: lease, loop, once-only result.
+"""Job leases: a job runs only while its worker holds the job's lease.
 
-A job runs only while its worker holds the job's lease. One keeper thread per process
-renews the leases of all its jobs and notices cancellations, in a couple of Redis round
-trips however many jobs run. A duplicate delivery (the broker's visibility timeout, a
-requeue after a crash) finds the lease taken or the result written and does nothing.
+One ``LeaseKeeper`` thread per orchestrator process renews the leases of all its jobs and
+notices cancellations, in a couple of Redis round trips however many jobs run. A lease
+that lapses means its worker died: the reaper of a live orchestrator requeues the job.
 """
 
 from __future__ import annotations
@@ -12,18 +11,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from rlm_jobs.engine import JobControl, LoopObserver
-from rlm_jobs.errors import StorageError
-from rlm_jobs.loop import run_loop
-from rlm_jobs.models import JobResult, JobSpec, JobStatus
+from rlm_jobs.engine import JobControl
 from rlm_jobs.store import Store
-
-if TYPE_CHECKING:  # the runtime owns the keeper, so it imports this module
-    from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -32,45 +22,6 @@ CANCEL_POLL_S = 0.25
 # How long releasing a lease waits for a renewal in flight (a Redis outage, at worst).
 RELEASE_WAIT_S = 5.0
 KEEPER_THREAD_NAME = "rlm-lease-keeper"
-
-# (event type, fields) -> None: how progress reaches Flower.
-EmitEvent = Callable[[str, dict[str, Any]], None]
-
-
-class ServiceObserver(LoopObserver):
-    """Writes records, trajectories and progress of a job tree to Redis and Flower."""
-
-    def __init__(self, store: Store, emit: EmitEvent, interval_s: float) -> None:
-        self._store = store
-        self._emit = emit
-        self._interval_s = interval_s
-        self._lock = threading.Lock()
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def trajectory_sink(self, job_id: str) -> Callable[[dict[str, Any]], None]:
-        return lambda entry: self._store.append_trajectory(job_id, entry)
-
-    def job_started(self, job_id: str, spec: JobSpec) -> None:
-        if spec.depth > 0:  # the root's record exists; a child's is made as it starts
-            self._store.create_job(job_id, spec)
-            self._store.mark_running(job_id, "in-process child", leased=False)
-
-    def progress(self, job_id: str, spec: JobSpec, counters: dict[str, Any]) -> None:
-        now = time.monotonic()
-        iteration = int(counters.get("iteration", 0))
-        with self._lock:
-            last_at, last_iteration = self._last.get(job_id, (0.0, -1))
-            if iteration == last_iteration and now - last_at < self._interval_s:
-                return
-            self._last[job_id] = (now, iteration)
-        self._store.set_progress(job_id, counters)
-        self._emit("task-progress", {"state": "PROGRESS", "job_id": job_id, **counters})
-
-    def job_finished(self, job_id: str, spec: JobSpec, result: JobResult) -> None:
-        if spec.depth > 0:
-            self._store.finish(result)
-        with self._lock:
-            self._last.pop(job_id, None)
 
 
 class JobLease:
@@ -215,56 +166,3 @@ class LeaseKeeper:
             step()
         except Exception:  # Redis hiccup: keep going; the TTL covers short outages
             log.exception("lease keeper: %s failed", step.__name__)
-
-
-def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
-    """Run a job to its one result; returns what happened, for logs and Flower."""
-    store = runtime.store
-    settings = runtime.settings
-    try:
-        record = store.get(job_id)
-    except StorageError as exc:
-        return f"rejected: {exc}"
-    holder = f"{runtime.worker_id}:{time.monotonic_ns()}"
-    if not store.acquire_lease(job_id, holder, settings.lease_ttl_s):
-        return f"skipped: job {job_id} is running on {store.lease_holder(job_id)}"
-    keeper = runtime.lease_keeper()
-    lease = keeper.register(job_id, holder)
-    try:
-        attempt = store.mark_running(job_id, runtime.worker_id)
-        if attempt is None:
-            return f"skipped: job {job_id} already finished"
-        if attempt > settings.max_attempts:
-            return _finish_early(
-                store, job_id, JobStatus.FAILED,
-                f"gave up after {settings.max_attempts} attempts: its workers kept dying",
-            )  # fmt: skip
-        try:
-            spec = record.spec
-        except ValidationError as exc:
-            return _finish_early(store, job_id, JobStatus.FAILED, f"invalid job spec: {exc}")
-        # The keeper polls for cancels from now on; one cancelled while queued stops here.
-        reason = lease.cancelled() or store.cancel_reason(job_id)
-        if reason:
-            return _finish_early(store, job_id, JobStatus.CANCELLED, reason)
-        store.reset_trajectory(job_id)
-        control = JobControl.for_root(
-            spec,
-            cancelled=lease.cancelled,
-            observer=ServiceObserver(store, emit, settings.progress_interval_s),
-        )
-        lease.attach(control)
-        result = run_loop(spec, job_id, runtime.engine(), control)
-        if lease.lost:
-            return f"abandoned: lost the lease of job {job_id}; another worker runs it"
-        stored = store.finish(result)
-        return (
-            f"{result.status.value} (attempt {attempt})" if stored else "duplicate: result existed"
-        )
-    finally:
-        keeper.unregister(lease)
-
-
-def _finish_early(store: Store, job_id: str, status: JobStatus, reason: str) -> str:
-    store.finish(JobResult(job_id=job_id, status=status, reason=reason))
-    return f"{status.value}: {reason}"

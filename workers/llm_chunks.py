@@ -1,34 +1,28 @@
-"""The tasks: thin wrappers that validate ids, load by id and call the library."""
+"""llm tasks: a chunk of one job's sub-calls, answered concurrently on the worker's pool."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import re
 import time
 from collections import Counter
 from concurrent.futures import CancelledError, Future, wait
 from typing import Any
 
 import redis
-from celery import Task, shared_task
+from celery import shared_task
 
 from rlm_jobs import keys
 from rlm_jobs.dispatch import SubcallResult, SubcallSpec, complete_one
-from rlm_jobs.models import JobResult, JobStatus
-from workers.app import LLM_TASK, RUN_JOB_TASK
+from workers.base import RLMTask
 from workers.dispatcher import PromptRecord
-from workers.orchestrator import execute_job
+from workers.messages import valid_call_ids, valid_id
+from workers.names import LLM_TASK
 from workers.replies import Reply, push_reply
-from workers.runtime import WorkerRuntime, runtime_for
+from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-# Ids are ours (uuid hex, child ids with dots); anything else is a malformed message.
-_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
-# Call ids one llm task may carry: the upper bound of the llm_chunk_size setting.
-_MAX_CALLS_PER_TASK = 100
 # A prompt that waited longer than this for a slot of the llm pool re-reads its key and the
 # cancel flag before calling the provider (one round trip); one that started at once goes
 # by what the chunk read, so an idle worker pays nothing for it.
@@ -39,67 +33,15 @@ _MAX_RETRIES = 3
 _RETRY_AFTER_S = 1.0
 
 
-def _valid_id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
-        raise ValueError(f"malformed {what}: {str(value)[:80]!r}")
-    return value
-
-
-def _valid_call_ids(value: Any) -> list[str]:
-    if not isinstance(value, list) or not 1 <= len(value) <= _MAX_CALLS_PER_TASK:
-        raise ValueError(f"malformed call ids: {str(value)[:80]!r}")
-    call_ids = [_valid_id(v, "call id") for v in value]
-    if len(set(call_ids)) != len(call_ids):  # the same prompt would be answered twice
-        raise ValueError(f"repeated call ids: {str(value)[:80]!r}")
-    return call_ids
-
-
 def _text(raw: Any) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw
-
-
-def _emitter(task: Task) -> Any:
-    """Send task events from any thread: the request context is thread-local."""
-    task_id = task.request.id
-    hostname = task.request.hostname
-
-    def emit(event_type: str, fields: dict[str, Any]) -> None:
-        try:
-            with task.app.events.default_dispatcher(hostname=hostname) as dispatcher:
-                dispatcher.send(event_type, uuid=task_id, **fields)
-        except Exception:  # progress is best effort; the job must not fail for it
-            log.exception("could not send %s for task %s", event_type, task_id)
-
-    return emit
-
-
-@shared_task(name=RUN_JOB_TASK, bind=True)
-def run_job(self: Task, job_id: str) -> str:
-    """Run the RLM loop of one job; its result goes to the job record, not to Celery."""
-    try:
-        job_id = _valid_id(job_id, "job id")
-    except ValueError as exc:
-        log.error("rejected orchestrate message: %s", exc)
-        return f"rejected: {exc}"
-    runtime = runtime_for(self.app)
-    try:
-        outcome = execute_job(job_id, runtime, _emitter(self))
-    except Exception as exc:  # a bug or an outage: the job must end, not stay QUEUED
-        log.exception("job %s: orchestrator error", job_id)
-        with contextlib.suppress(Exception):
-            runtime.store.finish(
-                JobResult(job_id=job_id, status=JobStatus.FAILED, reason=f"internal error: {exc!r}")
-            )
-        return f"failed: {exc!r}"
-    log.info("job %s: %s", job_id, outcome)
-    return outcome
 
 
 # Task events stay on (``send_events``): the README promises Flower lists every task, and
 # with prompts in chunks their cost is paid per chunk, not per prompt. Only the client's
 # ``task-sent`` is left out (``CeleryDispatcher._send``).
-@shared_task(name=LLM_TASK, bind=True)
-def llm_complete(self: Task, job_id: str, call_ids: list[str], waiter_id: str) -> str:
+@shared_task(name=LLM_TASK, bind=True, base=RLMTask)
+def llm_complete(self: RLMTask, job_id: str, call_ids: list[str], waiter_id: str) -> str:
     """A chunk of one job's sub-calls: prompts from Redis, run concurrently on the process's
     llm pool, each reply pushed to the waiting orchestrator as soon as it is ready.
 
@@ -108,13 +50,13 @@ def llm_complete(self: Task, job_id: str, call_ids: list[str], waiter_id: str) -
     the prompts already answered (an answered prompt's key is deleted with its reply).
     """
     try:
-        job_id = _valid_id(job_id, "job id")
-        call_ids = _valid_call_ids(call_ids)
-        waiter_id = _valid_id(waiter_id, "waiter id")
+        job_id = valid_id(job_id, "job id")
+        call_ids = valid_call_ids(call_ids)
+        waiter_id = valid_id(waiter_id, "waiter id")
     except ValueError as exc:
         log.error("rejected llm message: %s", exc)
         return f"rejected: {exc}"
-    runtime = runtime_for(self.app)
+    runtime = self.runtime
     chunk = LlmChunk(runtime, job_id, waiter_id, worker=self.request.hostname or runtime.worker_id)
     try:
         outcome = chunk.run(call_ids)

@@ -1,4 +1,5 @@
-"""Worker lifecycle: resume jobs of dead workers, clean up on the way out."""
+"""Cleaning up after workers that died: requeue their jobs (one live worker wins each),
+remove their sandbox containers and their sandboxes' Redis ACL users."""
 
 from __future__ import annotations
 
@@ -6,26 +7,23 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
-
-from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
 
 from rlm_jobs import keys
-from rlm_jobs.errors import RLMJobsError
 from rlm_jobs.sandboxes.janitor import janitor_for
-from workers.app import ORCHESTRATE_QUEUE, RUN_JOB_TASK
-from workers.runtime import runtime_for
+from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
+# Sends the orchestrate task of a job id again.
+Requeue = Callable[[str], None]
+
 
 class Reaper:
-    """Cleans up after workers that died: requeues their jobs (one live worker wins each),
-    removes their sandbox containers and their sandboxes' Redis ACL users."""
+    """One thread per orchestrator process, sweeping every ``reaper_interval_s``."""
 
-    def __init__(self, app: Celery) -> None:
-        self._app = app
+    def __init__(self, runtime: WorkerRuntime, requeue: Requeue) -> None:
+        self._runtime = runtime
+        self._requeue = requeue
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rlm-reaper", daemon=True)
 
@@ -33,8 +31,7 @@ class Reaper:
         self._thread.start()
 
     def sweep(self) -> list[str]:
-        runtime = runtime_for(self._app)
-        store = runtime.store
+        store = self._runtime.store
         requeued = []
         for job_id in store.running_without_lease():
             if keys.root_job_id(job_id) != job_id:
@@ -43,7 +40,7 @@ class Reaper:
             if record.result is not None:
                 continue
             if store.requeue_claim(job_id, record.attempts):
-                self._app.send_task(RUN_JOB_TASK, args=[job_id], queue=ORCHESTRATE_QUEUE)
+                self._requeue(job_id)
                 requeued.append(job_id)
                 log.warning(
                     "job %s lost its worker; requeued (attempt %d)", job_id, record.attempts
@@ -51,7 +48,7 @@ class Reaper:
         return requeued
 
     def sweep_sandboxes(self) -> None:
-        runtime = runtime_for(self._app)
+        runtime = self._runtime
         janitor_for(runtime.redis).sweep_stale_users()
         if runtime.settings.sandbox_backend == "docker":
             from rlm_jobs.sandboxes.docker import reap_orphans
@@ -61,7 +58,7 @@ class Reaper:
                 log.warning("removed %d sandbox containers left by dead workers", len(removed))
 
     def _run(self) -> None:
-        settings = runtime_for(self._app).settings
+        settings = self._runtime.settings
         interval = settings.reaper_interval_s
         next_sandbox_sweep = 0.0
         while True:
@@ -81,40 +78,3 @@ def _guarded(step: Callable[[], object]) -> None:
         step()
     except Exception:  # a Redis or Docker hiccup must not end the reaper
         log.exception("reaper: %s failed", getattr(step, "__name__", step))
-
-
-def _consumes_orchestrate(sender: Any) -> bool:
-    queues = sender.app.amqp.queues.consume_from or sender.app.amqp.queues
-    return ORCHESTRATE_QUEUE in queues
-
-
-def _warm_up(app: Celery) -> None:
-    """Build clients now: importing an SDK takes seconds that the first jobs should not pay."""
-    runtime = runtime_for(app)
-    settings = runtime.settings
-    try:
-        runtime.router.warm_up(settings.resolved_model(), settings.resolved_sub_model())
-    except RLMJobsError as exc:  # jobs naming another model still work; say why this failed
-        log.warning("could not prepare the default model's client: %s", exc)
-
-
-@worker_ready.connect
-def _on_ready(sender: Any, **_: Any) -> None:
-    app = sender.app
-    _warm_up(app)
-    if not _consumes_orchestrate(sender):
-        return
-    reaper = Reaper(app)
-    reaper.start()
-    app.rlm_reaper = reaper
-
-
-@worker_shutdown.connect
-def _on_shutdown(sender: Any, **_: Any) -> None:
-    app = getattr(sender, "app", None)
-    reaper = getattr(app, "rlm_reaper", None)
-    if reaper is not None:
-        reaper.stop()
-    runtime = getattr(app, "rlm_runtime", None)
-    if runtime is not None:
-        runtime.close()

@@ -1,0 +1,61 @@
+"""Worker lifecycle hooks: warm up at start, run the reaper on orchestrators, clean up."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+
+from rlm_jobs.errors import RLMJobsError
+from workers.base import RLMCelery
+from workers.names import ORCHESTRATE_QUEUE, RUN_JOB_TASK
+from workers.reaper import Reaper
+
+log = logging.getLogger(__name__)
+
+
+def _consumes_orchestrate(sender: Any) -> bool:
+    queues = sender.app.amqp.queues.consume_from or sender.app.amqp.queues
+    return ORCHESTRATE_QUEUE in queues
+
+
+def _warm_up(app: RLMCelery) -> None:
+    """Build clients now: importing an SDK takes seconds that the first jobs should not pay."""
+    runtime = app.runtime
+    settings = runtime.settings
+    try:
+        runtime.router.warm_up(settings.resolved_model(), settings.resolved_sub_model())
+    except RLMJobsError as exc:  # jobs naming another model still work; say why this failed
+        log.warning("could not prepare the default model's client: %s", exc)
+
+
+def _rlm_app(sender: Any) -> RLMCelery | None:
+    app = getattr(sender, "app", None)
+    return app if isinstance(app, RLMCelery) else None
+
+
+@worker_ready.connect
+def _on_ready(sender: Any, **_: Any) -> None:
+    app = _rlm_app(sender)
+    if app is None:
+        return
+    _warm_up(app)
+    if not _consumes_orchestrate(sender):
+        return
+
+    def requeue(job_id: str) -> None:
+        app.send_task(RUN_JOB_TASK, args=[job_id], queue=ORCHESTRATE_QUEUE)
+
+    app.reaper = Reaper(app.runtime, requeue)
+    app.reaper.start()
+
+
+@worker_shutdown.connect
+def _on_shutdown(sender: Any, **_: Any) -> None:
+    app = _rlm_app(sender)
+    if app is None:
+        return
+    if app.reaper is not None:
+        app.reaper.stop()
+    app.close_runtime()
