@@ -8,6 +8,7 @@ from rlm_jobs.api import RLM, RLMCompletion
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import (
     ConfigError,
+    JobHandedOver,
     JobStopped,
     ProviderError,
     ProviderRetryableError,
@@ -25,6 +26,7 @@ __all__ = [
     "BatchHandle",
     "ConfigError",
     "Document",
+    "JobHandedOver",
     "JobHandle",
     "JobResult",
     "JobSpec",

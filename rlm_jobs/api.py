@@ -22,6 +22,7 @@ from rlm_jobs.contexts import ContextValue, put_context
 from rlm_jobs.dispatch import InProcessDispatcher
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.errors import ConfigError, SpecError
+from rlm_jobs.journal import JournalStore
 from rlm_jobs.loop import run_loop_with_trajectory
 from rlm_jobs.models import JobSpec, JobStatus, Limits, Usage
 from rlm_jobs.redis_server import RedisServer
@@ -168,6 +169,7 @@ class RLM:
         self._redis: redis.Redis | None = None
         self._router: LLMRouter | None = None
         self._dispatcher: InProcessDispatcher | None = None
+        self._journals: JournalStore | None = None
         self._sandbox_pool: SandboxPool | None = None
 
     def _connect(self) -> tuple[redis.Redis, Engine]:
@@ -181,21 +183,22 @@ class RLM:
                 self.settings = settings
             self._redis = redis_client(settings)
             self._router = LLMRouter(settings)
+            self._journals = JournalStore(self._redis)
             self._dispatcher = InProcessDispatcher(
-                self._router, concurrency=settings.subcall_concurrency
+                self._router, self._journals.calls, concurrency=settings.subcall_concurrency
             )
             # One pool per RLM: later completions find their sandboxes started.
             self._sandbox_pool = SandboxPool(self._redis, settings, create_backend(settings))
         assert self._router is not None and self._dispatcher is not None
+        assert self._journals is not None
         client = self._redis
-        engine = Engine(
+        engine = Engine.build(
+            self.settings,
+            client,
             router=self._router,
             dispatcher=self._dispatcher,
             repl_factory=open_repl_factory(client, self.settings, pool=self._sandbox_pool),
-            store_context=lambda value: put_context(client, value),
-            max_output_tokens=self.settings.max_output_tokens,
-            child_concurrency=self.settings.child_concurrency,
-            default_sub_model=self.settings.sub_model,
+            journals=self._journals,
         )
         return client, engine
 
@@ -243,6 +246,7 @@ class RLM:
         if self._redis is not None:
             self._redis.close()
         self._redis = self._router = self._dispatcher = self._sandbox_pool = None
+        self._journals = None
 
     def __enter__(self) -> RLM:
         return self

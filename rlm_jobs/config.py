@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     llm_chunk_size: int = Field(default=10, ge=1, le=100)
     # Service: provider calls one llm worker process runs at once, over all its tasks.
     llm_worker_concurrency: int = Field(default=64, ge=1, le=1024)
+    # Service: life of an llm worker's claim on a call it runs, renewed every third of it. A
+    # worker that dies has its calls sent again this long (plus a second) later; shorter
+    # risks a worker that stalls this long (swapping, a GC pause) losing its calls.
+    llm_claim_ttl_s: float = Field(default=6.0, ge=1.0, le=600)
 
     sandbox_backend: Literal["process", "docker"] = "process"
     # Interpreter that runs the process sandbox; the one running rlm-jobs by default.
@@ -133,8 +137,10 @@ class Settings(BaseSettings):
     # within lease_ttl_s and its job resumed by a live one.
     lease_ttl_s: float = Field(default=30.0, gt=0)
     lease_renew_s: float = Field(default=5.0, gt=0)
-    # Executions of one job (first run plus restarts after worker deaths).
-    max_attempts: int = Field(default=3, ge=1)
+    # Runs of one job cut short by a dying worker before it is given up (a hand-over at a
+    # warm shutdown does not count). Each run resumes from the journal, so they are cheap;
+    # a job that kills its worker this often is the cause, not the victim.
+    max_attempts: int = Field(default=5, ge=1)
     # How often each orchestrator worker looks for jobs whose lease expired.
     reaper_interval_s: float = Field(default=5.0, gt=0)
     # How often it removes dead workers' sandbox containers and stale sandbox ACL users:

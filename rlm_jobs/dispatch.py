@@ -1,8 +1,11 @@
-"""Sub-call dispatchers: how llm_query prompts reach a model.
+"""Sub-call dispatchers: how a batch of llm_query prompts reaches a model.
 
-The loop hands a dispatcher a batch of prompts and gets one result per prompt, in order.
-``InProcessDispatcher`` runs them on a bounded thread pool (library mode); the Celery
-dispatcher in ``workers/`` sends each prompt to the ``rlm.llm`` queue.
+The handler gives a dispatcher one ``SubcallBatch`` (the prompts of one sandbox request,
+each named by the job's journal) and gets one result per prompt, in order, each also
+streamed to ``on_result`` as it arrives. A prompt answered before (a resumed job's) is
+answered from the job's stored results and never reaches a model again.
+``InProcessDispatcher`` runs the rest on a bounded thread pool (library mode); the Celery
+dispatcher in ``workers/`` sends them to the ``rlm.llm`` queue in chunks.
 """
 
 from __future__ import annotations
@@ -13,39 +16,42 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
+from rlm_jobs.calls import ResultStore, StoredCall
 from rlm_jobs.clients.base import ChatMessage
 from rlm_jobs.errors import RLMJobsError
+from rlm_jobs.models import SubcallResult, not_run
 
 
 @dataclass(frozen=True)
-class SubcallSpec:
+class SubcallBatch:
+    """One request's prompts for one model, with the call id the journal gave each."""
+
     job_id: str
     model: str
-    prompt: str
+    prompts: Sequence[str]
+    call_ids: Sequence[str]
 
 
 @dataclass(frozen=True)
-class SubcallResult:
-    ok: bool
-    text: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    latency_s: float = 0.0
-    # Which worker served it ("" in process): shows how a batch spread over the pool.
-    worker: str = ""
+class Stop:
+    """Why a batch must stop waiting."""
+
+    reason: str
+    # True when another run of the job will want the answers (a hand-over, a lease taken
+    # over): calls already sent are left to finish. False drops them (cancel, limits).
+    keep_calls: bool = False
 
 
 # Called once per prompt as its result arrives (index into the batch, result), so usage is
 # accounted and caps are checked while the rest of the batch is still running.
 ResultCallback = Callable[[int, SubcallResult], None]
-# Returns a reason when the job must stop; prompts not yet started then fail with it.
-StopCheck = Callable[[], str | None]
+# Says when the job must stop; prompts not yet answered then fail with its reason.
+StopCheck = Callable[[], Stop | None]
 
 
 class Dispatcher(Protocol):
     def run_batch(
-        self, specs: Sequence[SubcallSpec], *, on_result: ResultCallback, stop: StopCheck
+        self, batch: SubcallBatch, *, on_result: ResultCallback, stop: StopCheck
     ) -> list[SubcallResult]: ...
 
     def close(self) -> None: ...
@@ -70,13 +76,15 @@ class _Priced(Protocol):
     def cost_usd(self) -> float: ...
 
 
-def complete_one(router: Completer, spec: SubcallSpec) -> SubcallResult:
+def complete_one(router: Completer, model: str, prompt: str, *, worker: str = "") -> SubcallResult:
     """One sub-call, with every failure turned into an error slot the model can read."""
     started = time.monotonic()
     try:
-        done = router.complete(spec.model, [{"role": "user", "content": spec.prompt}])
+        done = router.complete(model, [{"role": "user", "content": prompt}])
     except RLMJobsError as exc:
-        return SubcallResult(ok=False, text=f"Error: {exc}", latency_s=time.monotonic() - started)
+        return SubcallResult(
+            ok=False, text=f"Error: {exc}", latency_s=time.monotonic() - started, worker=worker
+        )
     return SubcallResult(
         ok=True,
         text=done.text,
@@ -84,31 +92,41 @@ def complete_one(router: Completer, spec: SubcallSpec) -> SubcallResult:
         output_tokens=done.output_tokens,
         cost_usd=done.cost_usd,
         latency_s=time.monotonic() - started,
+        worker=worker,
     )
 
 
 class InProcessDispatcher:
-    """Runs sub-calls on a bounded thread pool shared by every job of the process."""
+    """Runs sub-calls on a bounded thread pool shared by every job of the process, and keeps
+    each answer in its job's stored results."""
 
-    def __init__(self, router: Completer, *, concurrency: int) -> None:
+    def __init__(self, router: Completer, calls: ResultStore, *, concurrency: int) -> None:
         self._router = router
+        self._calls = calls
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rlm-subcall")
 
     def run_batch(
-        self, specs: Sequence[SubcallSpec], *, on_result: ResultCallback, stop: StopCheck
+        self, batch: SubcallBatch, *, on_result: ResultCallback, stop: StopCheck
     ) -> list[SubcallResult]:
-        def run(index: int, spec: SubcallSpec) -> SubcallResult:
-            reason = stop()
-            result = (
-                SubcallResult(ok=False, text=f"Error: not run: {reason}")
-                if reason
-                else complete_one(self._router, spec)
-            )
+        answered = self._calls.lookup(batch.job_id, batch.call_ids)
+
+        def run(index: int) -> SubcallResult:
+            call_id = batch.call_ids[index]
+            stored = answered.get(call_id)
+            if stored is not None:
+                result = stored.result
+            else:
+                halt = stop()
+                if halt:
+                    result = not_run(halt.reason)
+                else:
+                    result = complete_one(self._router, batch.model, batch.prompts[index])
+                    self._calls.store(batch.job_id, call_id, StoredCall(result))
             on_result(index, result)
             return result
 
         futures: list[Future[SubcallResult]] = [
-            self._pool.submit(run, i, spec) for i, spec in enumerate(specs)
+            self._pool.submit(run, i) for i in range(len(batch.call_ids))
         ]
         return [f.result() for f in futures]
 

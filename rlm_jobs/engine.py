@@ -13,7 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
+from rlm_jobs.config import Settings
+from rlm_jobs.contexts import put_context
 from rlm_jobs.dispatch import Completer, Dispatcher
+from rlm_jobs.journal import Journals, JournalStore
 from rlm_jobs.models import ContextRef, JobResult, JobSpec, UsageMeter
 from rlm_jobs.sandboxes.base import Repl, ReplFactory
 from rlm_jobs.trajectory import Trajectory
@@ -41,9 +46,33 @@ class Engine:
     dispatcher: Dispatcher
     repl_factory: ReplFactory
     store_context: Callable[[str], ContextRef]
+    journals: Journals
     max_output_tokens: int = 4096
     child_concurrency: int = 4
     default_sub_model: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        client: redis.Redis,
+        *,
+        router: Completer,
+        dispatcher: Dispatcher,
+        repl_factory: ReplFactory,
+        journals: Journals | None = None,
+    ) -> Engine:
+        """The one way an engine is assembled (library mode and orchestrator workers)."""
+        return cls(
+            router=router,
+            dispatcher=dispatcher,
+            repl_factory=repl_factory,
+            store_context=lambda value: put_context(client, value),
+            journals=journals or JournalStore(client),
+            max_output_tokens=settings.max_output_tokens,
+            child_concurrency=settings.child_concurrency,
+            default_sub_model=settings.sub_model,
+        )
 
 
 class OpenRepls:
@@ -81,6 +110,9 @@ class JobControl:
     meter: UsageMeter
     deadline: float
     cancelled: Callable[[], str | None] = lambda: None
+    # A reason when this run must hand the job back unfinished (its worker is shutting down,
+    # or another worker took the job over): it stops, leaving its journal for the next run.
+    handover: Callable[[], str | None] = lambda: None
     observer: LoopObserver = field(default_factory=LoopObserver)
     repls: OpenRepls = field(default_factory=OpenRepls)
 
@@ -90,12 +122,14 @@ class JobControl:
         spec: JobSpec,
         *,
         cancelled: Callable[[], str | None] | None = None,
+        handover: Callable[[], str | None] | None = None,
         observer: LoopObserver | None = None,
     ) -> JobControl:
         return cls(
             meter=UsageMeter(spec.limits.max_tokens, spec.limits.max_cost_usd),
             deadline=time.monotonic() + spec.limits.max_timeout_s,
             cancelled=cancelled or (lambda: None),
+            handover=handover or (lambda: None),
             observer=observer or LoopObserver(),
         )
 
@@ -104,6 +138,7 @@ class JobControl:
             meter=UsageMeter(parent=self.meter),
             deadline=min(self.deadline, time.monotonic() + spec.limits.max_timeout_s),
             cancelled=self.cancelled,
+            handover=self.handover,
             observer=self.observer,
             repls=self.repls,
         )

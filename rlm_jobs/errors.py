@@ -10,7 +10,8 @@
     ├── SandboxError             the sandbox could not start, died, or broke the wire protocol
     │   └── SandboxTimeout       no answer from the sandbox within its deadline
     ├── StorageError             a record or blob that should be in Redis is not
-    └── JobStopped               a job ended early (limit, cancel); carries its status
+    ├── JobStopped               a job ended early (limit, cancel); carries its status
+    └── JobHandedOver            a run stopped unfinished so another can resume the job
 
 Retry decisions look at the type, never at the message text.
 """
@@ -75,4 +76,13 @@ class JobStopped(RLMJobsError):
     def __init__(self, status: JobStatus, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+        self.reason = reason
+
+
+class JobHandedOver(RLMJobsError):
+    """This run of a job stopped without a result: its worker is shutting down, or another
+    worker took the job over. The journal is intact; the next run resumes by replay."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
         self.reason = reason

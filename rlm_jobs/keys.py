@@ -74,14 +74,39 @@ def batch_jobs(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:jobs"
 
 
-def subcall_prompt(call_id: str) -> str:
-    """STRING: a sub-call's prompt, so task messages carry only its id; short TTL."""
-    return f"{PREFIX}:call:{call_id}:prompt"
+def job_journal(job_id: str) -> str:
+    """LIST: the job's journal, one JSON entry per root model reply and per sub-call request,
+    in order (rlm_jobs/journal.py); a resumed job replays it. Lives as long as the record."""
+    return f"{PREFIX}:job:{job_id}:journal"
+
+
+def job_calls(job_id: str) -> str:
+    """HASH: call id -> the result of one of the job's sub-calls (llm or child RLM), written
+    once by whoever produced it; the journal's answers by position. As long as the record."""
+    return f"{PREFIX}:job:{job_id}:calls"
+
+
+def subcall(call_id: str) -> str:
+    """HASH: a sub-call waiting for its answer (job, model, prompt, waiter, claimed), so task
+    messages carry only its id; deleted when answered or given up, else SANDBOX_KEY_TTL_S."""
+    return f"{PREFIX}:call:{call_id}"
+
+
+def subcall_claim(call_id: str) -> str:
+    """STRING with a short TTL: the llm worker running the call, kept alive while it runs;
+    a lapsed claim means that worker died and the call is sent again."""
+    return f"{PREFIX}:call:{call_id}:claim"
 
 
 def subcall_replies(waiter_id: str) -> str:
-    """LIST: replies to sub-calls for one waiting orchestrator process, pushed by llm workers."""
-    return f"{PREFIX}:replies:{waiter_id}"
+    """LIST: replies to sub-calls for one waiting orchestrator process, pushed by llm workers;
+    SANDBOX_KEY_TTL_S after the last push."""
+    return f"{SUBCALL_REPLIES_PREFIX}{waiter_id}"
+
+
+# Every reply list's name starts with this (the llm worker's completion script appends the
+# waiter named in the call's record).
+SUBCALL_REPLIES_PREFIX = f"{PREFIX}:replies:"
 
 
 def sandbox_prefix(sandbox_id: str) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 from rlm_jobs import parsing, prompts
 from rlm_jobs.clients.base import ChatMessage
 from rlm_jobs.engine import Engine, JobControl
-from rlm_jobs.errors import JobStopped, ProviderError, RLMJobsError, SandboxError
+from rlm_jobs.errors import JobHandedOver, JobStopped, ProviderError, RLMJobsError, SandboxError
+from rlm_jobs.journal import RootReply
 from rlm_jobs.models import JobResult, JobSpec, JobStatus
 from rlm_jobs.sandboxes.base import CellOutcome, Repl
 from rlm_jobs.subcalls import SubcallHandlerForJob
@@ -60,13 +61,17 @@ class _Loop:
         self.control = control
         self.limits = spec.limits
         self.trajectory: Trajectory = control.new_trajectory(job_id)
+        self.journal = engine.journals.open(job_id)
         self.state = _State()
         self.started = time.monotonic()
+        # Whether the current turn's reply came from the journal (a resumed job's replay).
+        self.replayed_turn = False
         self.handler = SubcallHandlerForJob(
             spec=spec,
             job_id=job_id,
             engine=engine,
             control=control,
+            journal=self.journal,
             trajectory=self.trajectory,
             run_child=run_loop,
             report=self.report,
@@ -75,6 +80,9 @@ class _Loop:
     # ---- limits ---------------------------------------------------------------------
 
     def check(self) -> None:
+        handover = self.control.handover()
+        if handover:
+            raise JobHandedOver(handover)
         reason = self.control.cancelled()
         if reason:
             raise JobStopped(JobStatus.CANCELLED, reason)
@@ -100,20 +108,29 @@ class _Loop:
                 "tokens": usage.total_tokens,
                 "cost_usd": usage.cost_usd,
                 "depth": self.spec.depth,
+                # A resumed job replaying its journal: nothing it replays is paid again.
+                "replaying": self.journal.replaying,
             },
         )
 
     # ---- model and cells ------------------------------------------------------------
 
     def ask_model(self) -> str:
+        """The root model's reply: from the journal while replaying the same requests."""
         self.check()
-        done = self.engine.router.complete(
-            self.spec.model, self.state.messages, max_output_tokens=self.engine.max_output_tokens
-        )
-        self.control.meter.add(
-            self.spec.model, done.input_tokens, done.output_tokens, done.cost_usd
-        )
-        return done.text
+        model = self.spec.model
+        reply = self.journal.root(model, self.state.messages)
+        self.replayed_turn = reply is not None
+        if reply is None:
+            done = self.engine.router.complete(
+                model, self.state.messages, max_output_tokens=self.engine.max_output_tokens
+            )
+            reply = RootReply(
+                done.text, model, done.input_tokens, done.output_tokens, done.cost_usd
+            )
+            self.journal.record_root(reply)
+        self.control.meter.add(model, reply.input_tokens, reply.output_tokens, reply.cost_usd)
+        return reply.text
 
     def run_cell(self, repl: Repl, code: str) -> CellOutcome:
         self.check()
@@ -135,6 +152,12 @@ class _Loop:
         final: str | None,
         started: float,
     ) -> None:
+        extra: dict[str, Any] = {}
+        if self.replayed_turn:
+            extra["replayed"] = True
+        note = self.journal.take_note()
+        if note:
+            extra["resumed"] = note
         self.trajectory.iteration(
             iteration=self.state.iteration,
             prompt=[{"role": m["role"], "content": m["content"]} for m in prompt],
@@ -143,6 +166,7 @@ class _Loop:
             final_answer=final,
             iteration_time=time.monotonic() - started,
             usage=self.control.meter.snapshot().summary(),
+            **extra,
         )
 
     def turn(self, repl: Repl) -> str | None:
@@ -251,6 +275,8 @@ class _Loop:
         ]
         try:
             result = self._run()
+        except JobHandedOver:
+            raise  # no result: the next run of the job resumes from its journal
         except Exception as exc:  # a bug must not take the worker down with it
             log.exception("job %s crashed", self.job_id)
             result = self.result(JobStatus.FAILED, f"internal error: {exc!r}", self.state.partial)
@@ -276,11 +302,16 @@ class _Loop:
             )
         except JobStopped as stop:
             return self.result(stop.status, stop.reason, self.state.partial)
+        except JobHandedOver:
+            raise
         except ProviderError as exc:
             return self.result(
                 JobStatus.FAILED, f"root model call failed: {exc}", self.state.partial
             )
         except SandboxError as exc:
+            handover = self.control.handover()
+            if handover:  # the sandbox was closed to hand the job over
+                raise JobHandedOver(handover) from exc
             cancelled = self.control.cancelled()
             if cancelled:  # the sandbox was stopped because the job was cancelled
                 return self.result(JobStatus.CANCELLED, cancelled, self.state.partial)

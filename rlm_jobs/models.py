@@ -6,6 +6,7 @@ Every model forbids unknown fields so a typo in a spec fails loudly instead of b
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -51,11 +52,6 @@ class JobStatus(StrEnum):
 ModelName = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9_-]+/\S+$", min_length=3, max_length=200)
 ]
-
-
-def split_model(name: str) -> tuple[str, str]:
-    provider, _, model = name.partition("/")
-    return provider, model
 
 
 class Limits(Strict):
@@ -193,6 +189,13 @@ class UsageMeter:
         if self.parent is not None:
             self.parent.add(model, input_tokens, output_tokens, cost_usd)
 
+    def add_usage(self, usage: Usage) -> None:
+        """Count a whole subtree's usage at once (a child RLM answered from the journal)."""
+        with self._lock:
+            self._usage.merge(usage)
+        if self.parent is not None:
+            self.parent.add_usage(usage)
+
     def snapshot(self) -> Usage:
         with self._lock:
             return self._usage.model_copy(deep=True)
@@ -228,8 +231,21 @@ class JobResult(Strict):
         return self
 
 
-class SubcallOutcome(Strict):
-    """One slot of an llm_query/rlm_query batch as the sandbox sees it."""
+@dataclass(frozen=True)
+class SubcallResult:
+    """One prompt's answer: what an llm worker or a child RLM sends back, what is kept in the
+    job's journal, and what the sandbox gets in its slot of the batch."""
 
     ok: bool
     text: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    # Which worker served it ("" in process): shows how a batch spread over the pool.
+    worker: str = ""
+
+
+def not_run(reason: str) -> SubcallResult:
+    """The slot of a prompt that was never sent to a model, and why."""
+    return SubcallResult(ok=False, text=f"Error: not run: {reason}")

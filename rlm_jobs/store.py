@@ -26,50 +26,10 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from rlm_jobs import keys
+from rlm_jobs.calls import renew_keys
 from rlm_jobs.errors import StorageError
 from rlm_jobs.models import JobResult, JobSpec, JobStatus, Usage
-
-# Write the result only if none is there yet; returns 1 when this call finished the job.
-_FINISH = """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return -1 end
-if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'reason', ARGV[2], 'result', ARGV[3],
-           'finished_at', ARGV[4], 'tokens', ARGV[5], 'cost_usd', ARGV[6])
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[8])
-return 1
-"""
-
-# Count an attempt and mark running, unless the job already has its result.
-_START = """
-if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return -1 end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'started_at', ARGV[1], 'worker', ARGV[2])
-if ARGV[4] == '1' then redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3]) end
-return attempts
-"""
-
-# Take or renew each lease (KEYS[i], holder ARGV[i + 1], TTL ARGV[1] ms) only if it is free
-# or already that holder's; returns the positions (1-based) of the leases someone else has.
-_LEASES = """
-local taken = {}
-for i, key in ipairs(KEYS) do
-  local holder = redis.call('GET', key)
-  if holder and holder ~= ARGV[i + 1] then
-    taken[#taken + 1] = i
-  else
-    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
-  end
-end
-return taken
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+from rlm_jobs.scripts import source
 
 
 def _s(value: Any) -> str:
@@ -125,10 +85,11 @@ class JobRecord:
 class Store:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
-        self._finish = client.register_script(_FINISH)
-        self._start = client.register_script(_START)
-        self._leases = client.register_script(_LEASES)
-        self._release = client.register_script(_RELEASE)
+        self._finish = client.register_script(source("job_finish"))
+        self._start = client.register_script(source("job_start"))
+        self._hand_back = client.register_script(source("job_hand_back"))
+        self._leases = client.register_script(source("renew"))
+        self._release = client.register_script(source("lease_release"))
 
     # ---- jobs -----------------------------------------------------------------------
 
@@ -186,8 +147,14 @@ class Store:
         )
         return None if int(attempts) < 0 else int(attempts)
 
-    def update_usage(self, job_id: str, tokens: int, cost_usd: float) -> None:
-        self.r.hset(keys.job(job_id), mapping={"tokens": tokens, "cost_usd": cost_usd})
+    def hand_back(self, job_id: str, holder: str) -> bool:
+        """Queue a job again after a run stopped it unfinished (a warm shutdown); its
+        journal stays for the next run. False if it finished or another holder has it."""
+        done = self._hand_back(
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.running_jobs()],
+            args=[holder, job_id],
+        )
+        return bool(done)
 
     def finish(self, result: JobResult) -> bool:
         """Store the job's one result; False when it already had one (a duplicate run)."""
@@ -207,13 +174,17 @@ class Store:
         if done == -1:
             raise StorageError(f"cannot finish job {result.job_id!r}: it has no record")
         if done == 1:
+            pipe = self.r.pipeline(transaction=False)
             for key in (
                 keys.job_children(result.job_id),
                 keys.job_trajectory(result.job_id),
                 keys.job_progress(result.job_id),
                 keys.job_cancel(result.job_id),
+                keys.job_journal(result.job_id),
+                keys.job_calls(result.job_id),
             ):
-                self.r.expire(key, keys.RESULT_TTL_S)
+                pipe.expire(key, keys.RESULT_TTL_S)
+            pipe.execute()
         return bool(done == 1)
 
     def children(self, job_id: str) -> list[str]:
@@ -230,14 +201,9 @@ class Store:
 
         Returns the jobs whose lease another holder has: their runs must stop.
         """
-        ids = list(holders)
-        if not ids:
-            return []
-        taken = self._leases(
-            keys=[keys.job_lease(job_id) for job_id in ids],
-            args=[int(ttl_s * 1000), *(holders[job_id] for job_id in ids)],
-        )
-        return [ids[int(i) - 1] for i in taken]
+        by_key = {keys.job_lease(job_id): job_id for job_id in holders}
+        taken = renew_keys(self._leases, {k: holders[j] for k, j in by_key.items()}, ttl_s)
+        return [by_key[k] for k in taken]
 
     def release_lease(self, job_id: str, holder: str) -> None:
         self._release(keys=[keys.job_lease(job_id)], args=[holder])
@@ -304,7 +270,7 @@ class Store:
         return [json.loads(e) for e in self.r.lrange(keys.job_trajectory(job_id), 0, -1)]
 
     def reset_trajectory(self, job_id: str) -> None:
-        """A restarted attempt starts its trajectory afresh."""
+        """A resumed run writes its trajectory afresh (its replayed turns included)."""
         self.r.delete(keys.job_trajectory(job_id))
 
     # ---- batches ----------------------------------------------------------------------------

@@ -1,21 +1,24 @@
 """Answering a sandbox's llm_query / rlm_query requests for one job.
 
-``llm`` prompts go to the dispatcher; ``rlm`` prompts start child loops in this process
-(each with its own sandbox, its sub-calls on the shared dispatcher), which cannot deadlock
-a worker pool: the parent's slot is never needed by its children. Past ``max_depth``,
-``rlm_query`` degrades to ``llm_query`` as in the reference.
+Every request is first placed in the job's journal, which names its prompts: a resumed job
+asking what it asked before gets the same call ids, and with them the answers already paid
+for. ``llm`` prompts go to the dispatcher; ``rlm`` prompts start child loops in this
+process (each with its own sandbox and journal, its sub-calls on the shared dispatcher),
+which cannot deadlock a worker pool: the parent's slot is never needed by its children.
+Past ``max_depth``, ``rlm_query`` degrades to ``llm_query`` as in the reference.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from rlm_jobs.dispatch import SubcallResult, SubcallSpec
+from rlm_jobs.calls import StoredCall
+from rlm_jobs.dispatch import Stop, SubcallBatch
 from rlm_jobs.engine import Engine, JobControl
-from rlm_jobs.models import JobResult, JobSpec, JobStatus, SubcallOutcome
+from rlm_jobs.journal import Journal
+from rlm_jobs.models import JobResult, JobSpec, JobStatus, SubcallResult, not_run
 from rlm_jobs.prompts import CHILD_QUERY
 from rlm_jobs.trajectory import Trajectory, subcall_entry
 from sandbox.wire import SubcallRequest
@@ -49,6 +52,7 @@ class SubcallHandlerForJob:
         job_id: str,
         engine: Engine,
         control: JobControl,
+        journal: Journal,
         trajectory: Trajectory,
         run_child: RunChild,
         report: Callable[[], None],
@@ -57,20 +61,24 @@ class SubcallHandlerForJob:
         self._job_id = job_id
         self._engine = engine
         self._control = control
+        self._journal = journal
         self._trajectory = trajectory
         self._run_child = run_child
         self._report = report
-        self._child_ids = itertools.count(1)
         self.counters = SubcallCounters()
 
-    def stop_reason(self) -> str | None:
+    def stop(self) -> Stop | None:
+        """Why the job's sub-calls must stop now, if they must."""
+        handover = self._control.handover()
+        if handover:
+            return Stop(handover, keep_calls=True)
         reason = self._control.cancelled()
         if reason:
-            return reason
+            return Stop(reason)
         over = self._control.meter.exceeded()
-        return over[1] if over else None
+        return Stop(over[1]) if over else None
 
-    def __call__(self, request: SubcallRequest) -> list[SubcallOutcome]:
+    def __call__(self, request: SubcallRequest) -> list[SubcallResult]:
         if request.kind == "rlm" and self._spec.depth < self._spec.limits.max_depth:
             return self._children(request)
         return self._llm(request)
@@ -80,10 +88,11 @@ class SubcallHandlerForJob:
             requested or self._spec.sub_model or self._engine.default_sub_model or self._spec.model
         )
 
-    def _llm(self, request: SubcallRequest) -> list[SubcallOutcome]:
+    def _llm(self, request: SubcallRequest) -> list[SubcallResult]:
         model = self._sub_model(request.model)
-        specs = [SubcallSpec(self._job_id, model, p) for p in request.prompts]
-        self.counters.started(len(specs))
+        placed = self._journal.request("llm", model, request.prompts)
+        batch = SubcallBatch(self._job_id, model, request.prompts, placed.call_ids)
+        self.counters.started(len(request.prompts))
         self._report()
 
         def on_result(index: int, result: SubcallResult) -> None:
@@ -94,7 +103,7 @@ class SubcallHandlerForJob:
             self._trajectory.add_subcall(
                 subcall_entry(
                     model=model,
-                    prompt=specs[index].prompt,
+                    prompt=request.prompts[index],
                     response=result.text,
                     input_tokens=result.input_tokens,
                     output_tokens=result.output_tokens,
@@ -106,22 +115,28 @@ class SubcallHandlerForJob:
             self.counters.finished()
             self._report()
 
-        results = self._engine.dispatcher.run_batch(
-            specs, on_result=on_result, stop=self.stop_reason
-        )
-        return [SubcallOutcome(ok=r.ok, text=r.text) for r in results]
+        return self._engine.dispatcher.run_batch(batch, on_result=on_result, stop=self.stop)
 
-    def _children(self, request: SubcallRequest) -> list[SubcallOutcome]:
+    def _children(self, request: SubcallRequest) -> list[SubcallResult]:
         model = request.model or self._spec.model
+        placed = self._journal.request("rlm", model, request.prompts)
+        calls = self._engine.journals.calls
+        answered = calls.lookup(self._job_id, placed.call_ids) if placed.replayed else {}
         self.counters.started(len(request.prompts))
         self._report()
 
-        def run_one(prompt: str) -> SubcallOutcome:
-            reason = self.stop_reason()
-            if reason:
+        def run_one(index: int) -> SubcallResult:
+            child_id, prompt = placed.call_ids[index], request.prompts[index]
+            stored = answered.get(child_id)
+            if stored is not None:  # the child finished before: its answer, not a rerun
+                if stored.usage is not None:
+                    self._control.meter.add_usage(stored.usage)
+                self._record_child(model, prompt, child_id, stored.result)
+                return stored.result
+            halt = self.stop()
+            if halt:
                 self.counters.finished()
-                return SubcallOutcome(ok=False, text=f"Error: not run: {reason}")
-            child_id = f"{self._job_id}.{next(self._child_ids)}"
+                return not_run(halt.reason)
             child_spec = self._spec.model_copy(
                 update={
                     "query": CHILD_QUERY,
@@ -137,33 +152,46 @@ class SubcallHandlerForJob:
                 child_spec, child_id, self._engine, self._control.for_child(child_spec)
             )
             outcome = _child_outcome(result)
-            self._trajectory.add_subcall(
-                subcall_entry(
-                    model=model,
-                    prompt=prompt,
-                    response=outcome.text,
-                    input_tokens=result.usage.input_tokens,
-                    output_tokens=result.usage.output_tokens,
-                    latency_s=result.execution_time_s,
-                    error=not outcome.ok,
-                    kind="rlm",
-                    child_job_id=child_id,
-                )
-            )
-            self.counters.finished()
-            self._report()
+            if not self._control.handover():  # a child cut short by a hand-over runs again
+                calls.store(self._job_id, child_id, StoredCall(outcome, usage=result.usage))
+            self._record_child(model, prompt, child_id, outcome)
             return outcome
 
         workers = min(self._engine.child_concurrency, len(request.prompts))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rlm-child") as pool:
-            return list(pool.map(run_one, request.prompts))
+            return list(pool.map(run_one, range(len(request.prompts))))
+
+    def _record_child(self, model: str, prompt: str, child_id: str, outcome: SubcallResult) -> None:
+        self._trajectory.add_subcall(
+            subcall_entry(
+                model=model,
+                prompt=prompt,
+                response=outcome.text,
+                input_tokens=outcome.input_tokens,
+                output_tokens=outcome.output_tokens,
+                latency_s=outcome.latency_s,
+                error=not outcome.ok,
+                kind="rlm",
+                child_job_id=child_id,
+            )
+        )
+        self.counters.finished()
+        self._report()
 
 
-def _child_outcome(result: JobResult) -> SubcallOutcome:
+def _child_outcome(result: JobResult) -> SubcallResult:
+    usage = result.usage
     if result.status is JobStatus.COMPLETED and result.answer is not None:
-        return SubcallOutcome(ok=True, text=result.answer)
-    partial = f" Partial answer: {result.answer}" if result.answer else ""
-    return SubcallOutcome(
-        ok=False,
-        text=f"Error: child RLM ended with {result.status.value}: {result.reason}.{partial}",
+        text, ok = result.answer, True
+    else:
+        partial = f" Partial answer: {result.answer}" if result.answer else ""
+        text = f"Error: child RLM ended with {result.status.value}: {result.reason}.{partial}"
+        ok = False
+    return SubcallResult(
+        ok=ok,
+        text=text,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_usd=usage.cost_usd,
+        latency_s=result.execution_time_s,
     )

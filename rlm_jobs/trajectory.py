@@ -92,7 +92,10 @@ class Trajectory:
         final_answer: str | None,
         iteration_time: float,
         usage: dict[str, Any],
+        **extra: Any,
     ) -> None:
+        """One turn; ``extra`` adds our own fields (``replayed``, ``resumed``), which the
+        reference's viewer ignores."""
         self._emit(
             {
                 "type": "iteration",
@@ -104,6 +107,7 @@ class Trajectory:
                 "final_answer": final_answer,
                 "iteration_time": iteration_time,
                 "usage": usage,
+                **extra,
             }
         )
 

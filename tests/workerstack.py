@@ -12,6 +12,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+import redis
+
+from rlm_jobs.config import Settings
+from rlm_jobs.redis_server import RedisServer
+from rlm_jobs.submitter import Submitter
+from rlm_jobs.testing.provider import ScriptedProvider
+from workers.app import create_app
+from workers.enqueue import celery_enqueuer
+
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,3 +145,50 @@ def sandbox_pids(marker: str) -> set[int]:
 def runtime_pids(marker: str) -> set[int]:
     """The sandbox runtimes themselves (one per sandbox), without their bubblewrap parents."""
     return {pid for pid in sandbox_pids(marker) if b"bwrap" not in _cmdline(pid)}
+
+
+NEEDLE_CHUNK = 50_000  # the scripted needle policy's chunk size
+
+
+def needle_context(n_chunks: int, code: str, at_chunk: int) -> str:
+    filler = ("lorem ipsum dolor sit amet. " * (NEEDLE_CHUNK // 28 + 1))[: NEEDLE_CHUNK - 40]
+    parts = [filler + "\n" for _ in range(n_chunks)]
+    parts[at_chunk] = filler[: NEEDLE_CHUNK // 2] + f"\nThe secret code is {code}.\n"
+    return "".join(parts)
+
+
+class Cluster:
+    """Workers started on demand for one test, all stopped at its end."""
+
+    def __init__(self, server: RedisServer, provider: ScriptedProvider, logdir: Path) -> None:
+        self.server = server
+        self.provider = provider
+        self.logdir = logdir
+        self.workers: list[Worker] = []
+        self.marker = str(server.workdir)
+        self.env = {
+            "PATH": os.environ.get("PATH", ""),
+            "RLM_JOBS_REDIS_URL": server.url,
+            "RLM_JOBS_SANDBOX_REDIS_SOCKET": server.unix_socket,
+            "RLM_JOBS_SCRIPTED_BASE_URL": provider.url,
+            "RLM_JOBS_LEASE_TTL_S": "3",
+            "RLM_JOBS_LEASE_RENEW_S": "0.5",
+            "RLM_JOBS_REAPER_INTERVAL_S": "0.5",
+        }
+        self.settings = Settings(redis_url=server.url, scripted_base_url=provider.url)
+        self.client = redis.Redis.from_url(server.url)
+        self.app = create_app(self.settings)
+        self.submitter = Submitter(
+            self.client, celery_enqueuer(self.settings, self.app), self.settings
+        )
+
+    def start(self, queues: str, concurrency: int = 8, **env: str) -> Worker:
+        worker = Worker(queues, {**self.env, **env}, self.logdir, concurrency=concurrency)
+        self.workers.append(worker)
+        worker.wait_ready()
+        return worker
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.client.close()

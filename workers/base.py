@@ -49,6 +49,11 @@ class RLMCelery(Celery):  # type: ignore[misc]  # celery ships no type hints
                 self._runtime = WorkerRuntime(self, settings)
             return self._runtime
 
+    def built_runtime(self) -> WorkerRuntime | None:
+        """The runtime if this process has built one (nothing is built to answer)."""
+        with self._lock:
+            return self._runtime
+
     def close_runtime(self) -> None:
         """What a worker does on its way out: end the runtime if one was built."""
         with self._lock:

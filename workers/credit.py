@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 def prompts_in(args: Any) -> int:
     """The prompts an llm task's arguments carry (its call ids); 1 when they are malformed,
     since the task will reject them at once."""
-    if isinstance(args, list | tuple) and len(args) == 3 and isinstance(args[1], list):
+    if isinstance(args, list | tuple) and len(args) == 2 and isinstance(args[1], list):
         return max(1, len(args[1]))
     return 1
 

@@ -1,47 +1,52 @@
 """The Celery dispatcher: the prompts of a batch go to the ``rlm.llm`` queue in chunks.
 
-Prompts are stored in Redis and a task carries only ids (the job, its chunk's call ids and
-where to reply), so no message grows with the prompts. A chunk's prompts run concurrently
-on the llm worker that takes it, and each reply is pushed as soon as it is ready; replies
-come back through ``ReplyCollector`` in any order, are streamed to ``on_result`` and put
-back in prompt order here.
+Prompts are stored in Redis (``rlm_jobs.calls``) and a task carries only ids (the job, its
+chunk's call ids and where to reply), so no message grows with the prompts. A chunk's
+prompts run concurrently on the llm worker that takes it, and each reply is pushed as soon
+as it is ready; replies come back through ``ReplyCollector`` in any order, are streamed to
+``on_result`` and put back in prompt order here.
+
+While it waits, a batch looks at its calls now and then (one script): a call whose llm
+worker died (its claim lapsed) is sent again at once, so it waits seconds, not the broker's
+visibility timeout; a call answered whose reply went missing is taken from the stored
+results; a call nobody took while the llm queue is empty (its message was lost, or sits
+in a dead worker's prefetch) is sent again too. Workers claim a call before running it, so
+a call sent twice is still answered once.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 import uuid
-from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
-import redis
 from celery import Celery
 from kombu.messaging import Producer
-from pydantic import BaseModel, ConfigDict
 
-from rlm_jobs import keys
-from rlm_jobs.dispatch import ResultCallback, StopCheck, SubcallResult, SubcallSpec
+from rlm_jobs.calls import CallStore, StoredCall
+from rlm_jobs.dispatch import ResultCallback, StopCheck, SubcallBatch
+from rlm_jobs.models import SubcallResult, not_run
 from workers.names import LLM_QUEUE, LLM_TASK
 from workers.replies import ReplyCollector
 
+log = logging.getLogger(__name__)
+
 # How often a waiting batch checks whether its job must stop (cancel, budget, timeout).
 _STOP_CHECK_S = 0.25
+# How often it looks at the calls it waits for (claims lapsed, replies lost): a dead llm
+# worker's calls go out again within this plus the claim's TTL (llm_claim_ttl_s).
+_CALL_CHECK_S = 1.0
+# A call nobody has taken this long while the llm queue is empty is sent again: its message
+# was lost, or it sits in the prefetch of a worker that died before claiming it.
+_UNCLAIMED_RESEND_S = 10.0
 # A batch goes out as at least this many tasks (one per prompt below it) before prompts
 # share a task. Celery costs ~7 ms of CPU per task (message, ack, events), so sharing pays,
 # but a chunk runs inside one worker process: a batch in a few big chunks would keep most
 # of the llm pool idle. Workers reserve chunks by their prompts (workers/credit.py), so
 # chunks this small spread evenly; past 32 * llm_chunk_size prompts chunks are full.
 SPREAD_TASKS = 32
-
-
-class PromptRecord(BaseModel):
-    """What ``keys.subcall_prompt(call_id)`` holds: everything a worker needs for one call."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    job_id: str
-    model: str
-    prompt: str
 
 
 def chunk_sizes(n: int, max_chunk: int, spread: int = SPREAD_TASKS) -> list[int]:
@@ -60,70 +65,81 @@ class CeleryDispatcher:
     def __init__(
         self,
         app: Celery,
-        client: redis.Redis,
+        calls: CallStore,
         collector: ReplyCollector,
         *,
         chunk_size: int,
         spread_tasks: int = SPREAD_TASKS,
     ) -> None:
         self._app = app
-        self._client = client
+        self._calls = calls
         self._collector = collector
         self._chunk_size = chunk_size
         self._spread_tasks = spread_tasks
 
     def run_batch(
-        self, specs: Sequence[SubcallSpec], *, on_result: ResultCallback, stop: StopCheck
+        self, batch: SubcallBatch, *, on_result: ResultCallback, stop: StopCheck
     ) -> list[SubcallResult]:
-        reason = stop()
-        if reason:
-            return [SubcallResult(ok=False, text=f"Error: not run: {reason}") for _ in specs]
-        call_ids = [uuid.uuid4().hex for _ in specs]
-        pipe = self._client.pipeline(transaction=False)
-        for call_id, spec in zip(call_ids, specs, strict=True):
-            record = PromptRecord(job_id=spec.job_id, model=spec.model, prompt=spec.prompt)
-            pipe.set(
-                keys.subcall_prompt(call_id), record.model_dump_json(), ex=keys.SANDBOX_KEY_TTL_S
-            )
-        pipe.execute()
-        futures: dict[Future[SubcallResult], int] = {
-            self._collector.expect(call_id): i for i, call_id in enumerate(call_ids)
+        halt = stop()
+        if halt:
+            return [not_run(halt.reason) for _ in batch.call_ids]
+        index = {call_id: i for i, call_id in enumerate(batch.call_ids)}
+        # Expected before they are recorded: a worker still running a call of an earlier
+        # run of this job answers whoever the record names as soon as it is re-recorded.
+        futures: dict[Future[SubcallResult], str] = {
+            self._collector.expect(call_id): call_id for call_id in batch.call_ids
         }
-        with self._app.producer_or_acquire() as producer:
-            for job_id, chunk in self._chunks(specs, call_ids):
-                self._send(producer, job_id, chunk)
-        results: list[SubcallResult | None] = [None] * len(specs)
-        pending = set(futures)
+        answered = self._calls.prepare(
+            batch.job_id, batch.model, self._collector.waiter_id, batch.call_ids, batch.prompts
+        )
+        results: list[SubcallResult | None] = [None] * len(batch.call_ids)
+        for call_id, stored in answered.items():
+            self._collector.forget(call_id)
+            results[index[call_id]] = stored.result
+            on_result(index[call_id], stored.result)
+        pending = {f for f, call_id in futures.items() if call_id not in answered}
+        # In prompt order: a chunk holds neighbouring prompts, and the first go out first.
+        waiting = _Waiting(self, batch, [c for c in batch.call_ids if c not in answered])
+        self._send(batch.job_id, waiting.call_ids)
         while pending:
             done, pending = wait(pending, timeout=_STOP_CHECK_S, return_when=FIRST_COMPLETED)
             for future in done:
-                index = futures[future]
-                results[index] = future.result()
-                on_result(index, future.result())
-            reason = stop() if pending else None
-            if reason:
-                self._abandon(pending, futures, call_ids, reason, results, on_result)
+                i = index[futures[future]]
+                results[i] = future.result()
+                on_result(i, future.result())
+            if done:
+                still = {futures[f] for f in pending}
+                waiting.call_ids = [c for c in waiting.call_ids if c in still]
+            halt = stop() if pending else None
+            if halt:
+                pending_ids = [futures[f] for f in pending]
+                for call_id in pending_ids:
+                    self._collector.forget(call_id)
+                    results[index[call_id]] = not_run(halt.reason)
+                    on_result(index[call_id], not_run(halt.reason))
+                if not halt.keep_calls:  # deleting the records makes queued work a no-op
+                    self._calls.abandon(pending_ids)
                 break
-        return [
-            r if r is not None else SubcallResult(ok=False, text="Error: lost") for r in results
-        ]
+            for call_id, stored in waiting.check_if_due().items():
+                self._collector.deliver(call_id, stored.result)
+        return [r if r is not None else not_run("the sub-call was lost") for r in results]
 
-    def _chunks(
-        self, specs: Sequence[SubcallSpec], call_ids: list[str]
-    ) -> list[tuple[str, list[str]]]:
-        """(job id, call ids) per task; a task serves one job, whose cancel flag it reads."""
-        by_job: dict[str, list[str]] = {}
-        for call_id, spec in zip(call_ids, specs, strict=True):
-            by_job.setdefault(spec.job_id, []).append(call_id)
-        chunks = []
-        for job_id, ids in by_job.items():
-            start = 0
-            for size in chunk_sizes(len(ids), self._chunk_size, self._spread_tasks):
-                chunks.append((job_id, ids[start : start + size]))
-                start += size
+    def _chunks(self, job_id: str, call_ids: list[str]) -> list[list[str]]:
+        """The call ids of each task; a task serves one job, whose cancel flag it reads."""
+        chunks, start = [], 0
+        for size in chunk_sizes(len(call_ids), self._chunk_size, self._spread_tasks):
+            chunks.append(call_ids[start : start + size])
+            start += size
         return chunks
 
-    def _send(self, producer: Producer, job_id: str, call_ids: list[str]) -> None:
+    def _send(self, job_id: str, call_ids: list[str]) -> None:
+        if not call_ids:
+            return
+        with self._app.producer_or_acquire() as producer:
+            for chunk in self._chunks(job_id, call_ids):
+                self._send_one(producer, job_id, chunk)
+
+    def _send_one(self, producer: Producer, job_id: str, call_ids: list[str]) -> None:
         # Built without a ``task-sent`` event (``task_send_sent_event`` stays on for the
         # orchestrate task, which ``send_task`` would apply to every task): an llm task
         # shows up in Flower when a worker receives it, and the event was one more publish
@@ -132,30 +148,71 @@ class CeleryDispatcher:
         message = amqp.create_task_message(
             uuid.uuid4().hex,
             LLM_TASK,
-            [job_id, call_ids, self._collector.waiter_id],
+            [job_id, call_ids],
             create_sent_event=False,
             ignore_result=True,
         )
         amqp.send_task_message(producer, LLM_TASK, message, queue=LLM_QUEUE)
 
-    def _abandon(
-        self,
-        pending: set[Future[SubcallResult]],
-        futures: dict[Future[SubcallResult], int],
-        call_ids: list[str],
-        reason: str,
-        results: list[SubcallResult | None],
-        on_result: ResultCallback,
-    ) -> None:
-        """Drop calls not yet answered: deleting the prompt makes queued work a no-op."""
-        pipe = self._client.pipeline(transaction=False)
-        for future in pending:
-            index = futures[future]
-            pipe.delete(keys.subcall_prompt(call_ids[index]))
-            self._collector.forget(call_ids[index])
-            results[index] = SubcallResult(ok=False, text=f"Error: not run: {reason}")
-            on_result(index, results[index])  # type: ignore[arg-type]
-        pipe.execute()
-
     def close(self) -> None:
         self._collector.close()
+
+
+class _Waiting:
+    """The calls of one batch still awaited, looked at every ``_CALL_CHECK_S``."""
+
+    def __init__(self, dispatcher: CeleryDispatcher, batch: SubcallBatch, call_ids: list[str]):
+        self._dispatcher = dispatcher
+        self._batch = batch
+        self.call_ids = call_ids
+        now = time.monotonic()
+        self._next_check = now + _CALL_CHECK_S
+        self._unclaimed_since: dict[str, float] = {}
+
+    def check_if_due(self) -> dict[str, StoredCall]:
+        """Send again what needs it; the calls answered whose replies did not arrive."""
+        now = time.monotonic()
+        if now < self._next_check or not self.call_ids:
+            return {}
+        self._next_check = now + _CALL_CHECK_S
+        calls = self._dispatcher._calls
+        queued, states = calls.check(self._batch.job_id, self.call_ids, LLM_QUEUE)
+        found: dict[str, StoredCall] = {}
+        resend: list[str] = []
+        lost: list[str] = []
+        for call_id, state in states.items():
+            if isinstance(state, StoredCall):
+                found[call_id] = state
+            elif state == "lapsed":
+                resend.append(call_id)
+            elif state == "lost":
+                lost.append(call_id)
+            elif state == "unclaimed":
+                since = self._unclaimed_since.setdefault(call_id, now)
+                if queued == 0 and now - since >= _UNCLAIMED_RESEND_S:
+                    self._unclaimed_since[call_id] = now
+                    resend.append(call_id)
+            else:
+                self._unclaimed_since.pop(call_id, None)
+        if lost:  # its record is gone (Redis lost it): record it again
+            position = {c: i for i, c in enumerate(self._batch.call_ids)}
+            prompts = [self._batch.prompts[position[c]] for c in lost]
+            found.update(
+                calls.prepare(
+                    self._batch.job_id,
+                    self._batch.model,
+                    self._dispatcher._collector.waiter_id,
+                    lost,
+                    prompts,
+                )
+            )
+            resend += [c for c in lost if c not in found]
+        if resend:
+            log.warning(
+                "job %s: sending %d sub-calls again (their llm worker died, or their message "
+                "was lost)",
+                self._batch.job_id,
+                len(resend),
+            )
+            self._dispatcher._send(self._batch.job_id, resend)
+        return found

@@ -18,11 +18,12 @@ from celery import Task, shared_task
 from pydantic import ValidationError
 
 from rlm_jobs.engine import JobControl, LoopObserver
-from rlm_jobs.errors import StorageError
+from rlm_jobs.errors import JobHandedOver, StorageError
 from rlm_jobs.loop import run_loop
 from rlm_jobs.models import JobResult, JobSpec, JobStatus
 from rlm_jobs.store import Store
 from workers.base import RLMTask
+from workers.leases import JobLease
 from workers.messages import valid_id
 from workers.names import RUN_JOB_TASK
 from workers.runtime import WorkerRuntime
@@ -140,10 +141,14 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
         control = JobControl.for_root(
             spec,
             cancelled=lease.cancelled,
+            handover=lease.handover,
             observer=ServiceObserver(store, emit, settings.progress_interval_s),
         )
         lease.attach(control)
-        result = run_loop(spec, job_id, runtime.engine(), control)
+        try:
+            result = run_loop(spec, job_id, runtime.engine(), control)
+        except JobHandedOver as stop:
+            return _hand_back(runtime, job_id, lease, stop.reason)
         if lease.lost:
             return f"abandoned: lost the lease of job {job_id}; another worker runs it"
         stored = store.finish(result)
@@ -152,6 +157,17 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
         )
     finally:
         keeper.unregister(lease)
+
+
+def _hand_back(runtime: WorkerRuntime, job_id: str, lease: JobLease, reason: str) -> str:
+    """Queue the job again for another worker, unless another already has it."""
+    if lease.lost:
+        return f"abandoned: lost the lease of job {job_id}; another worker runs it"
+    if not runtime.store.hand_back(job_id, lease.holder):
+        return f"handed over: job {job_id} ({reason}); it finished or moved meanwhile"
+    runtime.requeue(job_id)
+    log.warning("job %s handed back to the queue: %s", job_id, reason)
+    return f"handed over: {reason}; another worker resumes it from its journal"
 
 
 def _finish_early(store: Store, job_id: str, status: JobStatus, reason: str) -> str:

@@ -30,29 +30,49 @@ class JobLease:
     def __init__(self, job_id: str, holder: str) -> None:
         self.job_id = job_id
         self.holder = holder
+        # Another worker took the job over: this run must stop and write nothing.
         self.lost = False
         self._reason: str | None = None
+        # Set when this run must stop unfinished and leave the job to another run (its
+        # worker is shutting down, or the lease was lost): the journal carries it on.
+        self._handover: str | None = None
         self._control: JobControl | None = None
         self._lock = threading.Lock()
 
     def cancelled(self) -> str | None:
         return self._reason
 
+    def handover(self) -> str | None:
+        return self._handover
+
     def attach(self, control: JobControl) -> None:
         """Let a stop reach the job's sandboxes, including a stop that came before this."""
         with self._lock:
             self._control = control
-            stopped = self._reason is not None
+            stopped = self._reason is not None or self._handover is not None
         if stopped:
             control.repls.interrupt()
 
     def stop(self, reason: str, *, lost: bool = False) -> None:
+        """A cancel (the job ends CANCELLED), or with ``lost`` a run that must give way."""
         with self._lock:
-            self._reason = reason
-            self.lost = self.lost or lost
+            if lost:
+                self.lost = True
+                self._handover = reason
+            else:
+                self._reason = reason
             control = self._control
         if control is not None:
             control.repls.interrupt()  # closes the REPLs, whose teardown runs in the background
+
+    def hand_over(self, reason: str) -> None:
+        """Stop this run now, unfinished, so another worker resumes the job from its journal."""
+        with self._lock:
+            if self._handover is None:
+                self._handover = reason
+            control = self._control
+        if control is not None:
+            control.repls.interrupt()
 
 
 class LeaseKeeper:
@@ -110,6 +130,21 @@ class LeaseKeeper:
             self._renewing.release()
         if not lease.lost:
             self._store.release_lease(lease.job_id, lease.holder)
+
+    def hand_over_all(self, reason: str) -> int:
+        """Stop every job of this process unfinished (a warm shutdown); how many there were.
+
+        Each job's run then hands it back (``Store.hand_back``) for another worker to
+        resume by replay, instead of leaving it for its lease to expire.
+        """
+        with self._lock:
+            leases = list(self._leases.values())
+        for lease in leases:
+            try:
+                lease.hand_over(reason)
+            except Exception:  # one job's sandbox trouble must not keep the others running
+                log.exception("could not stop the sandboxes of job %s", lease.job_id)
+        return len(leases)
 
     def close(self) -> None:
         """Stop the thread; leases still held lapse after their TTL (the process is ending)."""

@@ -1,15 +1,17 @@
-"""Worker lifecycle hooks: warm up at start, run the reaper on orchestrators, clean up."""
+"""Worker lifecycle hooks: warm up at start, run the reaper on orchestrators, hand running
+jobs back at a shutdown, clean up."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery import current_app
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from rlm_jobs.errors import RLMJobsError
 from workers.base import RLMCelery
-from workers.names import ORCHESTRATE_QUEUE, RUN_JOB_TASK
+from workers.names import ORCHESTRATE_QUEUE
 from workers.reaper import Reaper
 
 log = logging.getLogger(__name__)
@@ -43,12 +45,22 @@ def _on_ready(sender: Any, **_: Any) -> None:
     _warm_up(app)
     if not _consumes_orchestrate(sender):
         return
-
-    def requeue(job_id: str) -> None:
-        app.send_task(RUN_JOB_TASK, args=[job_id], queue=ORCHESTRATE_QUEUE)
-
-    app.reaper = Reaper(app.runtime, requeue)
+    app.reaper = Reaper(app.runtime)
     app.reaper.start()
+
+
+@worker_shutting_down.connect
+def _on_shutting_down(sender: Any, how: str = "Warm", **_: Any) -> None:
+    """SIGTERM (a scale-down, a deploy): hand the running jobs back at once, journal intact,
+    rather than leave them for their leases to expire. Sent in the main process's signal
+    handler, before Celery waits for the running tasks, which now end quickly."""
+    # The app whose runtime runs the tasks: `celery -A` makes ours the current one.
+    app = current_app._get_current_object()
+    runtime = app.built_runtime() if isinstance(app, RLMCelery) else None
+    if runtime is not None:
+        handed = runtime.hand_over_jobs(f"its worker is shutting down ({how.lower()} shutdown)")
+        if handed:
+            log.warning("handing %d running jobs back to the queue", handed)
 
 
 @worker_shutdown.connect

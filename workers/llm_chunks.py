@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import CancelledError, Future, wait
-from typing import Any
 
 import redis
 from celery import shared_task
 
 from rlm_jobs import keys
-from rlm_jobs.dispatch import SubcallResult, SubcallSpec, complete_one
+from rlm_jobs.calls import StoredCall, Taken
+from rlm_jobs.dispatch import complete_one
+from rlm_jobs.errors import StorageError
+from rlm_jobs.models import SubcallResult, not_run
 from workers.base import RLMTask
-from workers.dispatcher import PromptRecord
 from workers.messages import valid_call_ids, valid_id
 from workers.names import LLM_TASK
-from workers.replies import Reply, push_reply
+from workers.replies import Reply
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -33,34 +34,31 @@ _MAX_RETRIES = 3
 _RETRY_AFTER_S = 1.0
 
 
-def _text(raw: Any) -> str | None:
-    return raw.decode() if isinstance(raw, bytes) else raw
-
-
 # Task events stay on (``send_events``): the README promises Flower lists every task, and
 # with prompts in chunks their cost is paid per chunk, not per prompt. Only the client's
 # ``task-sent`` is left out (``CeleryDispatcher._send``).
 @shared_task(name=LLM_TASK, bind=True, base=RLMTask)
-def llm_complete(self: RLMTask, job_id: str, call_ids: list[str], waiter_id: str) -> str:
+def llm_complete(self: RLMTask, job_id: str, call_ids: list[str]) -> str:
     """A chunk of one job's sub-calls: prompts from Redis, run concurrently on the process's
-    llm pool, each reply pushed to the waiting orchestrator as soon as it is ready.
+    llm pool, each reply pushed to the orchestrator its record names as soon as it is ready.
 
-    Returns when every prompt is answered, so the message is acknowledged only then; a
-    worker that dies mid-chunk leaves it to be redelivered, and the redelivered task skips
-    the prompts already answered (an answered prompt's key is deleted with its reply).
+    Each call is claimed before it runs and its claim kept alive while it does: a worker
+    that dies mid-chunk stops renewing, and the orchestrator sends the unanswered calls
+    again within seconds. Returns when every call is answered, so the message is
+    acknowledged only then; a redelivery finds the calls answered (their records are gone)
+    or claimed, and skips them.
     """
     try:
         job_id = valid_id(job_id, "job id")
         call_ids = valid_call_ids(call_ids)
-        waiter_id = valid_id(waiter_id, "waiter id")
     except ValueError as exc:
         log.error("rejected llm message: %s", exc)
         return f"rejected: {exc}"
     runtime = self.runtime
-    chunk = LlmChunk(runtime, job_id, waiter_id, worker=self.request.hostname or runtime.worker_id)
+    chunk = LlmChunk(runtime, job_id, worker=self.request.hostname or runtime.worker_id)
     try:
         outcome = chunk.run(call_ids)
-    except (redis.RedisError, CancelledError) as exc:
+    except (redis.RedisError, StorageError, CancelledError) as exc:
         # Redis failed, or the worker is shutting down: what was answered stays answered,
         # the rest is tried again (by this worker or another one).
         log.warning("llm chunk of job %s: %r; retrying the unanswered prompts", job_id, exc)
@@ -69,67 +67,63 @@ def llm_complete(self: RLMTask, job_id: str, call_ids: list[str], waiter_id: str
 
 
 class LlmChunk:
-    """The prompts of one llm task, answered concurrently on the worker's llm pool."""
+    """The calls of one llm task, answered concurrently on the worker's llm pool."""
 
-    def __init__(self, runtime: WorkerRuntime, job_id: str, waiter_id: str, *, worker: str) -> None:
+    def __init__(self, runtime: WorkerRuntime, job_id: str, *, worker: str) -> None:
         self._runtime = runtime
-        self._redis = runtime.redis
+        self._calls = runtime.calls
         self.job_id = job_id
-        self.waiter_id = waiter_id
         self.worker = worker
-        # Children share their root's flag (``Store.cancel_reason``); read here in the same
-        # pipeline as the prompts rather than by a second round trip through the store.
-        self._cancel_key = keys.job_cancel(keys.root_job_id(job_id))
+        # Children share their root's cancel flag (``Store.cancel_reason``).
+        self._root_id = keys.root_job_id(job_id)
+        self._token = f"{worker}:{uuid.uuid4().hex[:12]}"
 
     def run(self, call_ids: list[str]) -> str:
-        """Answer every prompt still waiting; what happened, for the worker's log."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.get(self._cancel_key)
-        pipe.mget([keys.subcall_prompt(c) for c in call_ids])
-        cancelled, raws = pipe.execute()
+        """Answer every call still waiting; what happened, for the worker's log."""
+        keeper = self._runtime.claim_keeper()
+        cancelled, taken = self._calls.take(self._root_id, call_ids, self._token, keeper.ttl_s)
+        mine = {c: t for c, t in taken.items() if isinstance(t, Taken) or t == "malformed"}
+        keeper.hold(dict.fromkeys(mine, self._token))
         read_at = time.monotonic()
         pool = self._runtime.llm_pool()
-        futures: list[Future[str]] = [
-            pool.submit(self._answer, call_id, raw, _text(cancelled), read_at)
-            for call_id, raw in zip(call_ids, raws, strict=True)
-            if raw is not None  # answered already (a redelivery), or given up by its job
-        ]
-        # Every prompt ends before the task does, failed or not: a retry must never overlap
-        # prompts of this delivery still running.
-        wait(futures)
+        futures: list[Future[str]] = []
+        try:
+            for call_id, call in mine.items():
+                futures.append(pool.submit(self._answer, call_id, call, cancelled, read_at))
+        finally:
+            # Every call ends before the task does, failed or not: a retry must never
+            # overlap calls of this delivery still running.
+            wait(futures)
+            for call_id in mine:
+                keeper.release(call_id)
         outcomes = Counter(f.result() for f in futures)
-        outcomes["gone"] += len(call_ids) - len(futures)
+        for state in taken.values():
+            if state in ("gone", "busy"):
+                outcomes[state] += 1
         return ", ".join(f"{what} {n}" for what, n in sorted(outcomes.items()) if n)
 
-    def _answer(self, call_id: str, raw: bytes, cancelled: str | None, read_at: float) -> str:
-        prompt_key = keys.subcall_prompt(call_id)
+    def _answer(
+        self, call_id: str, call: Taken | str, cancelled: str | None, read_at: float
+    ) -> str:
         if time.monotonic() - read_at > _FRESH_S:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.get(self._cancel_key)
-            pipe.exists(prompt_key)
+            # It queued for a slot of the pool: its job may have stopped or given it up.
+            pipe = self._runtime.redis.pipeline(transaction=False)
+            pipe.get(keys.job_cancel(self._root_id))
+            pipe.exists(keys.subcall(call_id))
             raw_cancelled, exists = pipe.execute()
             if not exists:
-                return "gone"  # its job stopped waiting while this prompt queued
-            cancelled = _text(raw_cancelled)
-        try:
-            record = PromptRecord.model_validate_json(raw)
-            if record.job_id != self.job_id:
-                raise ValueError(f"the prompt is job {record.job_id}'s, not {self.job_id}'s")
-        except ValueError as exc:  # pydantic's ValidationError included
-            log.error(
-                "llm chunk of job %s: malformed prompt record %s: %s", self.job_id, call_id, exc
-            )
+                return "gone"
+            cancelled = None if raw_cancelled is None else raw_cancelled.decode()
+        if not isinstance(call, Taken) or call.job_id != self.job_id:
+            log.error("llm chunk of job %s: malformed sub-call record %s", self.job_id, call_id)
             result = SubcallResult(ok=False, text="Error: malformed sub-call record")
             outcome = "malformed"
+        elif cancelled:
+            result, outcome = not_run(cancelled), "not run"
         else:
-            if cancelled:
-                result = SubcallResult(ok=False, text=f"Error: not run: {cancelled}")
-                outcome = "not run"
-            else:
-                spec = SubcallSpec(job_id=record.job_id, model=record.model, prompt=record.prompt)
-                done = complete_one(self._runtime.router, spec)
-                result = dataclasses.replace(done, worker=self.worker)
-                outcome = "ok" if result.ok else "error"
-        reply = Reply(call_id=call_id, result=result)
-        push_reply(self._redis, self.waiter_id, reply, prompt_key=prompt_key)
+            result = complete_one(self._runtime.router, call.model, call.prompt, worker=self.worker)
+            outcome = "ok" if result.ok else "error"
+        reply = Reply(call_id=call_id, result=result).model_dump_json()
+        if not self._calls.complete(self.job_id, call_id, StoredCall(result), reply):
+            return "gone"  # answered meanwhile by another delivery, or given up by its job
         return outcome

@@ -14,16 +14,12 @@ from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-# Sends the orchestrate task of a job id again.
-Requeue = Callable[[str], None]
-
 
 class Reaper:
     """One thread per orchestrator process, sweeping every ``reaper_interval_s``."""
 
-    def __init__(self, runtime: WorkerRuntime, requeue: Requeue) -> None:
+    def __init__(self, runtime: WorkerRuntime) -> None:
         self._runtime = runtime
-        self._requeue = requeue
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rlm-reaper", daemon=True)
 
@@ -40,10 +36,12 @@ class Reaper:
             if record.result is not None:
                 continue
             if store.requeue_claim(job_id, record.attempts):
-                self._requeue(job_id)
+                self._runtime.requeue(job_id)
                 requeued.append(job_id)
                 log.warning(
-                    "job %s lost its worker; requeued (attempt %d)", job_id, record.attempts
+                    "job %s lost its worker; requeued to resume from its journal (attempt %d)",
+                    job_id,
+                    record.attempts,
                 )
         return requeued
 

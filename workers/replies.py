@@ -1,9 +1,10 @@
 """Sub-call replies, collected for a whole orchestrator process over one connection.
 
-llm workers RPUSH each reply onto ``keys.subcall_replies(waiter_id)``; one thread per
-orchestrator process BLPOPs that list, drains what else is there in one LPOP, and hands
-each reply to the waiting call. A process with 200 jobs in flight still holds one blocking
-connection, and nothing ever waits on a Celery result inside a task.
+llm workers RPUSH each reply onto ``keys.subcall_replies(waiter_id)`` (in
+``rlm_jobs/scripts/call_complete.lua``); one thread per orchestrator process BLPOPs that
+list, drains what else is there in one LPOP, and hands each reply to the waiting call. A
+process with 200 jobs in flight still holds one blocking connection, and nothing ever
+waits on a Celery result inside a task.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import redis
 from pydantic import BaseModel, ConfigDict
 
 from rlm_jobs import keys
-from rlm_jobs.dispatch import SubcallResult
+from rlm_jobs.models import SubcallResult
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +36,6 @@ class Reply(BaseModel):
 
     call_id: str
     result: SubcallResult
-
-
-def push_reply(
-    client: redis.Redis, waiter_id: str, reply: Reply, *, prompt_key: str | None = None
-) -> None:
-    """Push ``reply`` and delete the call's ``prompt_key`` in one round trip.
-
-    One transaction: a worker that dies around it leaves the call either answered with its
-    prompt gone, or unanswered with its prompt still there for the redelivered task, never
-    answered with the prompt left behind to be answered again.
-    """
-    key = keys.subcall_replies(waiter_id)
-    pipe = client.pipeline(transaction=True)
-    pipe.rpush(key, reply.model_dump_json())
-    # Replies for a process that died are useless after a while.
-    pipe.expire(key, keys.SANDBOX_KEY_TTL_S)
-    if prompt_key is not None:
-        pipe.delete(prompt_key)
-    pipe.execute()
 
 
 class ReplyCollector:
@@ -77,17 +59,21 @@ class ReplyCollector:
         with self._lock:
             self._waiting.pop(call_id, None)
 
+    def deliver(self, call_id: str, result: SubcallResult) -> None:
+        """Answer a waiting call with a result found another way (its reply went missing)."""
+        with self._lock:
+            future = self._waiting.pop(call_id, None)
+        if future is not None and not future.done():
+            future.set_result(result)
+
     def _deliver(self, raw: Any) -> None:
         try:
             reply = Reply.model_validate_json(raw)
         except ValueError:
             log.warning("dropping a malformed sub-call reply: %.200r", raw)
             return
-        with self._lock:
-            future = self._waiting.pop(reply.call_id, None)
         # A duplicate delivery of a call, or a call the job gave up on: nothing waits for it.
-        if future is not None and not future.done():
-            future.set_result(reply.result)
+        self.deliver(reply.call_id, reply.result)
 
     def _run(self) -> None:
         key = keys.subcall_replies(self.waiter_id)

@@ -18,15 +18,16 @@ from celery import Celery
 
 from rlm_jobs.clients.router import LLMRouter
 from rlm_jobs.config import Settings, redis_client
-from rlm_jobs.contexts import put_context
 from rlm_jobs.engine import Engine
-from rlm_jobs.sandboxes.base import ReplFactory
+from rlm_jobs.journal import JournalStore
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.session import open_repl_factory
 from rlm_jobs.store import Store
+from workers.claims import ClaimKeeper
 from workers.dispatcher import CeleryDispatcher
 from workers.leases import LeaseKeeper
+from workers.names import ORCHESTRATE_QUEUE, RUN_JOB_TASK
 from workers.replies import ReplyCollector
 
 
@@ -39,13 +40,15 @@ class WorkerRuntime:
         assert settings.redis_url
         self.redis = redis_client(settings)
         self.store = Store(self.redis)
+        self.journals = JournalStore(self.redis)
+        self.calls = self.journals.calls
         self.router = LLMRouter(settings)
         self._engine: Engine | None = None
         self._collector: ReplyCollector | None = None
-        self._repl_factory: ReplFactory | None = None
         self._sandbox_pool: SandboxPool | None = None
         self._llm_pool: ThreadPoolExecutor | None = None
         self._lease_keeper: LeaseKeeper | None = None
+        self._claim_keeper: ClaimKeeper | None = None
 
     def engine(self) -> Engine:
         """The orchestrator's engine; its reply collector starts with the first job."""
@@ -60,16 +63,18 @@ class WorkerRuntime:
                 self._sandbox_pool = SandboxPool(
                     client, self.settings, create_backend(self.settings)
                 )
-                self._engine = Engine(
+                self._engine = Engine.build(
+                    self.settings,
+                    client,
                     router=self.router,
                     dispatcher=CeleryDispatcher(
-                        self.app, client, self._collector, chunk_size=self.settings.llm_chunk_size
+                        self.app,
+                        self.calls,
+                        self._collector,
+                        chunk_size=self.settings.llm_chunk_size,
                     ),
                     repl_factory=open_repl_factory(client, self.settings, pool=self._sandbox_pool),
-                    store_context=lambda value: put_context(client, value),
-                    max_output_tokens=self.settings.max_output_tokens,
-                    child_concurrency=self.settings.child_concurrency,
-                    default_sub_model=self.settings.sub_model,
+                    journals=self.journals,
                 )
             return self._engine
 
@@ -83,6 +88,23 @@ class WorkerRuntime:
                     renew_s=self.settings.lease_renew_s,
                 )
             return self._lease_keeper
+
+    def requeue(self, job_id: str) -> None:
+        """Send a recorded job's orchestrate task again (a hand-over, a dead worker's job)."""
+        self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=ORCHESTRATE_QUEUE)
+
+    def hand_over_jobs(self, reason: str) -> int:
+        """Stop this process's jobs unfinished so other workers resume them (warm shutdown)."""
+        with self._lock:
+            keeper = self._lease_keeper
+        return 0 if keeper is None else keeper.hand_over_all(reason)
+
+    def claim_keeper(self) -> ClaimKeeper:
+        """The one thread that keeps this llm worker's claims on running calls alive."""
+        with self._lock:
+            if self._claim_keeper is None:
+                self._claim_keeper = ClaimKeeper(self.calls, ttl_s=self.settings.llm_claim_ttl_s)
+            return self._claim_keeper
 
     def llm_pool(self) -> ThreadPoolExecutor:
         """Where llm tasks run their prompts: one bound on provider calls for the process.
@@ -103,6 +125,8 @@ class WorkerRuntime:
             # Prompts not yet started are cancelled (their task hands them back to the
             # broker); calls in flight finish, so none pushes its reply through a closed client.
             self._llm_pool.shutdown(wait=True, cancel_futures=True)
+        if self._claim_keeper is not None:
+            self._claim_keeper.close()
         if self._lease_keeper is not None:
             self._lease_keeper.close()
         if self._sandbox_pool is not None:

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from rlm_jobs.models import ContextRef, SubcallOutcome
+from rlm_jobs.models import ContextRef, SubcallResult
 from sandbox.wire import Bootstrap, SubcallRequest
 
 # Answers one llm_query/rlm_query request of a sandbox, one outcome per prompt, in order.
 # Called from a helper thread; may be called concurrently.
-SubcallHandler = Callable[[SubcallRequest], list[SubcallOutcome]]
+SubcallHandler = Callable[[SubcallRequest], list[SubcallResult]]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ and the scripted provider in this process; workers reach it over HTTP like a rea
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,70 +15,21 @@ import pytest
 import redis
 
 from rlm_jobs import keys
-from rlm_jobs.config import Settings
 from rlm_jobs.errors import SpecError
 from rlm_jobs.models import JobStatus, Limits
 from rlm_jobs.redis_server import RedisServer
-from rlm_jobs.submitter import Document, Submitter
+from rlm_jobs.submitter import Document
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.workerstack import Worker, runtime_pids, sandbox_pids, wait_for
-from workers.app import create_app
-from workers.enqueue import celery_enqueuer
+from tests.workerstack import Cluster, needle_context, runtime_pids, sandbox_pids, wait_for
 from workers.names import LLM_TASK, ORCHESTRATE_QUEUE, RUN_JOB_TASK
 
 pytestmark = pytest.mark.timeout(240)
-
-NEEDLE_CHUNK = 50_000  # the scripted needle policy's chunk size
-
-
-def needle_context(n_chunks: int, code: str, at_chunk: int) -> str:
-    filler = ("lorem ipsum dolor sit amet. " * (NEEDLE_CHUNK // 28 + 1))[: NEEDLE_CHUNK - 40]
-    parts = [filler + "\n" for _ in range(n_chunks)]
-    parts[at_chunk] = filler[: NEEDLE_CHUNK // 2] + f"\nThe secret code is {code}.\n"
-    return "".join(parts)
 
 
 @pytest.fixture
 def provider() -> Iterator[ScriptedProvider]:
     with ScriptedProvider() as scripted:
         yield scripted
-
-
-class Cluster:
-    """Workers started on demand for one test, all stopped at its end."""
-
-    def __init__(self, server: RedisServer, provider: ScriptedProvider, logdir: Path) -> None:
-        self.server = server
-        self.provider = provider
-        self.logdir = logdir
-        self.workers: list[Worker] = []
-        self.marker = str(server.workdir)
-        self.env = {
-            "PATH": os.environ.get("PATH", ""),
-            "RLM_JOBS_REDIS_URL": server.url,
-            "RLM_JOBS_SANDBOX_REDIS_SOCKET": server.unix_socket,
-            "RLM_JOBS_SCRIPTED_BASE_URL": provider.url,
-            "RLM_JOBS_LEASE_TTL_S": "3",
-            "RLM_JOBS_LEASE_RENEW_S": "0.5",
-            "RLM_JOBS_REAPER_INTERVAL_S": "0.5",
-        }
-        self.settings = Settings(redis_url=server.url, scripted_base_url=provider.url)
-        self.client = redis.Redis.from_url(server.url)
-        self.app = create_app(self.settings)
-        self.submitter = Submitter(
-            self.client, celery_enqueuer(self.settings, self.app), self.settings
-        )
-
-    def start(self, queues: str, concurrency: int = 8, **env: str) -> Worker:
-        worker = Worker(queues, {**self.env, **env}, self.logdir, concurrency=concurrency)
-        self.workers.append(worker)
-        worker.wait_ready()
-        return worker
-
-    def stop(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-        self.client.close()
 
 
 @pytest.fixture

@@ -162,16 +162,20 @@ def test_cancelling_a_running_job_stops_it(
     from rlm_jobs.clients.router import LLMRouter
     from rlm_jobs.dispatch import InProcessDispatcher
     from rlm_jobs.engine import Engine, JobControl
+    from rlm_jobs.journal import JournalStore
     from rlm_jobs.loop import run_loop
     from rlm_jobs.sandboxes.session import open_repl_factory
 
     router = LLMRouter(settings)
-    dispatcher = InProcessDispatcher(router, concurrency=4)
-    engine = Engine(
+    journals = JournalStore(redis_client)
+    dispatcher = InProcessDispatcher(router, journals.calls, concurrency=4)
+    engine = Engine.build(
+        settings,
+        redis_client,
         router=router,
         dispatcher=dispatcher,
         repl_factory=open_repl_factory(redis_client, settings),
-        store_context=lambda value: put_context(redis_client, value),
+        journals=journals,
     )
     spec = JobSpec(
         query="spin",

@@ -17,8 +17,7 @@ from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.base import CellOutcome
 from rlm_jobs.store import Store
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.integration.test_distributed import Cluster
-from tests.workerstack import wait_for
+from tests.workerstack import Cluster, wait_for
 from workers.leases import KEEPER_THREAD_NAME, JobLease, LeaseKeeper
 from workers.names import ORCHESTRATE_QUEUE
 
@@ -129,12 +128,26 @@ def test_a_job_whose_lease_another_worker_took_is_stopped_and_not_renewed(
     (lost, lost_repl), (kept, kept_repl) = (start_job(store, keeper, j) for j in ("a", "b"))
     redis_client.set(keys.job_lease("a"), "another-worker", px=60_000)
     wait_for(lambda: lost.lost, 10, "the keeper to notice the lost lease")
-    assert (lost.cancelled() or "").startswith("lease lost")
+    # It gives way without ending the job: the other worker's run carries it on
+    assert (lost.handover() or "").startswith("lease lost") and lost.cancelled() is None
     assert lost_repl.closed.is_set()
     keeper.unregister(lost)  # must not release what is now another worker's lease
     assert store.lease_holder("a") == "another-worker"
     assert not kept.lost and kept.cancelled() is None and not kept_repl.closed.is_set()
     assert store.lease_holder("b") == kept.holder
+
+
+def test_a_warm_shutdown_stops_every_job_for_a_hand_over(
+    store: Store, keeper: LeaseKeeper
+) -> None:
+    jobs = [start_job(store, keeper, j) for j in ("h1", "h2")]
+    assert keeper.hand_over_all("its worker is shutting down") == 2
+    for lease, repl in jobs:
+        assert lease.handover() == "its worker is shutting down"
+        assert lease.cancelled() is None and not lease.lost
+        assert repl.closed.is_set()
+        # The lease is still held: the run hands the job back itself (Store.hand_back)
+        assert store.lease_holder(lease.job_id) == lease.holder
 
 
 def test_a_finished_job_releases_its_lease_for_good(

@@ -17,11 +17,11 @@ def credit_of(slots: int, live: set[str] | None = None) -> PromptCredit:
 @pytest.mark.parametrize(
     ("args", "prompts"),
     [
-        (["job", ["a", "b", "c"], "waiter"], 3),
-        (("job", ["a"], "waiter"), 1),
-        (["job", [], "waiter"], 1),  # rejected by the task at once
-        (["job", "not-a-list", "waiter"], 1),
-        (["job", ["a", "b"]], 1),
+        (["job", ["a", "b", "c"]], 3),
+        (("job", ["a"]), 1),
+        (["job", []], 1),  # rejected by the task at once
+        (["job", "not-a-list"], 1),
+        (["job", ["a", "b"], "extra"], 1),
         (None, 1),
     ],
 )

@@ -17,6 +17,7 @@ from rlm_jobs.clients.base import ChatMessage
 from rlm_jobs.dispatch import InProcessDispatcher
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.errors import ProviderError, SandboxError
+from rlm_jobs.journal import MemoryJournals
 from rlm_jobs.loop import run_loop, run_loop_with_trajectory
 from rlm_jobs.models import ContextRef, JobSpec, JobStatus, Limits, UsageMeter
 from rlm_jobs.sandboxes.base import CellOutcome, SubcallHandler
@@ -92,11 +93,13 @@ def run(
     job: JobSpec,
     control: JobControl | None = None,
 ) -> tuple[object, list[dict[str, object]]]:
+    journals = MemoryJournals()
     engine = Engine(
         router=completer,
-        dispatcher=InProcessDispatcher(completer, concurrency=1),
+        dispatcher=InProcessDispatcher(completer, journals.calls, concurrency=1),
         repl_factory=lambda context, handler: repl,
         store_context=lambda value: CONTEXT,
+        journals=journals,
     )
     result, trajectory = run_loop_with_trajectory(
         job, "job-1", engine, control or JobControl.for_root(job)
@@ -313,14 +316,114 @@ def test_sub_calls_reach_the_dispatcher_through_the_handler() -> None:
 
     repl.cell = cell
     completer = ScriptedCompleter([block("llm_query_batched(['a', 'b'])"), "sub a", "sub b"])
+    journals = MemoryJournals()
     engine = Engine(
         router=completer,
-        dispatcher=InProcessDispatcher(completer, concurrency=1),
+        dispatcher=InProcessDispatcher(completer, journals.calls, concurrency=1),
         repl_factory=lambda context, handler: (setattr(repl, "handler", handler), repl)[1],
         store_context=lambda value: CONTEXT,
+        journals=journals,
     )
     job = spec()
     result = run_loop(job, "job-2", engine, JobControl.for_root(job))
     # Then the answers come back in order and their usage is counted in the job's
     assert (result.status, result.answer) == (JobStatus.COMPLETED, "sub a|sub b")
     assert result.usage.calls == 3
+
+
+# ---- resuming from the journal ------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class AskingRepl(FakeRepl):
+    """A REPL whose cells named ``ask(...)`` make a batched sub-call through the handler."""
+
+    handler: SubcallHandler | None = None
+    prompts: Callable[[], list[str]] = lambda: ["a", "b"]
+
+
+def asking_engine(
+    root: ScriptedCompleter, sub: ScriptedCompleter, journals: MemoryJournals, repl: AskingRepl
+) -> Engine:
+    from sandbox.wire import SubcallRequest
+
+    def cell(code: str) -> CellOutcome:
+        if code != "ask()":
+            return printed(f"ran {code}")
+        assert repl.handler is not None
+        request = SubcallRequest(seq=0, id="r", kind="llm", prompts=repl.prompts(), model=None)
+        return printed(" ".join(r.text for r in repl.handler(request)))
+
+    repl.cell = cell
+
+    def open_repl(context: ContextRef, handler: SubcallHandler) -> AskingRepl:
+        repl.handler = handler
+        return repl
+
+    return Engine(
+        router=root,
+        dispatcher=InProcessDispatcher(sub, journals.calls, concurrency=1),
+        repl_factory=open_repl,
+        store_context=lambda value: CONTEXT,
+        journals=journals,
+    )
+
+
+def first_run_dies_before_its_last_turn(journals: MemoryJournals) -> None:
+    root = ScriptedCompleter([block("look()"), block("ask()"), RuntimeError("worker died")])
+    sub = ScriptedCompleter(["A", "B"], usage=(3, 1, 0.0001))
+    job = spec()
+    result = run_loop(
+        job,
+        "job-r",
+        asking_engine(root, sub, journals, AskingRepl(printed)),
+        JobControl.for_root(job),
+    )
+    assert result.status is JobStatus.FAILED  # the process would have died here
+    assert sub.replies == []
+
+
+def test_a_resumed_job_replays_its_journal_and_pays_nothing_twice() -> None:
+    # Given a run that got two replies and both sub-call answers, then died
+    journals = MemoryJournals()
+    first_run_dies_before_its_last_turn(journals)
+    # When the job runs again with a model that has only the last reply left to give
+    root = ScriptedCompleter(["FINAL(A B)"])
+    sub = ScriptedCompleter([])
+    repl = AskingRepl(printed)
+    job = spec()
+    result, trajectory = run_loop_with_trajectory(
+        job, "job-r", asking_engine(root, sub, journals, repl), JobControl.for_root(job)
+    )
+    # Then the earlier turns came from the journal, the cells ran again in a fresh REPL, the
+    # sub-calls were answered from the stored results, and usage counts every call once
+    assert (result.status, result.answer) == (JobStatus.COMPLETED, "A B")
+    assert len(root.seen) == 1 and sub.seen == []
+    assert repl.codes == ["look()", "ask()"]
+    assert result.usage.calls == 3 + 2
+    assert result.usage.total_tokens == 3 * 15 + 2 * 4
+    iterations = [e for e in trajectory.entries if e["type"] == "iteration"]
+    assert [e.get("replayed", False) for e in iterations] == [True, True, False]
+    assert "3 steps replayed" in iterations[2]["resumed"]
+    # The prompt the model saw last is the one the first run would have sent
+    assert "A B" in root.seen[0][-1]["content"]
+
+
+def test_a_cell_that_asks_something_new_resumes_live_from_there_and_says_so() -> None:
+    journals = MemoryJournals()
+    first_run_dies_before_its_last_turn(journals)
+    # The resumed cell's prompt differs (it depends on the time, say)
+    root = ScriptedCompleter(["FINAL(done)"])
+    sub = ScriptedCompleter(["C"], usage=(3, 1, 0.0001))
+    repl = AskingRepl(printed, prompts=lambda: ["a", f"b at {time.time()}"])
+    job = spec()
+    result, trajectory = run_loop_with_trajectory(
+        job, "job-r", asking_engine(root, sub, journals, repl), JobControl.for_root(job)
+    )
+    assert (result.status, result.answer) == (JobStatus.COMPLETED, "done")
+    # "a" is the same question at the same place: its stored answer is reused; the new one is asked
+    assert len(sub.seen) == 1
+    assert sub.seen[0][-1]["content"].startswith("b at ")
+    iterations = [e for e in trajectory.entries if e["type"] == "iteration"]
+    assert [e.get("replayed", False) for e in iterations] == [True, True, False]
+    assert "replay ended at step 3" in iterations[1]["resumed"]
