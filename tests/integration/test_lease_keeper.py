@@ -137,9 +137,7 @@ def test_a_job_whose_lease_another_worker_took_is_stopped_and_not_renewed(
     assert store.lease_holder("b") == kept.holder
 
 
-def test_a_warm_shutdown_stops_every_job_for_a_hand_over(
-    store: Store, keeper: LeaseKeeper
-) -> None:
+def test_a_warm_shutdown_stops_every_job_for_a_hand_over(store: Store, keeper: LeaseKeeper) -> None:
     jobs = [start_job(store, keeper, j) for j in ("h1", "h2")]
     assert keeper.hand_over_all("its worker is shutting down") == 2
     for lease, repl in jobs:
