@@ -19,6 +19,7 @@ from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.errors import JobStopped, ProviderError, RLMJobsError, SandboxError
 from rlm_jobs.models import JobResult, JobSpec, JobStatus
 from rlm_jobs.sandboxes.base import CellOutcome, Repl
+from rlm_jobs.schema import AnswerGate
 from rlm_jobs.subcalls import SubcallHandlerForJob
 from rlm_jobs.trajectory import Trajectory, code_block_entry
 
@@ -62,6 +63,7 @@ class _Loop:
         self.trajectory: Trajectory = control.new_trajectory(job_id)
         self.state = _State()
         self.started = time.monotonic()
+        self.answers = AnswerGate.for_spec(spec)
         self.handler = SubcallHandlerForJob(
             spec=spec,
             job_id=job_id,
@@ -200,6 +202,16 @@ class _Loop:
         else:
             self.state.consecutive_errors = 0
 
+    def accept_final(self, answer: str) -> bool:
+        """A final answer ends the job unless it breaks the job's answer schema: then the
+        model is told why and gets another turn (``AnswerGate`` raises when out of them)."""
+        self.state.partial = answer  # the raw answer, kept if the schema rejects it for good
+        feedback = self.answers.review(answer)
+        if feedback is None:
+            return True
+        self.state.messages.append({"role": "user", "content": feedback})
+        return False
+
     def final_from_prose(self, repl: Repl, reply: str) -> str | None:
         found = parsing.final_in_text(reply)
         if found is None:
@@ -245,7 +257,10 @@ class _Loop:
             {
                 "role": "user",
                 "content": prompts.first_user_message(
-                    self.spec.query, self.spec.context, self.spec.root_prompt
+                    self.spec.query,
+                    self.spec.context,
+                    self.spec.root_prompt,
+                    self.spec.answer_schema,
                 ),
             },
         ]
@@ -266,7 +281,7 @@ class _Loop:
                 self.state.iteration += 1
                 self.report()
                 answer = self.turn(repl)
-                if answer is not None:
+                if answer is not None and self.accept_final(answer):
                     return self.result(JobStatus.COMPLETED, "final answer given", answer)
             answer = self.last_call(repl)
             return self.result(
@@ -297,6 +312,7 @@ class _Loop:
             job_id=self.job_id,
             status=status,
             answer=answer,
+            structured=self.answers.value if status is JobStatus.COMPLETED else None,
             reason=reason,
             usage=self.control.meter.snapshot(),
             iterations=self.state.iteration,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rlm_jobs.clients.base import ChatMessage
-from rlm_jobs.testing.policies import aggregate, generic, needle, recurse, simple
+from rlm_jobs.testing.policies import aggregate, documents, generic, needle, recurse, simple
 from rlm_jobs.testing.policies.base import (
     ContextInfo,
     Conversation,
@@ -43,6 +43,8 @@ POLICIES: dict[str, Policy] = {
         simple.SPIN_POLICY,
         simple.CHATTY,
         simple.EXEC,
+        documents.CORPUS,
+        documents.FIELDS,
     )
 }
 
