@@ -9,7 +9,6 @@ section markers.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -22,6 +21,7 @@ from rlm_jobs.ingest.text import Decoded, decode
 
 # Enough rows to tell ';' from ',' and from tabs, little enough to sniff in a millisecond.
 _SNIFF_CHARS = 64 * 1024
+_DELIMITERS = ",;\t|"
 _MD_HEADING = re.compile(r"^#{1,6} \S", re.MULTILINE)
 # Columns named in a description at most; wider tables are summarised.
 _MAX_NAMED_COLUMNS = 40
@@ -68,9 +68,7 @@ def _table(data: bytes, source: str, fmt: Format) -> Converted:
     text = decoded.text
     dialect: type[csv.Dialect] | csv.Dialect = csv.excel_tab if fmt is Format.TSV else csv.excel
     if fmt is Format.CSV:
-        # One column, or too irregular to tell: plain commas.
-        with contextlib.suppress(csv.Error):
-            dialect = csv.Sniffer().sniff(text[:_SNIFF_CHARS], delimiters=",;\t|")
+        dialect = _sniff(text)
     try:
         rows = [
             row for row in csv.reader(io.StringIO(text), dialect) if any(c.strip() for c in row)
@@ -92,6 +90,33 @@ def _table(data: bytes, source: str, fmt: Format) -> Converted:
     detail = f"{len(records)} rows with the columns {named}{more}; every cell is a string"
     note = _encoding_note(decoded)
     return Converted(records, fmt, f"{detail}; {note}" if note else detail)
+
+
+def _sniff(text: str) -> type[csv.Dialect] | csv.Dialect:
+    """The CSV dialect; rows too irregular for the sniffer go by the header's delimiter."""
+    try:
+        return csv.Sniffer().sniff(text[:_SNIFF_CHARS], delimiters=_DELIMITERS)
+    except csv.Error:
+        header = text.split("\n", 1)[0]
+        counts = {d: header.count(d) for d in _DELIMITERS}
+        return (
+            _BY_DELIMITER[max(counts, key=lambda d: counts[d])]
+            if any(counts.values())
+            else csv.excel
+        )
+
+
+class _Semicolon(csv.excel):
+    delimiter = ";"
+
+
+class _Pipe(csv.excel):
+    delimiter = "|"
+
+
+_BY_DELIMITER: dict[str, type[csv.Dialect]] = {
+    ",": csv.excel, ";": _Semicolon, "\t": csv.excel_tab, "|": _Pipe,
+}  # fmt: skip
 
 
 def _column_names(header: list[str], width: int) -> list[str]:
