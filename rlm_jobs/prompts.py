@@ -82,7 +82,8 @@ def schema_retry_message(problems: list[str], attempt: int, max_attempts: int) -
     return (
         f"{SCHEMA_REJECTED} Problems:\n{listed}\n"
         f"Fix the answer and finish again with FINAL(json.dumps(value)) "
-        f"(fix {attempt} of {max_attempts})."
+        f"(fix {attempt} of {max_attempts}). If you finished through the `answer` dict, it "
+        'is still ready: set answer["ready"] = False before running anything else.'
     )
 
 

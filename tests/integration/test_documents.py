@@ -277,3 +277,39 @@ def test_unreadable_single_inputs_and_bad_schemas_exit_2(
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stdout == ""
+
+
+# ---- the README's examples -----------------------------------------------------------------
+
+
+def test_the_readme_document_examples_run(stack: Stack, tmp_path: Path) -> None:  # noqa: F811
+    env = env_with_cache(stack.env, tmp_path)
+    table = tmp_path / "invoices.csv"
+    done = cli(
+        "run", "examples/invoices", "--schema", "examples/invoice.schema.json",
+        "--model", "scripted/fields", "-q", "Fill in the invoice fields.", "-o", str(table),
+        "--interval", "1", env=env, timeout_s=150,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    cells = list(csv.DictReader(io.StringIO(table.read_text())))
+    assert {c["id"]: (c["invoice_number"], c["total_due"], c["currency"]) for c in cells} == {
+        "acme.md": ("ACME-2041", "1250", "USD"),
+        "cafe-mueller.txt": ("CM-88", "312", "USD"),
+        "globex.html": ("GX-0007", "980", "GBP"),
+        "umbrella.pdf": ("UC-5150", "4400", "USD"),
+    }
+
+    across = cli(
+        "run", "examples/invoices", "--corpus", "--model", "scripted/corpus",
+        "-q", "What is the total due on each invoice?", "-o", "-", "--interval", "1",
+        env=env, timeout_s=150,
+    )  # fmt: skip
+    assert across.returncode == 0, across.stderr
+    [row] = [json.loads(line) for line in across.stdout.splitlines()]
+    assert row["id"] == "invoices" and row["status"] == "COMPLETED"
+    assert row["answer"].splitlines() == [
+        "acme.md: Total due: 1,250.00 USD",
+        "cafe-mueller.txt: Total due: 312 USD",
+        "globex.html: - Total due: 980 GBP",
+        "umbrella.pdf: Total due: 4,400 USD",
+    ]
