@@ -1,7 +1,8 @@
 """What the root model reads: the system prompt and the messages the loop writes.
 
 Written in our own words. The scripted provider's policies parse the markers defined
-here (``QUERY_HEADER``, ``OUTPUT_HEADER``, ``LAST_CALL``), so change them together.
+here (``QUERY_HEADER``, ``OUTPUT_HEADER``, ``LAST_CALL``, ``SCHEMA_HEADER``,
+``SCHEMA_REJECTED``), so change them together.
 """
 
 from __future__ import annotations
