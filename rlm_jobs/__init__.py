@@ -1,13 +1,17 @@
 """rlm-jobs: Recursive Language Model jobs as a distributed service.
 
 Library mode: ``RLM(...).completion(context, root_prompt=...)``. Service mode:
-``Submitter`` (or the ``rlm-jobs`` CLI) with Celery workers from ``workers``.
+``Submitter`` (or the ``rlm-jobs`` CLI) with Celery workers from ``workers``. Documents:
+``load_document(path)`` (PDF, DOCX, HTML, Markdown, text, CSV, JSON), ``load_documents(dir)``
+(a batch), ``load_corpus(dir)`` (a folder as one context).
 """
 
 from rlm_jobs.api import RLM, RLMCompletion
+from rlm_jobs.batchfiles import load_corpus, load_document, load_documents
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import (
     ConfigError,
+    DocumentError,
     JobHandedOver,
     JobStopped,
     ProviderError,
@@ -18,6 +22,7 @@ from rlm_jobs.errors import (
     SpecError,
     StorageError,
 )
+from rlm_jobs.ingest import Ingestor
 from rlm_jobs.models import JobResult, JobSpec, JobStatus, Limits, Usage
 from rlm_jobs.submitter import BatchHandle, Document, JobHandle, Submitter
 
@@ -26,6 +31,8 @@ __all__ = [
     "BatchHandle",
     "ConfigError",
     "Document",
+    "DocumentError",
+    "Ingestor",
     "JobHandedOver",
     "JobHandle",
     "JobResult",
@@ -44,4 +51,7 @@ __all__ = [
     "StorageError",
     "Submitter",
     "Usage",
+    "load_corpus",
+    "load_document",
+    "load_documents",
 ]

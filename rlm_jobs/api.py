@@ -21,14 +21,15 @@ from rlm_jobs.config import Settings, redis_client
 from rlm_jobs.contexts import ContextValue, put_context
 from rlm_jobs.dispatch import InProcessDispatcher
 from rlm_jobs.engine import Engine, JobControl
-from rlm_jobs.errors import ConfigError, SpecError
+from rlm_jobs.errors import ConfigError, DocumentError, SpecError
 from rlm_jobs.journal import JournalStore
 from rlm_jobs.loop import run_loop_with_trajectory
-from rlm_jobs.models import JobSpec, JobStatus, Limits, Usage
+from rlm_jobs.models import ContextRef, JobSpec, JobStatus, Limits, Usage
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.session import open_repl_factory
+from rlm_jobs.submitter import UNREADABLE, Document
 from rlm_jobs.trajectory import to_jsonl
 
 # The reference's environment names that mean "a local sandbox process" here.
@@ -86,6 +87,8 @@ class RLMCompletion:
     iterations: int
     usage: Usage
     trajectory: list[dict[str, Any]] = field(repr=False)
+    # The response parsed and validated against ``completion(..., schema=...)``.
+    structured: Any = None
 
     def trajectory_jsonl(self) -> str:
         return to_jsonl(self.trajectory)
@@ -202,11 +205,30 @@ class RLM:
         )
         return client, engine
 
-    def completion(self, prompt: ContextValue, root_prompt: str | None = None) -> RLMCompletion:
-        """Answer ``root_prompt`` (or, as in the reference, the prompt itself) over ``prompt``."""
+    def completion(
+        self,
+        prompt: ContextValue | Document,
+        root_prompt: str | None = None,
+        schema: dict[str, Any] | None = None,
+    ) -> RLMCompletion:
+        """Answer ``root_prompt`` (or, as in the reference, the prompt itself) over ``prompt``.
+
+        ``prompt`` may be a ``Document`` (``load_document``, ``load_corpus``): the model is
+        told what it holds. With ``schema`` (a JSON Schema) the final answer must match it;
+        its parsed value is ``structured``.
+        """
+        description = None
+        if isinstance(prompt, Document):
+            if prompt.context is None:
+                raise DocumentError(prompt.id, prompt.error or UNREADABLE)
+            value, description = prompt.context, prompt.description
+        else:
+            value = prompt
         client, engine = self._connect()
-        ref = put_context(client, prompt)
+        ref = put_context(client, value)
         try:
+            if description is not None:
+                ref = ContextRef.model_validate({**ref.model_dump(), "description": description})
             spec = JobSpec(
                 # As in the reference, without a root prompt the task is in the context itself.
                 query=root_prompt or "Answer the request contained in the context.",
@@ -215,6 +237,7 @@ class RLM:
                 sub_model=self.settings.sub_model,
                 limits=self.limits,
                 root_prompt=root_prompt,
+                answer_schema=schema,
             )
         except ValidationError as exc:
             raise SpecError(f"invalid job: {exc}") from exc
@@ -234,6 +257,7 @@ class RLM:
             iterations=result.iterations,
             usage=result.usage,
             trajectory=trajectory.entries,
+            structured=result.structured,
         )
 
     def close(self) -> None:

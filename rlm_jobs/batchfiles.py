@@ -1,8 +1,12 @@
 """Turning files into contexts and documents: what ``rlm-jobs submit``/``batch``/``run`` read.
 
-A batch is a directory (one document per regular file, id = file name) or a JSONL file (one
-document per line). Everything is loaded and validated before anything is submitted, so a
-malformed line stops the whole batch with the line number instead of half-submitting it.
+A file is read by ``rlm_jobs.ingest`` (PDF, DOCX, HTML, Markdown, text in any common
+encoding, CSV/TSV, JSON, JSON lines). A batch is a directory (one document per regular
+file, id = file name) or a JSONL file (one document per line). In a directory a file that
+cannot be read becomes a document with an ``error``: the batch records it as FAILED and
+runs the rest. A malformed JSONL line still stops the whole batch with its line number,
+before anything is submitted: that is a broken batch file, not a broken document.
+A corpus is a directory as one document: a dict file name -> content.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rlm_jobs.config import Settings
 from rlm_jobs.contexts import ContextValue
-from rlm_jobs.errors import SpecError
-from rlm_jobs.models import validation_problems
+from rlm_jobs.errors import DocumentError, SpecError
+from rlm_jobs.ingest import Converted, Format, Ingestor, describe
+from rlm_jobs.models import MAX_DESCRIPTION_CHARS, validation_problems
 from rlm_jobs.submitter import Document
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
@@ -40,33 +46,134 @@ def parse_context(text: str, *, as_json: bool, source: str) -> ContextValue:
     return value
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise SpecError(f"{path} is a directory, not a file") from None
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise SpecError(f"cannot read {path}: {exc.strerror}") from None
+def _ingestor(ingestor: Ingestor | None) -> Ingestor:
+    return ingestor if ingestor is not None else Ingestor.from_settings(Settings())
 
 
-def load_context_file(path: Path) -> ContextValue:
-    """``.json`` files are JSON contexts (str, list or dict); anything else is text."""
-    return parse_context(_read_text(path), as_json=path.suffix.lower() == ".json", source=str(path))
+def load_document(path: Path | str, *, ingestor: Ingestor | None = None) -> Document:
+    """One file as a document (id = file name), told to the model by what it is.
 
-
-def documents_from_dir(directory: Path) -> list[Document]:
-    """One document per regular file directly in ``directory``, sorted by name.
-
-    Hidden files (``.gitkeep``, ``.DS_Store``) and subdirectories are not documents.
+    Raises ``DocumentError`` if the file cannot be read, ``SpecError`` if there is none.
+    Without an ``ingestor`` one is made from ``Settings()`` (its cache directory).
     """
+    path = Path(path)
+    converted = _ingestor(ingestor).convert_file(path)
+    return _document(
+        {
+            "id": path.name,
+            "context": converted.context,
+            "description": describe(path.name, converted),
+        },
+        str(path),
+    )
+
+
+def load_context_file(path: Path, *, ingestor: Ingestor | None = None) -> ContextValue:
+    """A file's content as a context (see ``load_document``)."""
+    context = load_document(path, ingestor=ingestor).context
+    assert context is not None  # load_document raises instead
+    return context
+
+
+def _document_files(directory: Path) -> list[Path]:
+    """Regular files directly in ``directory``, sorted by name; hidden files and
+    subdirectories are not documents."""
+    if not directory.is_dir():
+        raise SpecError(f"no such directory: {directory}")
     files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise SpecError(f"{directory} holds no documents (no regular, non-hidden files)")
-    return [_document({"id": p.name, "context": load_context_file(p)}, str(p)) for p in files]
+    return files
+
+
+def documents_from_dir(directory: Path, *, ingestor: Ingestor | None = None) -> list[Document]:
+    """One document per file of ``directory``; one that cannot be read carries its error."""
+    reader = _ingestor(ingestor)
+    docs = []
+    for path in _document_files(directory):
+        try:
+            docs.append(load_document(path, ingestor=reader))
+        except DocumentError as exc:
+            docs.append(_document({"id": path.name, "error": exc.reason}, str(path)))
+    return docs
+
+
+def load_corpus(directory: Path | str, *, ingestor: Ingestor | None = None) -> Document:
+    """A whole directory as one document: a dict file name -> content, for questions
+    across documents. Files that cannot be read are left out, named with their reason in
+    the description the model reads (and in ``Document.skipped``); DocumentError if none
+    can be read."""
+    directory = Path(directory)
+    reader = _ingestor(ingestor)
+    contents: dict[str, Converted] = {}
+    skipped: dict[str, str] = {}
+    for path in _document_files(directory):
+        try:
+            contents[path.name] = reader.convert_file(path)
+        except DocumentError as exc:
+            skipped[path.name] = exc.reason
+    name = directory.resolve().name or str(directory)
+    if not contents:
+        reasons = "; ".join(f"{n}: {why}" for n, why in skipped.items())
+        raise DocumentError(str(directory), f"no document in it can be read ({reasons})")
+    return _document(
+        {
+            "id": name,
+            "context": {n: c.context for n, c in contents.items()},
+            "description": corpus_description(name, contents, skipped),
+            "skipped": skipped,
+        },
+        str(directory),
+    )
+
+
+# Documents named one by one in a corpus description; the rest are counted.
+_MAX_LISTED = 200
+# A skipped file's reason, as far as a description quotes it.
+_MAX_REASON_CHARS = 200
+
+
+def corpus_description(name: str, contents: dict[str, Converted], skipped: dict[str, str]) -> str:
+    formats = {c.format for c in contents.values()}
+    shapes = ["Text documents (PDF, Word, HTML, Markdown, plain text) are strings"]
+    if any(
+        isinstance(c.context, str) and c.context.startswith("[page ") for c in contents.values()
+    ):
+        shapes.append(
+            "each page of a PDF (or of a Word file that recorded its pages) begins "
+            'with a line "[page N]"'
+        )
+    if formats & {Format.DOCX, Format.HTML, Format.MARKDOWN}:
+        shapes.append('headings are Markdown "#" lines')
+    if formats & {Format.CSV, Format.TSV}:
+        shapes.append("CSV/TSV tables are lists of row dicts (column name -> cell text)")
+    if formats & {Format.JSON, Format.JSONL}:
+        shapes.append("JSON files are their parsed value, JSON lines files lists of records")
+    head = (
+        f"It is a corpus of {len(contents)} document{'s' if len(contents) != 1 else ''} from "
+        f"the folder {name}: a dict from file name to content. {'; '.join(shapes)}."
+    )
+    listed = [_listing(n, c) for n, c in list(contents.items())[:_MAX_LISTED]]
+    if len(contents) > _MAX_LISTED:
+        listed.append(f"and {len(contents) - _MAX_LISTED} more (list(context) names them all)")
+    text = f"{head} The documents: {'; '.join(listed)}."
+    if skipped:
+        reasons = [f"{n} ({_cut(why)})" for n, why in skipped.items()]
+        text += (
+            f" {len(skipped)} file{'s' if len(skipped) != 1 else ''} could not be read and "
+            f"{'are' if len(skipped) != 1 else 'is'} not in it: {'; '.join(reasons)}."
+        )
+    return _cut(text, MAX_DESCRIPTION_CHARS)
+
+
+def _listing(name: str, converted: Converted) -> str:
+    detail = f", {converted.detail}" if converted.detail else ""
+    size = f", {len(converted.context):,} characters" if isinstance(converted.context, str) else ""
+    return f"{name} ({converted.format.label}{detail}{size})"
+
+
+def _cut(text: str, limit: int = _MAX_REASON_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _document(fields: dict[str, Any], source: str) -> Document:
@@ -132,10 +239,11 @@ def documents_from_jsonl_lines(lines: Iterable[str], source: str = "<jsonl>") ->
     return docs
 
 
-def load_documents(path: Path) -> list[Document]:
-    """A batch from a directory or a JSONL file."""
+def load_documents(path: Path | str, *, ingestor: Ingestor | None = None) -> list[Document]:
+    """A batch from a directory (any readable formats) or a JSONL file (one row each)."""
+    path = Path(path)
     if path.is_dir():
-        return documents_from_dir(path)
+        return documents_from_dir(path, ingestor=ingestor)
     if not path.exists():
         raise SpecError(f"no such file or directory: {path}")
     if path.suffix.lower() not in JSONL_SUFFIXES:
@@ -143,4 +251,14 @@ def load_documents(path: Path) -> list[Document]:
             f"{path} is neither a directory nor a JSONL file ({', '.join(JSONL_SUFFIXES)})"
         )
     # split("\n"), not splitlines(): JSON strings may hold raw U+2028 and other separators.
-    return documents_from_jsonl_lines(_read_text(path).split("\n"), str(path))
+    return documents_from_jsonl_lines(_read_utf8(path).split("\n"), str(path))
+
+
+def _read_utf8(path: Path) -> str:
+    """A batch file is ours (JSON is UTF-8 by definition), so no encoding is guessed."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read {path}: {exc.strerror}") from None

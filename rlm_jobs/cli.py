@@ -28,13 +28,16 @@ import redis
 from pydantic import TypeAdapter, ValidationError
 
 from rlm_jobs import progress as fmt
-from rlm_jobs.batchfiles import load_context_file, load_documents
+from rlm_jobs.batchfiles import load_corpus, load_document, load_documents
 from rlm_jobs.clients import check_model
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import ContextValue
 from rlm_jobs.errors import ConfigError, RLMJobsError, SpecError, StorageError
+from rlm_jobs.ingest import Ingestor
 from rlm_jobs.models import JobStatus, Limits, ModelName, validation_problems
-from rlm_jobs.submitter import BatchHandle, Submitter
+from rlm_jobs.resultfiles import ResultFormat, write_csv, write_jsonl
+from rlm_jobs.schema import load_schema_file
+from rlm_jobs.submitter import BatchHandle, Document, Submitter
 from rlm_jobs.trajectory import to_jsonl
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -84,13 +87,39 @@ def _limits(args: argparse.Namespace) -> Limits:
         raise SpecError(_one_line(exc, "limits")) from None
 
 
-def _context(args: argparse.Namespace) -> ContextValue:
+def _context(args: argparse.Namespace, settings: Settings) -> ContextValue | Document:
+    if args.corpus is not None:
+        corpus = load_corpus(Path(args.corpus), ingestor=Ingestor.from_settings(settings))
+        for name, why in corpus.skipped.items():
+            _note(f"left out of the corpus: {name}: {why}")
+        return corpus
     if args.context_file is not None:
-        return load_context_file(Path(args.context_file))
+        return load_document(Path(args.context_file), ingestor=Ingestor.from_settings(settings))
     if args.context == "-":
         return sys.stdin.read()
     text: str = args.context
     return text
+
+
+def _schema(args: argparse.Namespace) -> dict[str, Any] | None:
+    return None if args.schema is None else load_schema_file(Path(args.schema))
+
+
+def _batch_documents(args: argparse.Namespace, settings: Settings) -> list[Document]:
+    """The documents of ``batch``/``run``; each unreadable one is named on stderr."""
+    ingestor = Ingestor.from_settings(settings)
+    if getattr(args, "corpus", False):
+        return [load_corpus(Path(args.path), ingestor=ingestor)]
+    docs = load_documents(Path(args.path), ingestor=ingestor)
+    for doc in docs:
+        if doc.error is not None:
+            _note(f"unreadable, recorded as FAILED: {doc.id}: {doc.error}")
+    return docs
+
+
+def _unreadable_note(docs: list[Document]) -> str:
+    count = sum(1 for d in docs if d.error is not None)
+    return f", {count} unreadable (recorded as FAILED)" if count else ""
 
 
 def _redacted(url: str) -> str:
@@ -168,11 +197,15 @@ def _output(path: str) -> Iterator[IO[str]]:
         raise
 
 
-def _write_results(batch: BatchHandle, path: str) -> list[dict[str, Any]]:
+def _write_results(
+    batch: BatchHandle, path: str, out_format: ResultFormat = ResultFormat.JSONL
+) -> list[dict[str, Any]]:
     rows = sorted(batch.results(), key=lambda r: _natural_key(str(r["id"])))
     with _output(path) as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if out_format is ResultFormat.CSV:
+            write_csv(rows, out, batch.meta().get("answer_schema"))
+        else:
+            write_jsonl(rows, out)
     return rows
 
 
@@ -228,9 +261,12 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     query = _query(args.query) or ""
     model, sub_model = _model(args.model), _model(args.sub_model)
     limits = _limits(args)
-    context = _context(args)
+    schema = _schema(args)
+    context = _context(args, settings)
     with _submitter(settings, enqueue=True) as submitter:
-        job = submitter.submit(query, context, model=model, sub_model=sub_model, limits=limits)
+        job = submitter.submit(
+            query, context, model=model, sub_model=sub_model, limits=limits, answer_schema=schema
+        )
         if not args.wait:
             print(job.id)
             return EXIT_OK
@@ -243,15 +279,19 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     query = _query(args.query, required=False)
     model, sub_model = _model(args.model), _model(args.sub_model)
     limits = _limits(args)
-    docs = load_documents(Path(args.path))
+    schema = _schema(args)
+    docs = _batch_documents(args, settings)
     with _submitter(settings, enqueue=True) as submitter:
         batch, started = submitter.submit_batch(
-            docs, query, batch_id=args.batch_id, model=model, sub_model=sub_model, limits=limits
-        )
+            docs, query, batch_id=args.batch_id, model=model, sub_model=sub_model, limits=limits,
+            answer_schema=schema,
+        )  # fmt: skip
     print(batch.id)
+    unreadable = sum(1 for d in docs if d.error is not None)
     _note(
         f"batch {batch.id}: {len(docs)} documents, {started} jobs started, "
-        f"{len(docs) - started} skipped (completed or still running)"
+        f"{len(docs) - started - unreadable} skipped (completed or still running)"
+        f"{_unreadable_note(docs)}"
     )
     return EXIT_OK
 
@@ -289,8 +329,9 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    out_format = ResultFormat.for_output(args.format, args.output)
     with _submitter(settings) as submitter:
-        rows = _write_results(submitter.batch(args.batch_id), args.output)
+        rows = _write_results(submitter.batch(args.batch_id), args.output, out_format)
     unfinished = sum(1 for r in rows if not JobStatus(r["status"]).finished)
     completed = sum(1 for r in rows if r["status"] == JobStatus.COMPLETED.value)
     where = "stdout" if args.output == "-" else args.output
@@ -322,7 +363,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     query = _query(args.query, required=False)
     model, sub_model = _model(args.model), _model(args.sub_model)
     limits = _limits(args)
-    docs = load_documents(Path(args.path))
+    schema = _schema(args)
+    out_format = ResultFormat.for_output(args.format, args.output)
+    docs = _batch_documents(args, settings)
     if query is None and any(d.query is None for d in docs):
         raise SpecError("the query is empty: pass the question with -q/--query")
     wall_started = time.monotonic()
@@ -331,11 +374,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         with _submitter(effective, enqueue=True) as submitter:
             batch, started = submitter.submit_batch(
                 docs, query, batch_id=args.batch_id, model=model, sub_model=sub_model,
-                limits=limits,
+                limits=limits, answer_schema=schema,
             )  # fmt: skip
+            unreadable = sum(1 for d in docs if d.error is not None)
             _note(
                 f"batch {batch.id}: {len(docs)} documents, {started} started, "
-                f"{len(docs) - started} already done or running"
+                f"{len(docs) - started - unreadable} already done or running"
+                f"{_unreadable_note(docs)}"
             )
             try:
                 snap = _follow(batch, interval_s=args.interval, timeout_s=args.timeout)
@@ -346,7 +391,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 else:
                     _note(f"batch {batch.id} keeps running: rlm-jobs watch {batch.id}")
                 raise
-            return snap, _write_results(batch, args.output)
+            return snap, _write_results(batch, args.output, out_format)
 
     if settings.redis_url is not None:
         _note(f"using the broker at {_redacted(settings.redis_url)}")
@@ -392,6 +437,21 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout-s", type=float, metavar="S", help="wall-clock limit of one job")
 
 
+def _add_schema_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--schema", metavar="FILE",
+        help="a JSON Schema the final answer must match; rows get its value as 'structured'",
+    )  # fmt: skip
+
+
+def _add_format_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--format", choices=[f.value for f in ResultFormat],
+        help="jsonl (default), or csv: one column per field of the answer schema "
+        "(default: csv for a .csv output file)",
+    )  # fmt: skip
+
+
 def _add_follow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--interval", type=float, default=10.0, metavar="S",
@@ -414,9 +474,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--query", required=True, help="the question to answer")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--context-file", metavar="F", help="context file: .json is parsed, anything else is text"
-    )
+        "--context-file", metavar="F",
+        help="a document: PDF, DOCX, HTML, Markdown, text (any encoding), CSV/TSV, JSON, JSONL",
+    )  # fmt: skip
     src.add_argument("--context", metavar="TEXT", help="the context itself; '-' reads stdin")
+    src.add_argument(
+        "--corpus", metavar="DIR",
+        help="every file of DIR as one context: a dict file name -> content",
+    )  # fmt: skip
+    _add_schema_args(p)
     _add_model_args(p)
     _add_limit_args(p)
     p.add_argument("--wait", action="store_true", help="wait and print the result row as JSON")
@@ -427,12 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
         "batch",
         help="submit one job per document",
         description="Submit one job per document of a directory (one per file, id = file "
-        'name) or a JSONL file (rows {"id", "context" or "text", "query"?}). Resubmitting '
-        "with the same --batch-id skips documents that completed or are still running.",
+        "name; PDF, DOCX, HTML, Markdown, text, CSV/TSV, JSON; an unreadable file is "
+        'recorded as FAILED) or a JSONL file (rows {"id", "context" or "text", "query"?}). '
+        "Resubmitting with the same --batch-id skips documents that completed or are still "
+        "running.",
     )
     p.add_argument("path", metavar="DIR_OR_JSONL")
     p.add_argument("-q", "--query", help="the question (optional if every row has one)")
     p.add_argument("--batch-id", help="name the batch (default: a new random id)")
+    _add_schema_args(p)
     _add_model_args(p)
     _add_limit_args(p)
     p.set_defaults(func=cmd_batch)
@@ -451,9 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_follow_args(p)
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("results", help="write a batch's result rows as JSONL")
+    p = sub.add_parser("results", help="write a batch's result rows as JSONL or CSV")
     p.add_argument("batch_id", metavar="BATCH")
     p.add_argument("-o", "--output", default="-", help="output file; '-' is stdout (default)")
+    _add_format_arg(p)
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("cancel", help="cancel a job or every unfinished job of a batch")
@@ -476,6 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="DOCS", help="a directory or a JSONL file")
     p.add_argument("-q", "--query", help="the question (optional if every row has one)")
     p.add_argument("-o", "--output", default="results.jsonl", help="default: results.jsonl")
+    _add_format_arg(p)
+    p.add_argument(
+        "--corpus", action="store_true",
+        help="the directory is one job: a dict file name -> content, for questions across files",
+    )  # fmt: skip
+    _add_schema_args(p)
     p.add_argument(
         "--workers", type=int, default=4, metavar="N",
         help="local stack only: jobs run at once (default 4)",

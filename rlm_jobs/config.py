@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Literal
 
 import redis
@@ -39,6 +40,12 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "anthropic/claude-opus-4-1": ModelPrice(input_per_mtok=15.00, output_per_mtok=75.00),
     "scripted/*": ModelPrice(input_per_mtok=1.00, output_per_mtok=2.00),
 }
+
+
+def _user_cache_dir() -> Path:
+    """Where converted documents are cached: the XDG cache directory, as desktop tools do."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rlm-jobs" / "ingest"
 
 
 class Settings(BaseSettings):
@@ -152,6 +159,14 @@ class Settings(BaseSettings):
     sandbox_alive_ttl_s: float = Field(default=30.0, ge=2, le=3600)
     # Flower progress events per job at most this often (iteration changes always report).
     progress_interval_s: float = Field(default=0.5, ge=0)
+
+    # Converted documents (PDF, DOCX, HTML, ... as text) by content hash, so a rerun over
+    # the same files does not convert them again.
+    ingest_cache_dir: Path = Field(default_factory=_user_cache_dir)
+    # Off: every load converts afresh (a read-only home, or files that must leave no copy).
+    ingest_cache: bool = True
+    # A larger file fails alone instead of filling the submitter's memory and Redis.
+    ingest_max_file_mb: int = Field(default=256, ge=1, le=16_384)
 
     def resolved_model(self) -> str:
         if self.model:

@@ -5,6 +5,7 @@
     RLMJobsError
     ├── ConfigError              settings or arguments that cannot work (unknown provider, ...)
     ├── SpecError                a job spec, batch file or wire message that fails validation
+    │   └── DocumentError        a file that cannot be read as a document (corrupt, no text, binary)
     ├── ProviderError            an LLM call that failed for good (4xx other than 429, bad body)
     │   └── ProviderRetryableError   429, 5xx, timeouts, connection drops: worth another try
     ├── SandboxError             the sandbox could not start, died, or broke the wire protocol
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rlm_jobs.models import JobStatus
+    from rlm_jobs.status import JobStatus
 
 
 class RLMJobsError(Exception):
@@ -34,6 +35,18 @@ class ConfigError(RLMJobsError):
 
 class SpecError(RLMJobsError):
     """Input that fails validation at a boundary."""
+
+
+class DocumentError(SpecError):
+    """A file that cannot be read as a document: corrupt, without text, or an unknown binary.
+
+    ``path`` names the file; ``reason`` says why, without the path, for result rows.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class ProviderError(RLMJobsError):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlm_jobs import parsing, prompts
+from rlm_jobs.answers import AnswerGate
 from rlm_jobs.clients.base import ChatMessage
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.errors import JobHandedOver, JobStopped, ProviderError, RLMJobsError, SandboxError
@@ -66,6 +67,7 @@ class _Loop:
         self.started = time.monotonic()
         # Whether the current turn's reply came from the journal (a resumed job's replay).
         self.replayed_turn = False
+        self.answers = AnswerGate.for_spec(spec)
         self.handler = SubcallHandlerForJob(
             spec=spec,
             job_id=job_id,
@@ -224,6 +226,16 @@ class _Loop:
         else:
             self.state.consecutive_errors = 0
 
+    def accept_final(self, answer: str) -> bool:
+        """A final answer ends the job unless it breaks the job's answer schema: then the
+        model is told why and gets another turn (``AnswerGate`` raises when out of them)."""
+        self.state.partial = answer  # the raw answer, kept if the schema rejects it for good
+        feedback = self.answers.review(answer)
+        if feedback is None:
+            return True
+        self.state.messages.append({"role": "user", "content": feedback})
+        return False
+
     def final_from_prose(self, repl: Repl, reply: str) -> str | None:
         found = parsing.final_in_text(reply)
         if found is None:
@@ -269,7 +281,10 @@ class _Loop:
             {
                 "role": "user",
                 "content": prompts.first_user_message(
-                    self.spec.query, self.spec.context, self.spec.root_prompt
+                    self.spec.query,
+                    self.spec.context,
+                    self.spec.root_prompt,
+                    self.spec.answer_schema,
                 ),
             },
         ]
@@ -292,7 +307,7 @@ class _Loop:
                 self.state.iteration += 1
                 self.report()
                 answer = self.turn(repl)
-                if answer is not None:
+                if answer is not None and self.accept_final(answer):
                     return self.result(JobStatus.COMPLETED, "final answer given", answer)
             answer = self.last_call(repl)
             return self.result(
@@ -328,6 +343,7 @@ class _Loop:
             job_id=self.job_id,
             status=status,
             answer=answer,
+            structured=self.answers.value if status is JobStatus.COMPLETED else None,
             reason=reason,
             usage=self.control.meter.snapshot(),
             iterations=self.state.iteration,

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,6 +18,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+# Its own module so errors can name it without importing the models; re-exported here.
+from rlm_jobs.status import JobStatus as JobStatus
 
 
 def validation_problems(exc: ValidationError, what: str) -> str:
@@ -29,23 +32,6 @@ def validation_problems(exc: ValidationError, what: str) -> str:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class JobStatus(StrEnum):
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    MAX_ITERATIONS = "MAX_ITERATIONS"
-    TIMEOUT = "TIMEOUT"
-    TOKEN_LIMIT = "TOKEN_LIMIT"
-    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
-    ERROR_LIMIT = "ERROR_LIMIT"
-    CANCELLED = "CANCELLED"
-    FAILED = "FAILED"
-
-    @property
-    def finished(self) -> bool:
-        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 # "provider/model", e.g. "openai/gpt-4o-mini" or "anthropic/claude-sonnet-4-5".
@@ -72,6 +58,20 @@ class Limits(Strict):
     max_output_chars: int = Field(default=20_000, ge=100, le=1_000_000)
     # Sub-calls run inside a cell, so a cell may legitimately wait for a large fan-out.
     cell_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
+    # Turns a model gets to fix a final answer that breaks the job's answer schema: one or
+    # two fix what a model can fix (a type, a missing field); more rarely help.
+    max_schema_retries: int = Field(default=2, ge=0, le=10)
+
+
+# Room for a corpus's list of documents; the prompt repeats it, so it stays bounded.
+MAX_DESCRIPTION_CHARS = 20_000
+
+
+def _answer_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    # Imported here: jsonschema takes a while to import, and most processes never need it.
+    from rlm_jobs.schema import check_schema
+
+    return check_schema(schema)
 
 
 class ContextRef(Strict):
@@ -81,6 +81,9 @@ class ContextRef(Strict):
     kind: Literal["str", "list", "dict"]
     length: int = Field(ge=0, description="characters in a str, items in a list or dict")
     total_chars: int = Field(ge=0)
+    # What the model is told about the content beyond type and size: the file it came from,
+    # its markers ("[page N]"), a corpus's documents and the files left out.
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
 
     def describe(self) -> str:
         if self.kind == "str":
@@ -103,6 +106,8 @@ class JobSpec(Strict):
     parent_id: str | None = None
     batch_id: str | None = None
     doc_id: str | None = None
+    # A JSON Schema the final answer must match (checked when the spec is built).
+    answer_schema: Annotated[dict[str, Any], AfterValidator(_answer_schema)] | None = None
 
 
 class ModelUsage(Strict):
@@ -218,6 +223,8 @@ class JobResult(Strict):
     job_id: str
     status: JobStatus
     answer: str | None = None
+    # The answer parsed and validated against the job's answer schema (None without one).
+    structured: Any = None
     reason: str = ""
     usage: Usage = Field(default_factory=Usage)
     iterations: int = 0

@@ -1,16 +1,22 @@
 """What the root model reads: the system prompt and the messages the loop writes.
 
 Written in our own words. The scripted provider's policies parse the markers defined
-here (``QUERY_HEADER``, ``OUTPUT_HEADER``, ``LAST_CALL``), so change them together.
+here (``QUERY_HEADER``, ``OUTPUT_HEADER``, ``LAST_CALL``, ``SCHEMA_HEADER``,
+``SCHEMA_REJECTED``), so change them together.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from rlm_jobs.models import ContextRef
 
 QUERY_HEADER = "QUERY:\n"
 OUTPUT_HEADER = "Output:\n"
 LAST_CALL = "You have no REPL turns left."
+SCHEMA_HEADER = "ANSWER SCHEMA (JSON Schema):\n"
+SCHEMA_REJECTED = "Your final answer does not match the answer schema."
 # The query a child RLM (started by rlm_query) answers; its context is the parent's prompt.
 CHILD_QUERY = "The variable `context` holds a task from a parent RLM. Do it and give the result."
 
@@ -48,11 +54,37 @@ def system_prompt(ref: ContextRef) -> str:
     return SYSTEM_PROMPT.format(context_kind=ref.describe())
 
 
-def first_user_message(query: str, ref: ContextRef, root_prompt: str | None = None) -> str:
+def first_user_message(
+    query: str,
+    ref: ContextRef,
+    root_prompt: str | None = None,
+    answer_schema: dict[str, Any] | None = None,
+) -> str:
+    about = f" {ref.description}" if ref.description else ""
     hint = f"\nNote from the user: {root_prompt}\n" if root_prompt else ""
+    schema = f"\n\n{schema_instructions(answer_schema)}" if answer_schema is not None else ""
     return (
-        f"The variable `context` holds {ref.describe()}. Explore it in the REPL before "
-        f"answering.{hint}\n\n{QUERY_HEADER}{query}"
+        f"The variable `context` holds {ref.describe()}.{about} Explore it in the REPL before "
+        f"answering.{hint}{schema}\n\n{QUERY_HEADER}{query}"
+    )
+
+
+def schema_instructions(schema: dict[str, Any]) -> str:
+    return (
+        "Your final answer must be JSON that matches the JSON Schema below. Build it as a "
+        "Python value and finish with FINAL(json.dumps(value)). It is parsed and checked; "
+        "if it does not match you are told why and can fix it.\n"
+        f"{SCHEMA_HEADER}```json\n{json.dumps(schema, indent=2, ensure_ascii=False)}\n```"
+    )
+
+
+def schema_retry_message(problems: list[str], attempt: int, max_attempts: int) -> str:
+    listed = "\n".join(f"- {p}" for p in problems)
+    return (
+        f"{SCHEMA_REJECTED} Problems:\n{listed}\n"
+        f"Fix the answer and finish again with FINAL(json.dumps(value)) "
+        f"(fix {attempt} of {max_attempts}). If you finished through the `answer` dict, it "
+        'is still ready: set answer["ready"] = False before running anything else.'
     )
 
 

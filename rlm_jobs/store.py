@@ -74,6 +74,7 @@ class JobRecord:
             "batch_id": self.fields.get("batch_id") or None,
             "status": self.status.value,
             "answer": result.answer if result else None,
+            "structured": result.structured if result else None,
             "reason": self.fields.get("reason", ""),
             "usage": usage.summary(),
             "iterations": result.iterations if result else 0,

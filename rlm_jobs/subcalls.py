@@ -146,6 +146,7 @@ class SubcallHandlerForJob:
                     "parent_id": self._job_id,
                     "root_prompt": None,
                     "doc_id": None,
+                    "answer_schema": None,  # the parent's answer has the shape, not its parts
                 }
             )
             result = self._run_child(

@@ -13,13 +13,22 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlm_jobs.clients import check_model
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import ContextValue, put_context
-from rlm_jobs.errors import SpecError, StorageError
-from rlm_jobs.models import JobResult, JobSpec, JobStatus, Limits, validation_problems
+from rlm_jobs.errors import DocumentError, SpecError, StorageError
+from rlm_jobs.models import (
+    MAX_DESCRIPTION_CHARS,
+    ContextRef,
+    JobResult,
+    JobSpec,
+    JobStatus,
+    Limits,
+    validation_problems,
+)
+from rlm_jobs.schema import check_schema
 from rlm_jobs.store import JobRecord, Store
 
 # Sends the orchestrate task for a job id that is already recorded.
@@ -29,14 +38,40 @@ Enqueue = Callable[[str], None]
 _KEEP_ON_RESUBMIT = (JobStatus.COMPLETED, JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+# Why a document could not be read: a sentence, not a traceback.
+_MAX_ERROR_CHARS = 2_000
+UNREADABLE = "unreadable document"
+
+
 class Document(BaseModel):
-    """One document of a batch: its id, its content, optionally its own query."""
+    """One document: its id, its content (or why it could not be read), optionally its own
+    query, and what the model should be told about its shape."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=500)
-    context: str | list[Any] | dict[str, Any]
+    context: str | list[Any] | dict[str, Any] | None = None
     query: str | None = Field(default=None, min_length=1, max_length=100_000)
+    # "It is report.pdf (PDF, 3 pages); each page begins with ..." (see rlm_jobs.ingest).
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
+    # Set instead of a context when the file could not be read; a batch records the
+    # document as FAILED with this reason and runs the others.
+    error: str | None = Field(default=None, min_length=1, max_length=_MAX_ERROR_CHARS)
+    # A corpus: the files left out of it, name -> why.
+    skipped: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _content_or_error(self) -> Document:
+        if (self.context is None) == (self.error is None):
+            raise ValueError("a document has a context, or an error saying why it has none")
+        return self
+
+
+def _check_schema(schema: dict[str, Any]) -> None:
+    try:
+        check_schema(schema)
+    except ValueError as exc:
+        raise SpecError(f"invalid answer schema: {exc}") from None
 
 
 def _spec(**fields: Any) -> JobSpec:
@@ -132,6 +167,10 @@ class BatchHandle:
         for record in self._store.batch_records(self.id):
             yield record.row()
 
+    def meta(self) -> dict[str, Any]:
+        """What the batch was submitted with: query, model, answer schema, creation time."""
+        return self._store.batch_meta(self.id)
+
     def cancel(self, reason: str = "batch cancelled by user") -> int:
         count = 0
         for record in self._store.batch_records(self.id):
@@ -151,7 +190,7 @@ class Submitter:
     def submit(
         self,
         query: str,
-        context: ContextValue,
+        context: ContextValue | Document,
         *,
         model: str | None = None,
         sub_model: str | None = None,
@@ -159,26 +198,57 @@ class Submitter:
         job_id: str | None = None,
         batch_id: str | None = None,
         doc_id: str | None = None,
+        answer_schema: dict[str, Any] | None = None,
     ) -> JobHandle:
+        """Start one job. ``context`` may be a ``Document`` (``rlm_jobs.load_document``,
+        ``load_corpus``): the model is then told what it is. With ``answer_schema`` (a JSON
+        Schema) the final answer must match it; the row's ``structured`` holds its value."""
+        if isinstance(context, Document):
+            if context.context is None:
+                raise DocumentError(context.id, context.error or UNREADABLE)
+            value, description = context.context, context.description
+        else:
+            value, description = context, None
         # Validate everything before anything is written, so a bad job leaves no trace.
         model = check_model(model or self._settings.resolved_model())
         sub_model = sub_model or self._settings.sub_model
         if sub_model is not None:
             check_model(sub_model)
-        spec = _spec(
-            query=query,
-            context=put_context(self._client, context),
-            model=model,
-            sub_model=sub_model,
-            limits=limits or Limits(),
-            batch_id=batch_id,
-            doc_id=doc_id,
-        )
         job_id = job_id or uuid.uuid4().hex
         if "." in job_id:
             raise SpecError("a job id may not contain '.' (reserved for child RLM ids)")
+        spec = self._job_spec(
+            query, put_context(self._client, value), description, model=model,
+            sub_model=sub_model, limits=limits, batch_id=batch_id, doc_id=doc_id,
+            answer_schema=answer_schema,
+        )  # fmt: skip
         if self.store.create_job(job_id, spec):
             self._enqueue(job_id)
+        return JobHandle(self.store, job_id)
+
+    @staticmethod
+    def _job_spec(query: str, ref: ContextRef, description: str | None, **fields: Any) -> JobSpec:
+        if description is not None:
+            try:
+                ref = ContextRef.model_validate({**ref.model_dump(), "description": description})
+            except ValidationError as exc:
+                raise SpecError(f"invalid context: {validation_problems(exc, 'context')}") from exc
+        return _spec(query=query, context=ref, **{**fields, "limits": fields["limits"] or Limits()})
+
+    def _record_unreadable(
+        self, doc: Document, query: str, *, batch_id: str, model: str, **fields: Any
+    ) -> JobHandle:
+        """A job for a document that could not be read: recorded, finished FAILED at once
+        with the reason, never run, so results and progress count it like any other."""
+        spec = self._job_spec(
+            query, put_context(self._client, ""), None, model=model, batch_id=batch_id,
+            doc_id=doc.id, **fields,
+        )  # fmt: skip
+        job_id = uuid.uuid4().hex
+        self.store.create_job(job_id, spec)
+        self.store.finish(
+            JobResult(job_id=job_id, status=JobStatus.FAILED, reason=f"{UNREADABLE}: {doc.error}")
+        )
         return JobHandle(self.store, job_id)
 
     def submit_batch(
@@ -190,11 +260,14 @@ class Submitter:
         model: str | None = None,
         sub_model: str | None = None,
         limits: Limits | None = None,
+        answer_schema: dict[str, Any] | None = None,
     ) -> tuple[BatchHandle, int]:
         """Submit one job per document; returns the batch and how many jobs were started.
 
         Idempotent per (batch, document): documents whose job completed or is still queued or
-        running are skipped; failed, cancelled or limit-stopped ones get a fresh job.
+        running are skipped; failed, cancelled or limit-stopped ones get a fresh job. A
+        document that could not be read (``Document.error``) is recorded as a job finished
+        ``FAILED`` with its reason, without running.
         """
         docs = list(documents)
         seen: set[str] = set()
@@ -208,8 +281,16 @@ class Submitter:
         model = check_model(model or self._settings.resolved_model())
         if sub_model is not None:
             check_model(sub_model)
+        if answer_schema is not None:
+            _check_schema(answer_schema)  # before the batch exists: a bad one leaves no trace
         self.store.create_batch(
-            batch_id, {"query": query, "model": model, "created_at": time.time()}
+            batch_id,
+            {
+                "query": query,
+                "model": model,
+                "created_at": time.time(),
+                "answer_schema": answer_schema,
+            },
         )
         existing = self.store.batch_job_ids(batch_id)
         records = {r.job_id: r for r in self.store.get_many(existing.values())}
@@ -218,14 +299,22 @@ class Submitter:
             previous = records.get(existing.get(doc.id, ""))
             if previous is not None and previous.status in _KEEP_ON_RESUBMIT:
                 continue
+            if doc.error is not None:
+                failed = self._record_unreadable(
+                    doc, doc.query or query or "", batch_id=batch_id, model=model,
+                    sub_model=sub_model, limits=limits, answer_schema=answer_schema,
+                )  # fmt: skip
+                self.store.set_batch_job(batch_id, doc.id, failed.id)
+                continue
             handle = self.submit(
                 doc.query or query or "",
-                doc.context,
+                doc,
                 model=model,
                 sub_model=sub_model,
                 limits=limits,
                 batch_id=batch_id,
                 doc_id=doc.id,
+                answer_schema=answer_schema,
             )
             self.store.set_batch_job(batch_id, doc.id, handle.id)
             started += 1

@@ -367,7 +367,10 @@ def broker_env(redis_server: RedisServer) -> dict[str, str]:
             ["submit", "-q", "q", "--context-file", "f", "--context", "-"],
             "argument --context: not allowed with argument --context-file",
         ),
-        (["submit", "-q", "q"], "one of the arguments --context-file --context is required"),
+        (
+            ["submit", "-q", "q"],
+            "one of the arguments --context-file --context --corpus is required",
+        ),
         (["batch", "missing-dir", "-q", "q"], "no such file or directory: missing-dir"),
         (["run", "missing-dir", "-q", "q"], "no such file or directory: missing-dir"),
         (["status", "no-such-id"], "no job or batch 'no-such-id'"),

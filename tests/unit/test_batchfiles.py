@@ -1,4 +1,4 @@
-"""Loading contexts and batches from files: directories, JSONL, JSON contexts."""
+"""Loading contexts and batches from files: directories, JSONL, JSON contexts, corpora."""
 
 from __future__ import annotations
 
@@ -11,10 +11,23 @@ import pytest
 from rlm_jobs.batchfiles import (
     documents_from_jsonl_lines,
     load_context_file,
+    load_corpus,
+    load_document,
     load_documents,
     parse_context,
 )
-from rlm_jobs.errors import SpecError
+from rlm_jobs.errors import DocumentError, SpecError
+from rlm_jobs.ingest import Ingestor
+from rlm_jobs.submitter import Document
+from tests.documents import binary_blob, corrupt_pdf, docx_file, pdf_with_text
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loads without an ingestor read Settings(): keep their cache out of the home directory.
+    monkeypatch.setenv("RLM_JOBS_INGEST_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
 def test_text_files_are_text_and_json_files_are_json(tmp_path: Path) -> None:
@@ -34,8 +47,8 @@ def test_a_json_context_must_be_str_list_or_dict() -> None:
 def test_missing_and_binary_files_are_reported_by_name(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="no such file"):
         load_context_file(tmp_path / "missing.txt")
-    (tmp_path / "bin.dat").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(SpecError, match=re.escape("bin.dat is not UTF-8")):
+    (tmp_path / "bin.dat").write_bytes(binary_blob())
+    with pytest.raises(DocumentError, match=re.escape("bin.dat: binary data, not text")):
         load_context_file(tmp_path / "bin.dat")
 
 
@@ -110,3 +123,76 @@ def test_paths_that_are_not_batches_are_rejected(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(SpecError, match="holds no documents"):
         load_documents(tmp_path / "empty.jsonl")
+
+
+# ---- documents from real formats --------------------------------------------------------
+
+
+def test_a_directory_of_mixed_formats_keeps_the_unreadable_ones_with_their_reasons(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.pdf").write_bytes(pdf_with_text([["Page one."], ["Page two."]]))
+    (tmp_path / "b.docx").write_bytes(docx_file("Memo", ["Body text."]))
+    (tmp_path / "c.txt").write_bytes("Crème brûlée à côté du café, déjà vu.\n".encode("cp1252"))
+    (tmp_path / "d.pdf").write_bytes(corrupt_pdf())
+    (tmp_path / "e.bin").write_bytes(binary_blob())
+    docs = {d.id: d for d in load_documents(tmp_path, ingestor=Ingestor())}
+    assert sorted(docs) == ["a.pdf", "b.docx", "c.txt", "d.pdf", "e.bin"]
+    assert docs["a.pdf"].context == "[page 1]\nPage one.\n\n[page 2]\nPage two."
+    assert (
+        docs["a.pdf"].description is not None
+        and "a.pdf (PDF, 2 pages)" in docs["a.pdf"].description
+    )
+    assert docs["b.docx"].context == "# Memo\n\nBody text."
+    assert docs["c.txt"].context == "Crème brûlée à côté du café, déjà vu.\n"
+    assert docs["d.pdf"].context is None and docs["d.pdf"].error is not None
+    assert docs["d.pdf"].error.startswith("corrupt or unreadable PDF")
+    assert docs["e.bin"].error == "binary data, not text"
+
+
+def test_load_document_names_the_file_and_fails_loudly(tmp_path: Path) -> None:
+    (tmp_path / "r.pdf").write_bytes(pdf_with_text([["Hello."]]))
+    doc = load_document(tmp_path / "r.pdf", ingestor=Ingestor())
+    assert (doc.id, doc.context) == ("r.pdf", "[page 1]\nHello.")
+    (tmp_path / "broken.pdf").write_bytes(corrupt_pdf())
+    with pytest.raises(DocumentError, match=re.escape("broken.pdf: corrupt or unreadable PDF")):
+        load_document(tmp_path / "broken.pdf", ingestor=Ingestor())
+    with pytest.raises(SpecError, match="is a directory"):
+        load_document(tmp_path, ingestor=Ingestor())
+
+
+def test_a_corpus_is_a_dict_of_documents_and_tells_the_model_what_was_left_out(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.pdf").write_bytes(pdf_with_text([["Alpha."]]))
+    (tmp_path / "b.csv").write_text("name,city\nAnn,Oslo\n")
+    (tmp_path / "z.bin").write_bytes(binary_blob())
+    corpus = load_corpus(tmp_path, ingestor=Ingestor())
+    assert corpus.context == {
+        "a.pdf": "[page 1]\nAlpha.",
+        "b.csv": [{"name": "Ann", "city": "Oslo"}],
+    }
+    assert corpus.skipped == {"z.bin": "binary data, not text"}
+    text = corpus.description or ""
+    assert text.startswith("It is a corpus of 2 documents from the folder")
+    assert "a dict from file name to content" in text and '"[page N]"' in text
+    assert "lists of row dicts" in text
+    assert "a.pdf (PDF, 1 page, 15 characters)" in text
+    assert "b.csv (CSV table, 1 rows with the columns name, city" in text
+    assert "1 file could not be read and is not in it: z.bin (binary data, not text)." in text
+
+
+def test_a_corpus_with_nothing_readable_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "z.bin").write_bytes(binary_blob())
+    with pytest.raises(
+        DocumentError, match=re.escape("no document in it can be read (z.bin: binary")
+    ):
+        load_corpus(tmp_path, ingestor=Ingestor())
+
+
+def test_a_document_has_a_context_or_an_error_never_both_or_neither() -> None:
+    with pytest.raises(ValueError, match="a context, or an error"):
+        Document(id="x")
+    with pytest.raises(ValueError, match="a context, or an error"):
+        Document(id="x", context="text", error="unreadable")
+    assert Document(id="x", error="corrupt").context is None

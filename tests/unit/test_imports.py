@@ -113,7 +113,7 @@ def test_the_graph_sees_the_imports_it_should() -> None:
     assert "rlm_jobs.models" in graph["rlm_jobs.loop"]
     assert "rlm_jobs.keys" in graph["rlm_jobs.store"]  # `from rlm_jobs import keys`
     # under TYPE_CHECKING, and inside a function
-    assert "rlm_jobs.models" in graph["rlm_jobs.errors"]
+    assert "rlm_jobs.status" in graph["rlm_jobs.errors"]
     assert "workers.enqueue" in graph["rlm_jobs.cli"]
 
 

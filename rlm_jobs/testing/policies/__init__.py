@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rlm_jobs.clients.base import ChatMessage
-from rlm_jobs.testing.policies import aggregate, clock, generic, needle, recurse, simple
+from rlm_jobs.testing.policies import (
+    aggregate,
+    clock,
+    documents,
+    generic,
+    needle,
+    recurse,
+    simple,
+)
 from rlm_jobs.testing.policies.base import (
     ContextInfo,
     Conversation,
@@ -44,6 +52,8 @@ POLICIES: dict[str, Policy] = {
         simple.CHATTY,
         simple.EXEC,
         clock.POLICY,
+        documents.CORPUS,
+        documents.FIELDS,
     )
 }
 

@@ -7,11 +7,12 @@ that code computes and what sub-models reply, never from knowing the answer in a
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from rlm_jobs import prompts
 from rlm_jobs.clients.base import ChatMessage
@@ -51,6 +52,18 @@ def parse_context_info(text: str) -> ContextInfo | None:
     return None
 
 
+def parse_schema(text: str) -> dict[str, Any] | None:
+    """The answer schema shown after ``prompts.SCHEMA_HEADER`` in a ```json block."""
+    _, marker, rest = text.partition(prompts.SCHEMA_HEADER + "```json\n")
+    if not marker:
+        return None
+    body, fence, _ = rest.partition("\n```")
+    if not fence:
+        return None
+    schema = json.loads(body)
+    return schema if isinstance(schema, dict) else None
+
+
 def block_outputs(feedback: str) -> list[str]:
     """Each block's output in one feedback message, in order."""
     outputs = []
@@ -80,6 +93,10 @@ class Conversation:
     outputs: tuple[str, ...]
     # The loop asked for a final answer: no REPL turns left.
     last_call: bool
+    # The JSON Schema the answer must match, as the first message showed it.
+    schema: dict[str, Any] | None = None
+    # The loop sent the last final answer back: it did not match the schema.
+    schema_rejected: bool = False
 
     @classmethod
     def parse(cls, messages: Sequence[ChatMessage]) -> Conversation:
@@ -99,6 +116,8 @@ class Conversation:
             turn=sum(1 for m in messages if m["role"] == "assistant"),
             outputs=outputs,
             last_call=any(prompts.LAST_CALL in text for text in pending),
+            schema=parse_schema(head),
+            schema_rejected=any(prompts.SCHEMA_REJECTED in text for text in pending),
         )
 
     @property

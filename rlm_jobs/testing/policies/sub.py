@@ -20,6 +20,8 @@ LABEL_ASK = (
     "Label each review below as positive or negative. Reply with one label per line, "
     "in the same order."
 )
+# Followed by "\nField: <name>\nMeaning: <description>" and TEXT_MARK + the text.
+FIELD_ASK = "Find the value of this field in the text. Reply with the value only, or NONE."
 NOTHING = "NONE"
 
 _PART = re.compile(r"\AQuestion: (?P<q>.*?)\n\nPart \d+ of \d+:\n(?P<text>.*)\Z", re.DOTALL)
@@ -27,6 +29,15 @@ _TEXT = re.compile(r"\AQuestion: (?P<q>.*?)\n\nText:\n(?P<text>.*)\Z", re.DOTALL
 _COMBINE = re.compile(
     r"\AQuestion: (?P<q>.*?)\n\n" + re.escape(COMBINE_ASK) + r"\n(?P<text>.*)\Z", re.DOTALL
 )
+_FIELD = re.compile(
+    re.escape(FIELD_ASK)
+    + r"\nField: (?P<name>[^\n]*)\nMeaning: (?P<meaning>[^\n]*)"
+    + re.escape(TEXT_MARK)
+    + r"(?P<text>.*)\Z",
+    re.DOTALL,
+)
+# "Label: value" lines, the way forms, invoices and reports state their facts.
+_LABELLED = re.compile(r"^\s*(?:[-*]\s*)?(?P<label>[^:\n]{1,60}):\s*(?P<value>\S[^\n]*?)\s*$", re.M)
 _SECRET = re.compile(r"The secret code is ([A-Za-z0-9_-]+)\.")
 _NUMBERED = re.compile(r"^\s*\d+\.\s*(.*)$", re.MULTILINE)
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -52,6 +63,9 @@ NEGATIVE_WORDS = _word_set(
 
 
 def answer_sub(prompt: str) -> str:
+    field = _FIELD.match(prompt)
+    if field:
+        return field_value(f"{field.group('name')} {field.group('meaning')}", field.group("text"))
     if prompt.startswith(NEEDLE_ASK):
         return find_secret(prompt[len(NEEDLE_ASK) :])
     if prompt.startswith(LABEL_ASK):
@@ -103,6 +117,21 @@ def combine_findings(listing: str) -> str:
         if finding and finding != NOTHING and finding not in seen:
             seen.append(finding)
     return "\n".join(seen) if seen else NOTHING
+
+
+def field_value(wanted: str, text: str) -> str:
+    """The value of the "Label: value" line whose label best matches ``wanted``, or NONE.
+
+    ``wanted`` is a field name (``total_due``) and its meaning; a label must share at least
+    one content word with them, and the first of the best-scoring lines wins.
+    """
+    words = content_words(wanted.replace("_", " "))
+    best, found = 0, NOTHING
+    for match in _LABELLED.finditer(text):
+        score = len(words & content_words(match.group("label")))
+        if score > best:
+            best, found = score, match.group("value").rstrip(".").strip()
+    return found
 
 
 def find_secret(text: str) -> str:
