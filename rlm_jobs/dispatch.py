@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rlm_jobs.clients.base import ChatMessage
-from rlm_jobs.errors import RLMJobsError
+from rlm_jobs.clients.calls import CallContext, OnWait
+from rlm_jobs.errors import JobStopped, RLMJobsError
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class SubcallSpec:
     job_id: str
     model: str
     prompt: str
+    # Batch and cache of the call (in process; an llm worker reads them from the job).
+    context: CallContext | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,11 @@ class SubcallResult:
     latency_s: float = 0.0
     # Which worker served it ("" in process): shows how a batch spread over the pool.
     worker: str = ""
+    # Answered from the response cache (cost 0; ``cached_cost_usd`` is what it saved).
+    cached: bool = False
+    cached_cost_usd: float = 0.0
+    # Seconds it waited for rate-limit slots.
+    rate_limited_s: float = 0.0
 
 
 # Called once per prompt as its result arrives (index into the batch, result), so usage is
@@ -55,7 +63,13 @@ class Completer(Protocol):
     """What dispatchers need from ``rlm_jobs.clients.router.LLMRouter``."""
 
     def complete(
-        self, model_name: str, messages: Sequence[ChatMessage], max_output_tokens: int | None = None
+        self,
+        model_name: str,
+        messages: Sequence[ChatMessage],
+        max_output_tokens: int | None = None,
+        *,
+        context: CallContext | None = None,
+        on_wait: OnWait | None = None,
     ) -> _Priced: ...
 
 
@@ -68,13 +82,29 @@ class _Priced(Protocol):
     def output_tokens(self) -> int: ...
     @property
     def cost_usd(self) -> float: ...
+    @property
+    def cached(self) -> bool: ...
+    @property
+    def cached_cost_usd(self) -> float: ...
+    @property
+    def rate_limited_s(self) -> float: ...
 
 
-def complete_one(router: Completer, spec: SubcallSpec) -> SubcallResult:
+def complete_one(
+    router: Completer, spec: SubcallSpec, context: CallContext | None = None
+) -> SubcallResult:
     """One sub-call, with every failure turned into an error slot the model can read."""
     started = time.monotonic()
     try:
-        done = router.complete(spec.model, [{"role": "user", "content": spec.prompt}])
+        done = router.complete(
+            spec.model,
+            [{"role": "user", "content": spec.prompt}],
+            context=context or spec.context or CallContext(job_id=spec.job_id, kind="sub"),
+        )
+    except JobStopped as exc:  # refused before it started (the batch's budget is spent)
+        return SubcallResult(
+            ok=False, text=f"Error: not run: {exc.reason}", latency_s=time.monotonic() - started
+        )
     except RLMJobsError as exc:
         return SubcallResult(ok=False, text=f"Error: {exc}", latency_s=time.monotonic() - started)
     return SubcallResult(
@@ -84,6 +114,9 @@ def complete_one(router: Completer, spec: SubcallSpec) -> SubcallResult:
         output_tokens=done.output_tokens,
         cost_usd=done.cost_usd,
         latency_s=time.monotonic() - started,
+        cached=done.cached,
+        cached_cost_usd=done.cached_cost_usd,
+        rate_limited_s=done.rate_limited_s,
     )
 
 

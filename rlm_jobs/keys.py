@@ -74,6 +74,41 @@ def batch_jobs(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:jobs"
 
 
+def batch_budget(batch_id: str) -> str:
+    """HASH: a batch's caps (max_cost_usd, max_tokens) and its spend (cost_usd, tokens,
+    exhausted_at), updated by every call of its jobs; lives as long as the batch record."""
+    return f"{PREFIX}:batch:{batch_id}:budget"
+
+
+def rate_limit(name: str) -> str:
+    """HASH: GCRA state of one rate-limit entry (model or provider): the next free request
+    slot and token time, in microseconds of Redis time; expires a minute after it is idle."""
+    return f"{PREFIX}:rate:{name}"
+
+
+def rate_cooldown(name: str) -> str:
+    """STRING with TTL: a 429's Retry-After for a rate-limit entry: until when (Redis time,
+    microseconds) no call may start; expires when the cool-down ends."""
+    return f"{PREFIX}:rate:{name}:cool"
+
+
+def cache_entry(digest: str) -> str:
+    """STRING with TTL (``cache_ttl_s``): a cached reply as JSON, keyed by the request's
+    SHA-256; evicted oldest first past ``cache_max_bytes``."""
+    return f"{PREFIX}:cache:{digest}"
+
+
+def cache_index() -> str:
+    """ZSET: digests of cached replies, scored by when they were stored (ms); the eviction
+    order. Entries whose reply expired are dropped by later writes."""
+    return f"{PREFIX}:cache:index"
+
+
+def cache_sizes() -> str:
+    """HASH: digest -> bytes of its cached reply, and ``total`` for all of them."""
+    return f"{PREFIX}:cache:sizes"
+
+
 def subcall_prompt(call_id: str) -> str:
     """STRING: a sub-call's prompt, so task messages carry only its id; short TTL."""
     return f"{PREFIX}:call:{call_id}:prompt"

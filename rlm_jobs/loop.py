@@ -15,6 +15,7 @@ from typing import Any
 
 from rlm_jobs import parsing, prompts
 from rlm_jobs.clients.base import ChatMessage
+from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.errors import JobStopped, ProviderError, RLMJobsError, SandboxError
 from rlm_jobs.models import JobResult, JobSpec, JobStatus
@@ -50,6 +51,10 @@ class _State:
     consecutive_errors: int = 0
     partial: str | None = None
     messages: list[ChatMessage] = field(default_factory=list)
+    # The last root reply came from the response cache.
+    cached: bool = False
+    # A root call is waiting for its rate-limit slot (shown in progress as waiting_for).
+    waiting: bool = False
 
 
 class _Loop:
@@ -100,19 +105,41 @@ class _Loop:
                 "tokens": usage.total_tokens,
                 "cost_usd": usage.cost_usd,
                 "depth": self.spec.depth,
+                "cached_calls": usage.cached_calls,
+                "subcalls_refused": self.handler.counters.refused,
+                "rate_limited_s": round(self.handler.counters.rate_limited_s, 3),
+                "waiting_for": "rate limit" if self.state.waiting else "",
             },
         )
+
+    def rate_limit_wait(self, seconds: float) -> None:
+        """The root call waits ``seconds`` more for its slot: not a failure, but shown."""
+        self.check()  # a cancel or the deadline gives the wait up
+        self.state.waiting = True
+        self.handler.counters.waited(seconds)
+        self.report()
 
     # ---- model and cells ------------------------------------------------------------
 
     def ask_model(self) -> str:
         self.check()
-        done = self.engine.router.complete(
-            self.spec.model, self.state.messages, max_output_tokens=self.engine.max_output_tokens
-        )
-        self.control.meter.add(
-            self.spec.model, done.input_tokens, done.output_tokens, done.cost_usd
-        )
+        try:
+            done = self.engine.router.complete(
+                self.spec.model,
+                self.state.messages,
+                max_output_tokens=self.engine.max_output_tokens,
+                context=CallContext.of_job(self.job_id, self.spec, "root"),
+                on_wait=self.rate_limit_wait,
+            )
+        finally:
+            self.state.waiting = False
+        if done.cached:
+            self.control.meter.add_cached(self.spec.model, done.cached_cost_usd)
+        else:
+            self.control.meter.add(
+                self.spec.model, done.input_tokens, done.output_tokens, done.cost_usd
+            )
+        self.state.cached = done.cached
         return done.text
 
     def run_cell(self, repl: Repl, code: str) -> CellOutcome:
@@ -143,6 +170,7 @@ class _Loop:
             final_answer=final,
             iteration_time=time.monotonic() - started,
             usage=self.control.meter.snapshot().summary(),
+            cached=self.state.cached,
         )
 
     def turn(self, repl: Repl) -> str | None:

@@ -4,6 +4,10 @@
 (each with its own sandbox, its sub-calls on the shared dispatcher), which cannot deadlock
 a worker pool: the parent's slot is never needed by its children. Past ``max_depth``,
 ``rlm_query`` degrades to ``llm_query`` as in the reference.
+
+A job starts at most ``Limits.max_subcalls`` sub-calls (prompts and children alike); the
+prompts past it are not sent and come back as ``Error: not run: ...`` slots naming the
+limit, counted in progress (``subcalls_refused``) and in one trajectory entry per request.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.dispatch import SubcallResult, SubcallSpec
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.models import JobResult, JobSpec, JobStatus, SubcallOutcome
@@ -24,12 +29,23 @@ RunChild = Callable[[JobSpec, str, Engine, JobControl], JobResult]
 
 
 class SubcallCounters:
-    """Sub-calls done and in flight, for progress reports."""
+    """Sub-calls done, in flight and refused, and rate-limit waits, for progress reports."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.done = 0
         self.in_flight = 0
+        self.refused = 0
+        self.granted = 0
+        self.rate_limited_s = 0.0
+
+    def grant(self, wanted: int, cap: int) -> int:
+        """How many of ``wanted`` new sub-calls fit under ``cap``; the rest are refused."""
+        with self._lock:
+            granted = max(0, min(wanted, cap - self.granted))
+            self.granted += granted
+            self.refused += wanted - granted
+            return granted
 
     def started(self, n: int) -> None:
         with self._lock:
@@ -39,6 +55,10 @@ class SubcallCounters:
         with self._lock:
             self.in_flight -= 1
             self.done += 1
+
+    def waited(self, seconds: float) -> None:
+        with self._lock:
+            self.rate_limited_s += seconds
 
 
 class SubcallHandlerForJob:
@@ -71,26 +91,63 @@ class SubcallHandlerForJob:
         return over[1] if over else None
 
     def __call__(self, request: SubcallRequest) -> list[SubcallOutcome]:
-        if request.kind == "rlm" and self._spec.depth < self._spec.limits.max_depth:
-            return self._children(request)
-        return self._llm(request)
+        cap = self._spec.limits.max_subcalls
+        granted = self.counters.grant(len(request.prompts), cap)
+        prompts = request.prompts[:granted]
+        refused = len(request.prompts) - granted
+        outcomes: list[SubcallOutcome] = []
+        if prompts:
+            if request.kind == "rlm" and self._spec.depth < self._spec.limits.max_depth:
+                outcomes = self._children(prompts, request.model)
+            else:
+                outcomes = self._llm(prompts, request.model)
+        if refused:
+            outcomes += self._refuse(refused, cap, request.model)
+        return outcomes
+
+    def _refuse(self, count: int, cap: int, requested: str | None) -> list[SubcallOutcome]:
+        text = (
+            f"Error: not run: this job reached its limit of {cap:,} sub-calls "
+            f"(max_subcalls); {count:,} prompts of this request were not sent"
+        )
+        self._trajectory.add_subcall(
+            {
+                **subcall_entry(
+                    model=self._sub_model(requested),
+                    prompt=f"({count:,} prompts past the sub-call limit, not sent)",
+                    response=text,
+                    input_tokens=0,
+                    output_tokens=0,
+                    latency_s=0.0,
+                    error=True,
+                ),
+                "refused": count,
+            }
+        )
+        self._report()
+        return [SubcallOutcome(ok=False, text=text)] * count
 
     def _sub_model(self, requested: str | None) -> str:
         return (
             requested or self._spec.sub_model or self._engine.default_sub_model or self._spec.model
         )
 
-    def _llm(self, request: SubcallRequest) -> list[SubcallOutcome]:
-        model = self._sub_model(request.model)
-        specs = [SubcallSpec(self._job_id, model, p) for p in request.prompts]
+    def _llm(self, prompts: list[str], requested: str | None) -> list[SubcallOutcome]:
+        model = self._sub_model(requested)
+        context = CallContext.of_job(self._job_id, self._spec, "sub")
+        specs = [SubcallSpec(self._job_id, model, p, context) for p in prompts]
         self.counters.started(len(specs))
         self._report()
 
         def on_result(index: int, result: SubcallResult) -> None:
-            if result.input_tokens or result.output_tokens or result.cost_usd:
+            if result.cached:
+                self._control.meter.add_cached(model, result.cached_cost_usd)
+            elif result.input_tokens or result.output_tokens or result.cost_usd:
                 self._control.meter.add(
                     model, result.input_tokens, result.output_tokens, result.cost_usd
                 )
+            if result.rate_limited_s:
+                self.counters.waited(result.rate_limited_s)
             self._trajectory.add_subcall(
                 subcall_entry(
                     model=model,
@@ -101,6 +158,7 @@ class SubcallHandlerForJob:
                     latency_s=result.latency_s,
                     error=not result.ok,
                     worker=result.worker,
+                    cached=result.cached,
                 )
             )
             self.counters.finished()
@@ -111,9 +169,9 @@ class SubcallHandlerForJob:
         )
         return [SubcallOutcome(ok=r.ok, text=r.text) for r in results]
 
-    def _children(self, request: SubcallRequest) -> list[SubcallOutcome]:
-        model = request.model or self._spec.model
-        self.counters.started(len(request.prompts))
+    def _children(self, prompts: list[str], requested: str | None) -> list[SubcallOutcome]:
+        model = requested or self._spec.model
+        self.counters.started(len(prompts))
         self._report()
 
         def run_one(prompt: str) -> SubcallOutcome:
@@ -154,9 +212,9 @@ class SubcallHandlerForJob:
             self._report()
             return outcome
 
-        workers = min(self._engine.child_concurrency, len(request.prompts))
+        workers = min(self._engine.child_concurrency, len(prompts))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rlm-child") as pool:
-            return list(pool.map(run_one, request.prompts))
+            return list(pool.map(run_one, prompts))
 
 
 def _child_outcome(result: JobResult) -> SubcallOutcome:

@@ -20,6 +20,7 @@ from rlm_jobs.config import Settings
 from rlm_jobs.contexts import ContextValue, put_context
 from rlm_jobs.errors import SpecError, StorageError
 from rlm_jobs.models import JobResult, JobSpec, JobStatus, Limits, validation_problems
+from rlm_jobs.providers.budget import BatchBudgets
 from rlm_jobs.store import JobRecord, Store
 
 # Sends the orchestrate task for a job id that is already recorded.
@@ -190,11 +191,15 @@ class Submitter:
         model: str | None = None,
         sub_model: str | None = None,
         limits: Limits | None = None,
+        batch_max_cost_usd: float | None = None,
+        batch_max_tokens: int | None = None,
     ) -> tuple[BatchHandle, int]:
         """Submit one job per document; returns the batch and how many jobs were started.
 
         Idempotent per (batch, document): documents whose job completed or is still queued or
         running are skipped; failed, cancelled or limit-stopped ones get a fresh job.
+        ``batch_max_cost_usd`` / ``batch_max_tokens`` cap what all its jobs may spend
+        together (``rlm_jobs.providers.budget``); a resubmission may change them.
         """
         docs = list(documents)
         seen: set[str] = set()
@@ -208,6 +213,10 @@ class Submitter:
         model = check_model(model or self._settings.resolved_model())
         if sub_model is not None:
             check_model(sub_model)
+        # Checked before anything is written; set before any job is enqueued.
+        BatchBudgets(self._client).set(
+            batch_id, max_cost_usd=batch_max_cost_usd, max_tokens=batch_max_tokens
+        )
         self.store.create_batch(
             batch_id, {"query": query, "model": model, "created_at": time.time()}
         )

@@ -29,6 +29,7 @@ def subcall_entry(
     kind: str = "llm",
     child_job_id: str | None = None,
     worker: str = "",
+    cached: bool = False,
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "root_model": model,
@@ -52,6 +53,8 @@ def subcall_entry(
         entry["child_job_id"] = child_job_id
     if worker:
         entry["worker"] = worker
+    if cached:  # answered from the response cache: nothing reached the provider
+        entry["cached"] = True
     return entry
 
 
@@ -92,20 +95,22 @@ class Trajectory:
         final_answer: str | None,
         iteration_time: float,
         usage: dict[str, Any],
+        cached: bool = False,
     ) -> None:
-        self._emit(
-            {
-                "type": "iteration",
-                "iteration": iteration,
-                "timestamp": _now(),
-                "prompt": prompt,
-                "response": response,
-                "code_blocks": code_blocks,
-                "final_answer": final_answer,
-                "iteration_time": iteration_time,
-                "usage": usage,
-            }
-        )
+        entry: dict[str, Any] = {
+            "type": "iteration",
+            "iteration": iteration,
+            "timestamp": _now(),
+            "prompt": prompt,
+            "response": response,
+            "code_blocks": code_blocks,
+            "final_answer": final_answer,
+            "iteration_time": iteration_time,
+            "usage": usage,
+        }
+        if cached:  # the root model's reply came from the response cache
+            entry["cached"] = True
+        self._emit(entry)
 
 
 def code_block_entry(

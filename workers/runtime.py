@@ -21,6 +21,7 @@ from rlm_jobs.clients.router import LLMRouter
 from rlm_jobs.config import Settings, redis_client
 from rlm_jobs.contexts import put_context
 from rlm_jobs.engine import Engine
+from rlm_jobs.providers import ProviderControls
 from rlm_jobs.sandboxes.base import ReplFactory
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
@@ -51,7 +52,9 @@ class WorkerRuntime:
         assert settings.redis_url
         self.redis = redis_client(settings)
         self.store = Store(self.redis)
-        self.router = LLMRouter(settings)
+        # Rate limits, response cache and batch budgets, shared with the whole cluster.
+        self.controls = ProviderControls.from_settings(self.redis, settings)
+        self.router = LLMRouter(settings, controls=self.controls)
         self._engine: Engine | None = None
         self._collector: ReplyCollector | None = None
         self._repl_factory: ReplFactory | None = None

@@ -15,6 +15,7 @@ import redis
 from celery import Task, shared_task
 
 from rlm_jobs import keys
+from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.dispatch import SubcallResult, SubcallSpec, complete_one
 from rlm_jobs.models import JobResult, JobStatus
 from workers.app import LLM_TASK, RUN_JOB_TASK
@@ -138,13 +139,16 @@ class LlmChunk:
         # Children share their root's flag (``Store.cancel_reason``); read here in the same
         # pipeline as the prompts rather than by a second round trip through the store.
         self._cancel_key = keys.job_cancel(keys.root_job_id(job_id))
+        self._context = CallContext(job_id=job_id, kind="sub")
 
     def run(self, call_ids: list[str]) -> str:
         """Answer every prompt still waiting; what happened, for the worker's log."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(self._cancel_key)
         pipe.mget([keys.subcall_prompt(c) for c in call_ids])
-        cancelled, raws = pipe.execute()
+        pipe.hget(keys.job(self.job_id), "spec")  # the sub-calls' batch and cache flag
+        cancelled, raws, raw_spec = pipe.execute()
+        self._context = CallContext.of_stored_spec(self.job_id, raw_spec, "sub")
         read_at = time.monotonic()
         pool = self._runtime.llm_pool()
         futures: list[Future[str]] = [
@@ -185,7 +189,7 @@ class LlmChunk:
                 outcome = "not run"
             else:
                 spec = SubcallSpec(job_id=record.job_id, model=record.model, prompt=record.prompt)
-                done = complete_one(self._runtime.router, spec)
+                done = complete_one(self._runtime.router, spec, self._context)
                 result = dataclasses.replace(done, worker=self.worker)
                 outcome = "ok" if result.ok else "error"
         reply = Reply(call_id=call_id, result=result)
