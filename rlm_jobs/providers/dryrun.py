@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from rlm_jobs.config import ModelPrice, Settings
 from rlm_jobs.models import Limits
 from rlm_jobs.pricing import price_for
-from rlm_jobs.providers.estimate import ROOT_TURNS, DocumentEstimate, estimate_document
+from rlm_jobs.providers.estimate import (
+    ROOT_TURNS,
+    SUB_CHUNK_CHARS,
+    DocumentEstimate,
+    estimate_document,
+)
 from rlm_jobs.submitter import Document
 
 __all__ = ["BatchEstimate", "estimate_batch", "render", "report"]
@@ -24,6 +29,7 @@ class BatchEstimate:
     sub_model: str
     documents: list[DocumentEstimate]
     unpriced: list[str]
+    root_turns: int
 
     @property
     def chars(self) -> int:
@@ -60,7 +66,8 @@ def estimate_batch(
         for doc in docs
     ]
     unpriced = sorted({m for m in (model, sub_model) if price_for(m, prices) is None})
-    return BatchEstimate(model, sub_model, estimates, unpriced)
+    turns = min(ROOT_TURNS, limits.max_iterations)
+    return BatchEstimate(model, sub_model, estimates, unpriced, turns)
 
 
 def render(
@@ -89,7 +96,8 @@ def render(
         *(line(r) for r in rows),
         line(total),
         f"estimate: each job reads its context once through sub-calls (4 characters a "
-        f"token, chunks of 20,000 characters) and takes {ROOT_TURNS} root turns; real jobs "
+        f"token, chunks of {SUB_CHUNK_CHARS:,} characters) and takes {estimate.root_turns} root "
+        "turns; real jobs "
         "vary with what the model does",
     ]
     for name in estimate.unpriced:
