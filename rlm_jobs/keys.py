@@ -86,6 +86,12 @@ def rate_limit(name: str) -> str:
     return f"{PREFIX}:rate:{name}"
 
 
+def rate_starts(name: str) -> str:
+    """ZSET: when calls of a rate-limit entry started in the last second (Redis time, µs);
+    expires two seconds after the last start."""
+    return f"{PREFIX}:rate:{name}:starts"
+
+
 def rate_cooldown(name: str) -> str:
     """STRING with TTL: a 429's Retry-After for a rate-limit entry: until when (Redis time,
     microseconds) no call may start; expires when the cool-down ends."""

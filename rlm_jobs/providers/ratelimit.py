@@ -9,6 +9,12 @@ minute. A token limit runs its own clock: a call starts once the tokens reserved
 are paid for, and reserves its own (estimated from its characters, ``estimate``), corrected
 when the reply reports its usage.
 
+Slots are exact; callers are not: a thread on a busy machine wakes late and would start
+just before the next slot's caller. So the script also keeps the starts of the last second
+and lets a call start only while there are fewer than ``smooth_cap(rpm)``: one call under
+the promise (no second holds more than ``rpm / 60`` by 5% plus one call), kept as margin
+for the time between a start and its request reaching the provider.
+
 A 429 with Retry-After cools the entry down for everyone (``lua/rate_cool.lua``): new
 slots start after it, and a caller that slept towards a slot checks the cool-down once
 before calling (one more round trip, only for callers that waited).
@@ -20,8 +26,10 @@ with neither are not limited, and cost no Redis round trip.
 
 from __future__ import annotations
 
+import math
 import random
 import time
+import uuid
 from collections.abc import Callable, Mapping
 
 import redis
@@ -31,7 +39,7 @@ from rlm_jobs.clients.calls import OnWait
 from rlm_jobs.config import RateLimit
 from rlm_jobs.providers.scripts import load_script, redis_errors
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "smooth_cap"]
 
 _US = 1_000_000
 # Waits are slept in slices this long, each announced to ``on_wait`` (which may give up).
@@ -43,6 +51,11 @@ COOLDOWN_SPREAD = 0.1
 
 Sleep = Callable[[float], None]
 Uniform = Callable[[float, float], float]
+
+
+def smooth_cap(rpm: float) -> int:
+    """Calls that may start in any one second: one under ``rpm / 60 * 1.05 + 1``."""
+    return max(1, math.floor(rpm / 60 * 1.05 + 1) - 1)
 
 
 class RateLimiter:
@@ -78,13 +91,23 @@ class RateLimiter:
         name, limit = found
         per_request = round(_US * 60 / limit.rpm) if limit.rpm else 0
         per_token = _US * 60 / limit.tpm if limit.tpm else 0.0
+        cap = smooth_cap(limit.rpm) if limit.rpm else 0
+        call = uuid.uuid4().hex
+        state = [keys.rate_limit(name), keys.rate_cooldown(name), keys.rate_starts(name)]
         waited = 0.0
         confirm = False
         while True:
             with redis_errors(f"taking a rate-limit slot for {name}"):
                 wait_us, cooling = self._take(
-                    keys=[keys.rate_limit(name), keys.rate_cooldown(name)],
-                    args=[per_request, per_token, 0 if confirm else tokens, int(confirm)],
+                    keys=state,
+                    args=[
+                        per_request,
+                        per_token,
+                        0 if confirm else tokens,
+                        int(confirm),
+                        cap,
+                        call,
+                    ],
                 )
             if int(wait_us) <= 0:
                 return waited

@@ -6,6 +6,7 @@ share is Redis.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -16,7 +17,7 @@ from rlm_jobs import keys
 from rlm_jobs.config import RateLimit
 from rlm_jobs.errors import JobStopped
 from rlm_jobs.models import JobStatus
-from rlm_jobs.providers.ratelimit import RateLimiter
+from rlm_jobs.providers.ratelimit import RateLimiter, smooth_cap
 from rlm_jobs.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,6 +58,37 @@ def test_slots_are_evenly_spaced_for_every_caller(
     assert max(starts) - began >= 49 * 0.05 * 0.95
     # ... and no second holds more than rpm/60 by 5% plus one call.
     assert max_in_any_window(starts) <= int(20 * 1.05 + 1)
+
+
+def test_callers_that_overslept_their_slots_still_start_smoothly(
+    redis_client: redis.Redis, redis_server: RedisServer
+) -> None:
+    rng = random.Random(5)
+
+    def oversleep(seconds: float) -> None:  # a loaded machine wakes threads late
+        time.sleep(seconds + rng.uniform(0, 0.15))
+
+    limits = {"p": RateLimit(rpm=1200)}
+    limiters = [
+        RateLimiter(client, limits, sleep=oversleep)
+        for client in (redis_client, other_process(redis_server))
+    ]
+    starts: list[float] = []
+    lock = threading.Lock()
+
+    def caller(limiter: RateLimiter) -> None:
+        for _ in range(6):
+            limiter.acquire("p/model", 1)
+            with lock:
+                starts.append(time.monotonic())
+
+    threads = [threading.Thread(target=caller, args=(limiters[i % 2],)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(starts) == 72
+    assert max_in_any_window(starts) <= smooth_cap(1200) < int(20 * 1.05 + 1)
 
 
 def test_a_provider_entry_covers_its_models_and_a_model_entry_wins(

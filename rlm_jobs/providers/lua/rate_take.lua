@@ -6,20 +6,41 @@
 -- one is a single round trip however many callers wait. Times are Redis's (TIME), in
 -- microseconds, so workers' clocks never matter.
 --
+-- A caller that overslept its slot (a busy machine wakes threads late) would start right
+-- before the next one: the starts of the last second are kept too, and a call starts only
+-- while they number fewer than a cap just under what the smoothness promise allows.
+--
 -- KEYS[1]  HASH  r: next free request slot, t: next free token time
 -- KEYS[2]  STRING  end of a cool-down (set after a 429), absent when none
+-- KEYS[3]  ZSET  starts of the last second (score: when)
 -- ARGV[1]  microseconds between requests (0: no request limit)
 -- ARGV[2]  microseconds per token (0: no token limit)
 -- ARGV[3]  tokens to reserve
 -- ARGV[4]  "1": confirm a slot taken earlier (a new one only if a cool-down began since)
--- Returns {microseconds to wait before starting, 1 if a cool-down is in force}.
+-- ARGV[5]  starts allowed in any second (0: no such cap)
+-- ARGV[6]  a token unique to this call (the member of its start)
+-- Returns {microseconds to wait before starting (then confirm), 1 if cooling down}.
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local cool = tonumber(redis.call('GET', KEYS[2]) or '0')
 local cooling = 0
 if cool > now then cooling = 1 end
+
+local function start()
+  local cap = tonumber(ARGV[5])
+  if cap == 0 then return 0 end
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 1000000)
+  if redis.call('ZCARD', KEYS[3]) < cap then
+    redis.call('ZADD', KEYS[3], now, ARGV[6])
+    redis.call('PEXPIRE', KEYS[3], 2000)
+    return 0
+  end
+  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  return math.floor(tonumber(oldest[2]) + 1000000 - now) + 1
+end
+
 if ARGV[4] == '1' and cooling == 0 then
-  return {0, 0}
+  return {start(), 0}
 end
 local per_request = tonumber(ARGV[1])
 local per_token = tonumber(ARGV[2])
@@ -39,4 +60,7 @@ if horizon > now then
   -- Idle entries go away a minute after their last reservation.
   redis.call('PEXPIRE', KEYS[1], math.floor((horizon - now) / 1000) + 60000)
 end
-return {math.floor(slot - now), cooling}
+if slot > now then
+  return {math.floor(slot - now), cooling}
+end
+return {start(), cooling}
