@@ -1,4 +1,5 @@
-"""``Limits.max_subcalls`` in a real job (library mode: real sandbox, Redis and HTTP).
+"""Provider controls in library mode (real sandbox, Redis and HTTP): ``max_subcalls``, the
+response cache and a rate limit as ``RLM(...)`` users meet them.
 
 The scripted ``exec`` model runs the query as its one cell, then answers with what the cell
 printed, so the test writes the model's code.
@@ -13,7 +14,7 @@ import pytest
 import redis
 
 from rlm_jobs.api import RLM
-from rlm_jobs.config import Settings
+from rlm_jobs.config import RateLimit, Settings
 from rlm_jobs.models import JobStatus
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing import ScriptedProvider
@@ -95,3 +96,36 @@ def test_a_cap_of_zero_sends_nothing(rlm_factory: Any, scripted_provider: Script
     result = rlm_factory(max_subcalls=0).completion("ctx", root_prompt=FAN_OUT)
     assert (result.response or "").split()[:2] == ["12", "0"]
     assert [r.role for r in scripted_provider.requests()] == ["root", "root"]
+
+
+def test_a_repeated_completion_is_answered_from_the_cache(
+    rlm_factory: Any, scripted_provider: ScriptedProvider
+) -> None:
+    first = rlm_factory(cache=True).completion("ctx", root_prompt=FAN_OUT)
+    sent = len(scripted_provider.requests())
+    again = rlm_factory(cache=True).completion("ctx", root_prompt=FAN_OUT)
+    assert len(scripted_provider.requests()) == sent == 2 + 12
+    assert again.response == first.response and again.status is JobStatus.COMPLETED
+    assert (again.usage.calls, again.usage.cost_usd) == (0, 0.0)
+    assert again.usage.cached_calls == first.usage.calls == 14
+    assert again.usage.cached_cost_usd == pytest.approx(first.usage.cost_usd)
+    assert all(e.get("cached") for e in again.trajectory if e["type"] == "iteration")
+    assert all(c.get("cached") for c in sub_calls(again.trajectory))
+    # Without cache=True the same completion is paid for again.
+    rlm_factory().completion("ctx", root_prompt=FAN_OUT)
+    assert len(scripted_provider.requests()) == 2 * sent
+
+
+def test_a_rate_limit_paces_a_library_mode_job(
+    settings: Settings, scripted_provider: ScriptedProvider, redis_server: RedisServer
+) -> None:
+    limited = settings.model_copy(update={"rate_limits": {"scripted": RateLimit(rpm=600)}})
+    rlm = RLM(backend="scripted", backend_kwargs={"model_name": "exec"}, settings=limited)
+    try:
+        result = rlm.completion("ctx", root_prompt=FAN_OUT)
+    finally:
+        rlm.close()
+    assert result.status is JobStatus.COMPLETED
+    times = sorted(r.timestamp for r in scripted_provider.requests())
+    assert len(times) == 14 and times[-1] - times[0] >= 13 * 0.1 * 0.95
+    wait_for(lambda: not sandbox_pids(str(redis_server.workdir)), 15, "sandboxes to exit")
