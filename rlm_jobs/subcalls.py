@@ -110,20 +110,18 @@ class SubcallHandlerForJob:
             f"Error: not run: this job reached its limit of {cap:,} sub-calls "
             f"(max_subcalls); {count:,} prompts of this request were not sent"
         )
-        self._trajectory.add_subcall(
-            {
-                **subcall_entry(
-                    model=self._sub_model(requested),
-                    prompt=f"({count:,} prompts past the sub-call limit, not sent)",
-                    response=text,
-                    input_tokens=0,
-                    output_tokens=0,
-                    latency_s=0.0,
-                    error=True,
-                ),
-                "refused": count,
-            }
+        model = self._sub_model(requested)
+        entry = subcall_entry(
+            model=model,
+            prompt=f"({count:,} prompts past the sub-call limit, not sent)",
+            response=text,
+            input_tokens=0,
+            output_tokens=0,
+            latency_s=0.0,
+            error=True,
         )
+        entry["usage_summary"]["model_usage_summaries"][model]["total_calls"] = 0
+        self._trajectory.add_subcall({**entry, "refused": count})
         self._report()
         return [SubcallOutcome(ok=False, text=text)] * count
 

@@ -226,6 +226,8 @@ def test_a_batch_budget_stops_the_batch_mid_way(cluster: Cluster) -> None:
     assert set(statuses) == {"COMPLETED", "BUDGET_EXCEEDED"}
     stopped = [r for r in rows if r["status"] == "BUDGET_EXCEEDED"]
     assert all(f"batch {batch.id}" in r["reason"] for r in stopped)
+    # Jobs running when the cap was reached were stopped at their next call.
+    assert any(r["iterations"] >= 1 for r in stopped)
     # Queued jobs ended without running: no sandbox turn, no call, no trajectory.
     never_ran = [r for r in stopped if r["iterations"] == 0]
     assert len(never_ran) >= 3
