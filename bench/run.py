@@ -32,6 +32,7 @@ from bench.scenarios import (
     s5_scaling,
     s6_memory,
     s7_concurrency,
+    s8_ratelimit,
 )
 
 log = logging.getLogger("bench")
@@ -46,6 +47,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "5": ("scaling", s5_scaling.run),
     "6": ("memory", s6_memory.run),
     "7": ("concurrency", s7_concurrency.run),
+    "8": ("rate_limited_batch", s8_ratelimit.run),
 }
 
 

@@ -25,6 +25,7 @@ from rlm_jobs.errors import ConfigError, DocumentError, SpecError
 from rlm_jobs.journal import JournalStore
 from rlm_jobs.loop import run_loop_with_trajectory
 from rlm_jobs.models import ContextRef, JobSpec, JobStatus, Limits, Usage
+from rlm_jobs.providers import ProviderControls
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
@@ -133,6 +134,8 @@ class RLM:
         max_timeout: float | None = None,
         max_tokens: int | None = None,
         max_errors: int | None = None,
+        max_subcalls: int | None = None,
+        cache: bool | None = None,
         other_backends: list[str] | None = None,
         other_backend_kwargs: list[dict[str, Any]] | None = None,
         settings: Settings | None = None,
@@ -166,6 +169,8 @@ class RLM:
                 max_tokens=max_tokens,
                 **({"max_timeout_s": max_timeout} if max_timeout else {}),
                 **({"max_consecutive_errors": max_errors} if max_errors else {}),
+                **({"max_subcalls": max_subcalls} if max_subcalls is not None else {}),
+                cache=cache,
             )
         except ValidationError as exc:
             raise SpecError(f"invalid limits: {exc}") from exc
@@ -185,7 +190,10 @@ class RLM:
                 )
                 self.settings = settings
             self._redis = redis_client(settings)
-            self._router = LLMRouter(settings)
+            # Rate limits and the cache are shared with whatever else uses this Redis.
+            self._router = LLMRouter(
+                settings, controls=ProviderControls.from_settings(self._redis, settings)
+            )
             self._journals = JournalStore(self._redis)
             self._dispatcher = InProcessDispatcher(
                 self._router, self._journals.calls, concurrency=settings.subcall_concurrency

@@ -23,6 +23,7 @@ import redis
 from pydantic import TypeAdapter, ValidationError
 
 from rlm_jobs import keys
+from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.errors import StorageError
 from rlm_jobs.models import SubcallResult, Usage
 from rlm_jobs.scripts import source
@@ -61,11 +62,17 @@ class StoredCall:
 
 @dataclass(frozen=True)
 class Taken:
-    """A call an llm worker has claimed: what to ask."""
+    """A call an llm worker has claimed: what to ask, and for which batch."""
 
     job_id: str
     model: str
     prompt: str
+    batch_id: str | None = None
+    # The job's cache choice; None follows the deployment's (RLM_JOBS_CACHE).
+    cache: bool | None = None
+
+    def context(self) -> CallContext:
+        return CallContext(job_id=self.job_id, batch_id=self.batch_id, kind="sub", cache=self.cache)
 
 
 # What ``check`` says of a call still awaited.
@@ -124,13 +131,25 @@ class CallStore:
         waiter_id: str,
         call_ids: Sequence[str],
         prompts: Sequence[str],
+        context: CallContext | None = None,
     ) -> dict[str, StoredCall]:
         """Record the calls to send; returns those answered already (a resumed job's)."""
         if not call_ids:
             return {}
+        cache = "" if context is None or context.cache is None else str(int(context.cache))
+        batch = "" if context is None or context.batch_id is None else context.batch_id
         raw = self._prepare(
             keys=[keys.job_calls(job_id), *(keys.subcall(c) for c in call_ids)],
-            args=[job_id, model, waiter_id, keys.SANDBOX_KEY_TTL_S, *call_ids, *prompts],
+            args=[
+                job_id,
+                model,
+                waiter_id,
+                keys.SANDBOX_KEY_TTL_S,
+                batch,
+                cache,
+                *call_ids,
+                *prompts,
+            ],
         )
         return {c: StoredCall.from_json(v) for c, v in zip(call_ids, raw, strict=True) if v}
 
@@ -180,11 +199,13 @@ class CallStore:
         taken: dict[str, Taken | Literal["gone", "busy", "malformed"]] = {}
         for call_id, value in zip(call_ids, raw[1:], strict=True):
             if isinstance(value, list):
-                job, model, prompt = (None if v is None else _text(v) for v in value)
+                job, model, prompt, batch, cache = (None if v is None else _text(v) for v in value)
                 if job is None or model is None or prompt is None:
                     taken[call_id] = "malformed"
                 else:
-                    taken[call_id] = Taken(job, model, prompt)
+                    taken[call_id] = Taken(
+                        job, model, prompt, batch or None, None if not cache else cache == "1"
+                    )
             else:
                 taken[call_id] = "gone" if _text(value) == "gone" else "busy"
         return cancelled, taken

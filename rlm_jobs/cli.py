@@ -80,6 +80,8 @@ def _limits(args: argparse.Namespace) -> Limits:
         "max_cost_usd": args.max_cost_usd,
         "max_tokens": args.max_tokens,
         "max_timeout_s": args.timeout_s,
+        "max_subcalls": args.max_subcalls,
+        "cache": args.cache,
     }
     try:
         return Limits(**{k: v for k, v in given.items() if v is not None})
@@ -275,16 +277,32 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK if record.status is JobStatus.COMPLETED else EXIT_FAILED
 
 
+def _dry_run(args: argparse.Namespace, settings: Settings, docs: Any, **fields: Any) -> int:
+    from rlm_jobs.providers.dryrun import report
+
+    caps = {
+        "batch_max_cost_usd": args.batch_max_cost_usd,
+        "batch_max_tokens": args.batch_max_tokens,
+    }
+    print("\n".join(report(docs, settings=settings, **caps, **fields)))
+    return EXIT_OK
+
+
 def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     query = _query(args.query, required=False)
     model, sub_model = _model(args.model), _model(args.sub_model)
     limits = _limits(args)
     schema = _schema(args)
     docs = _batch_documents(args, settings)
+    if args.dry_run:
+        return _dry_run(
+            args, settings, docs, query=query, model=model, sub_model=sub_model, limits=limits
+        )
     with _submitter(settings, enqueue=True) as submitter:
         batch, started = submitter.submit_batch(
             docs, query, batch_id=args.batch_id, model=model, sub_model=sub_model, limits=limits,
-            answer_schema=schema,
+            answer_schema=schema, batch_max_cost_usd=args.batch_max_cost_usd,
+            batch_max_tokens=args.batch_max_tokens,
         )  # fmt: skip
     print(batch.id)
     unreadable = sum(1 for d in docs if d.error is not None)
@@ -368,13 +386,18 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     docs = _batch_documents(args, settings)
     if query is None and any(d.query is None for d in docs):
         raise SpecError("the query is empty: pass the question with -q/--query")
+    if args.dry_run:
+        return _dry_run(
+            args, settings, docs, query=query, model=model, sub_model=sub_model, limits=limits
+        )
     wall_started = time.monotonic()
 
     def run_on(effective: Settings, *, local: bool) -> tuple[fmt.Snapshot, list[dict[str, Any]]]:
         with _submitter(effective, enqueue=True) as submitter:
             batch, started = submitter.submit_batch(
                 docs, query, batch_id=args.batch_id, model=model, sub_model=sub_model,
-                limits=limits, answer_schema=schema,
+                limits=limits, answer_schema=schema, batch_max_cost_usd=args.batch_max_cost_usd,
+                batch_max_tokens=args.batch_max_tokens,
             )  # fmt: skip
             unreadable = sum(1 for d in docs if d.error is not None)
             _note(
@@ -435,6 +458,30 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-cost-usd", type=float, metavar="X")
     g.add_argument("--max-tokens", type=int, metavar="N")
     g.add_argument("--timeout-s", type=float, metavar="S", help="wall-clock limit of one job")
+    g.add_argument(
+        "--max-subcalls", type=int, metavar="N",
+        help="llm_query prompts and rlm_query children one job may start (default 1000)",
+    )  # fmt: skip
+    g.add_argument(
+        "--cache", action=argparse.BooleanOptionalAction, default=None,
+        help="answer exact repeats from the shared response cache (default: RLM_JOBS_CACHE)",
+    )  # fmt: skip
+
+
+def _add_batch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the whole batch")
+    g.add_argument(
+        "--batch-max-cost-usd", type=float, metavar="X",
+        help="stop starting calls once all the batch's jobs together spent $X",
+    )  # fmt: skip
+    g.add_argument(
+        "--batch-max-tokens", type=int, metavar="N",
+        help="stop starting calls once all the batch's jobs together used N tokens",
+    )  # fmt: skip
+    g.add_argument(
+        "--dry-run", action="store_true",
+        help="print the documents, their sizes and an estimate of tokens and USD; run nothing",
+    )  # fmt: skip
 
 
 def _add_schema_args(p: argparse.ArgumentParser) -> None:
@@ -504,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schema_args(p)
     _add_model_args(p)
     _add_limit_args(p)
+    _add_batch_args(p)
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("status", help="status of a job or batch as JSON")
@@ -559,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-id", help="name the batch (default: a new random id)")
     _add_model_args(p)
     _add_limit_args(p)
+    _add_batch_args(p)
     _add_follow_args(p)
     p.set_defaults(func=cmd_run)
     return parser

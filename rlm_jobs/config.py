@@ -8,12 +8,13 @@ call ``Settings()`` at the edge (CLI, worker start, ``RLM(...)``) and pass it do
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Literal
 
 import redis
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +25,23 @@ class ModelPrice(BaseModel):
 
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+
+
+class RateLimit(BaseModel):
+    """Requests and tokens per minute for one model or provider, shared by the cluster.
+
+    Either may be left out; an entry with neither only turns on the cluster-wide
+    cool-down after a 429 (see ``rlm_jobs.providers.ratelimit``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+
+
+# "provider/name" or "provider": what a RATE_LIMITS entry may be keyed by.
+_RATE_LIMIT_KEY = re.compile(r"^[a-z0-9_-]+(/\S+)?$")
 
 
 # Public list prices (USD / 1M tokens) at the time of writing; override with RLM_JOBS_PRICES.
@@ -93,6 +111,17 @@ class Settings(BaseSettings):
     max_output_tokens: int = Field(default=4096, ge=1)
     # Merged over DEFAULT_PRICES; "provider/*" entries price a whole provider.
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    # Cluster-wide limits per "provider/name" (or per "provider", for its models without an
+    # entry of their own); none by default: only the operator knows the account's limits.
+    rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
+    # The shared response cache is opt-in: a cached answer is only right when the caller
+    # wants the same answer again (reruns, retried batches), which a job or batch says.
+    cache: bool = False
+    # A week: long enough to rerun last week's batch for free, short enough to age out.
+    cache_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # Bytes of cached replies kept (oldest evicted first); our Redis never evicts on its
+    # own (noeviction), and 256 MiB holds some 100,000 long replies.
+    cache_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
 
     # In-process dispatcher threads: sub-calls are I/O-bound, so many threads are cheap.
     subcall_concurrency: int = Field(default=32, ge=1, le=1024)
@@ -167,6 +196,16 @@ class Settings(BaseSettings):
     ingest_cache: bool = True
     # A larger file fails alone instead of filling the submitter's memory and Redis.
     ingest_max_file_mb: int = Field(default=256, ge=1, le=16_384)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limit_keys(cls, value: dict[str, RateLimit]) -> dict[str, RateLimit]:
+        bad = [key for key in value if not _RATE_LIMIT_KEY.match(key)]
+        if bad:
+            raise ValueError(
+                f"rate limits are keyed by 'provider/name' or 'provider', not {bad[0]!r}"
+            )
+        return value
 
     def resolved_model(self) -> str:
         if self.model:

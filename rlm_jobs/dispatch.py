@@ -18,7 +18,8 @@ from typing import Protocol
 
 from rlm_jobs.calls import ResultStore, StoredCall
 from rlm_jobs.clients.base import ChatMessage
-from rlm_jobs.errors import RLMJobsError
+from rlm_jobs.clients.calls import CallContext, OnWait
+from rlm_jobs.errors import JobStopped, RLMJobsError
 from rlm_jobs.models import SubcallResult, not_run
 
 
@@ -30,6 +31,8 @@ class SubcallBatch:
     model: str
     prompts: Sequence[str]
     call_ids: Sequence[str]
+    # The job's batch and cache choice, for the router (budgets, the response cache).
+    context: CallContext | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,13 @@ class Completer(Protocol):
     """What dispatchers need from ``rlm_jobs.clients.router.LLMRouter``."""
 
     def complete(
-        self, model_name: str, messages: Sequence[ChatMessage], max_output_tokens: int | None = None
+        self,
+        model_name: str,
+        messages: Sequence[ChatMessage],
+        max_output_tokens: int | None = None,
+        *,
+        context: CallContext | None = None,
+        on_wait: OnWait | None = None,
     ) -> _Priced: ...
 
 
@@ -74,13 +83,28 @@ class _Priced(Protocol):
     def output_tokens(self) -> int: ...
     @property
     def cost_usd(self) -> float: ...
+    @property
+    def cached(self) -> bool: ...
+    @property
+    def cached_cost_usd(self) -> float: ...
+    @property
+    def rate_limited_s(self) -> float: ...
 
 
-def complete_one(router: Completer, model: str, prompt: str, *, worker: str = "") -> SubcallResult:
+def complete_one(
+    router: Completer,
+    model: str,
+    prompt: str,
+    *,
+    context: CallContext | None = None,
+    worker: str = "",
+) -> SubcallResult:
     """One sub-call, with every failure turned into an error slot the model can read."""
     started = time.monotonic()
     try:
-        done = router.complete(model, [{"role": "user", "content": prompt}])
+        done = router.complete(model, [{"role": "user", "content": prompt}], context=context)
+    except JobStopped as exc:  # refused before it started (the batch's budget is spent)
+        return not_run(exc.reason)
     except RLMJobsError as exc:
         return SubcallResult(
             ok=False, text=f"Error: {exc}", latency_s=time.monotonic() - started, worker=worker
@@ -93,6 +117,9 @@ def complete_one(router: Completer, model: str, prompt: str, *, worker: str = ""
         cost_usd=done.cost_usd,
         latency_s=time.monotonic() - started,
         worker=worker,
+        cached=done.cached,
+        cached_cost_usd=done.cached_cost_usd,
+        rate_limited_s=done.rate_limited_s,
     )
 
 
@@ -120,7 +147,9 @@ class InProcessDispatcher:
                 if halt:
                     result = not_run(halt.reason)
                 else:
-                    result = complete_one(self._router, batch.model, batch.prompts[index])
+                    result = complete_one(
+                        self._router, batch.model, batch.prompts[index], context=batch.context
+                    )
                     self._calls.store(batch.job_id, call_id, StoredCall(result))
             on_result(index, result)
             return result

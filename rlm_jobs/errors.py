@@ -50,11 +50,18 @@ class DocumentError(SpecError):
 
 
 class ProviderError(RLMJobsError):
-    """An LLM provider call that failed and should not be retried."""
+    """An LLM provider call that failed and should not be retried.
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    ``code`` names the failure for metrics: the HTTP status (``"429"``), or ``"timeout"``,
+    ``"connection"``, ``"malformed"``, ``"client"`` when there was none.
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.code = code or (str(status_code) if status_code is not None else "error")
 
 
 class ProviderRetryableError(ProviderError):
@@ -66,8 +73,9 @@ class ProviderRetryableError(ProviderError):
         *,
         status_code: int | None = None,
         retry_after_s: float | None = None,
+        code: str | None = None,
     ) -> None:
-        super().__init__(message, status_code=status_code)
+        super().__init__(message, status_code=status_code, code=code)
         self.retry_after_s = retry_after_s
 
 

@@ -57,6 +57,9 @@ class RootReply:
     input_tokens: int
     output_tokens: int
     cost_usd: float
+    # Answered from the response cache: it cost nothing, ``cached_cost_usd`` is what it saved.
+    cached: bool = False
+    cached_cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,8 @@ class Journal:
                     input_tokens=int(entry["input_tokens"]),
                     output_tokens=int(entry["output_tokens"]),
                     cost_usd=float(entry["cost_usd"]),
+                    cached=bool(entry.get("cached", False)),
+                    cached_cost_usd=float(entry.get("cached_cost_usd", 0.0)),
                 )
             if entry is not None:
                 self._diverge("the root model's request differs from the journaled one")
@@ -136,6 +141,8 @@ class Journal:
                     "input_tokens": reply.input_tokens,
                     "output_tokens": reply.output_tokens,
                     "cost_usd": reply.cost_usd,
+                    "cached": reply.cached,
+                    "cached_cost_usd": reply.cached_cost_usd,
                 }
             )
 

@@ -74,6 +74,47 @@ def batch_jobs(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:jobs"
 
 
+def batch_budget(batch_id: str) -> str:
+    """HASH: a batch's caps (max_cost_usd, max_tokens) and its spend (cost_usd, tokens,
+    exhausted_at), updated by every call of its jobs; lives as long as the batch record."""
+    return f"{PREFIX}:batch:{batch_id}:budget"
+
+
+def rate_limit(name: str) -> str:
+    """HASH: GCRA state of one rate-limit entry (model or provider): the next free request
+    slot and token time, in microseconds of Redis time; expires a minute after it is idle."""
+    return f"{PREFIX}:rate:{name}"
+
+
+def rate_starts(name: str) -> str:
+    """ZSET: when calls of a rate-limit entry started in the last second (Redis time, µs);
+    expires two seconds after the last start."""
+    return f"{PREFIX}:rate:{name}:starts"
+
+
+def rate_cooldown(name: str) -> str:
+    """STRING with TTL: a 429's Retry-After for a rate-limit entry: until when (Redis time,
+    microseconds) no call may start; expires when the cool-down ends."""
+    return f"{PREFIX}:rate:{name}:cool"
+
+
+def cache_entry(digest: str) -> str:
+    """STRING with TTL (``cache_ttl_s``): a cached reply as JSON, keyed by the request's
+    SHA-256; evicted oldest first past ``cache_max_bytes``."""
+    return f"{PREFIX}:cache:{digest}"
+
+
+def cache_index() -> str:
+    """ZSET: digests of cached replies, scored by when they were stored (ms); the eviction
+    order. Entries whose reply expired are dropped by later writes."""
+    return f"{PREFIX}:cache:index"
+
+
+def cache_sizes() -> str:
+    """HASH: digest -> bytes of its cached reply, and ``total`` for all of them."""
+    return f"{PREFIX}:cache:sizes"
+
+
 def job_journal(job_id: str) -> str:
     """LIST: the job's journal, one JSON entry per root model reply and per sub-call request,
     in order (rlm_jobs/journal.py); a resumed job replays it. Lives as long as the record."""

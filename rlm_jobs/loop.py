@@ -16,6 +16,7 @@ from typing import Any
 from rlm_jobs import parsing, prompts
 from rlm_jobs.answers import AnswerGate
 from rlm_jobs.clients.base import ChatMessage
+from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.errors import JobHandedOver, JobStopped, ProviderError, RLMJobsError, SandboxError
 from rlm_jobs.journal import RootReply
@@ -52,6 +53,10 @@ class _State:
     consecutive_errors: int = 0
     partial: str | None = None
     messages: list[ChatMessage] = field(default_factory=list)
+    # The last root reply came from the response cache.
+    cached: bool = False
+    # A root call is waiting for its rate-limit slot (shown in progress as waiting_for).
+    waiting: bool = False
 
 
 class _Loop:
@@ -112,8 +117,19 @@ class _Loop:
                 "depth": self.spec.depth,
                 # A resumed job replaying its journal: nothing it replays is paid again.
                 "replaying": self.journal.replaying,
+                "cached_calls": usage.cached_calls,
+                "subcalls_refused": self.handler.counters.refused,
+                "rate_limited_s": round(self.handler.counters.rate_limited_s, 3),
+                "waiting_for": "rate limit" if self.state.waiting else "",
             },
         )
+
+    def rate_limit_wait(self, seconds: float) -> None:
+        """The root call waits ``seconds`` more for its slot: not a failure, but shown."""
+        self.check()  # a cancel or the deadline gives the wait up
+        self.state.waiting = True
+        self.handler.counters.waited(seconds)
+        self.report()
 
     # ---- model and cells ------------------------------------------------------------
 
@@ -124,14 +140,31 @@ class _Loop:
         reply = self.journal.root(model, self.state.messages)
         self.replayed_turn = reply is not None
         if reply is None:
-            done = self.engine.router.complete(
-                model, self.state.messages, max_output_tokens=self.engine.max_output_tokens
-            )
+            try:
+                done = self.engine.router.complete(
+                    model,
+                    self.state.messages,
+                    max_output_tokens=self.engine.max_output_tokens,
+                    context=CallContext.of_job(self.job_id, self.spec, "root"),
+                    on_wait=self.rate_limit_wait,
+                )
+            finally:
+                self.state.waiting = False
             reply = RootReply(
-                done.text, model, done.input_tokens, done.output_tokens, done.cost_usd
+                done.text,
+                model,
+                done.input_tokens,
+                done.output_tokens,
+                done.cost_usd,
+                cached=done.cached,
+                cached_cost_usd=done.cached_cost_usd,
             )
             self.journal.record_root(reply)
-        self.control.meter.add(model, reply.input_tokens, reply.output_tokens, reply.cost_usd)
+        if reply.cached:
+            self.control.meter.add_cached(model, reply.cached_cost_usd)
+        else:
+            self.control.meter.add(model, reply.input_tokens, reply.output_tokens, reply.cost_usd)
+        self.state.cached = reply.cached
         return reply.text
 
     def run_cell(self, repl: Repl, code: str) -> CellOutcome:
@@ -155,6 +188,8 @@ class _Loop:
         started: float,
     ) -> None:
         extra: dict[str, Any] = {}
+        if self.state.cached:  # the root model's reply came from the response cache
+            extra["cached"] = True
         if self.replayed_turn:
             extra["replayed"] = True
         note = self.journal.take_note()

@@ -62,6 +62,15 @@ class Limits(Strict):
     # two fix what a model can fix (a type, a missing field); more rarely help.
     max_schema_retries: int = Field(default=2, ge=0, le=10)
 
+    # llm_query prompts and rlm_query children one job may start (DSPy's max_llm_calls):
+    # a map over 1,000 chunks of 20,000 characters (20 MB) fits; a cell that loops over
+    # every line of a big file, or asks 20,000 copies of a prompt, is stopped at a price
+    # a user can see coming, even for a model missing from the price table.
+    max_subcalls: int = Field(default=1000, ge=0, le=1_000_000)
+    # Answer exact repeats of earlier requests from the shared response cache; None
+    # follows the deployment's RLM_JOBS_CACHE (off unless set).
+    cache: bool | None = None
+
 
 # Room for a corpus's list of documents; the prompt repeats it, so it stays bounded.
 MAX_DESCRIPTION_CHARS = 20_000
@@ -111,10 +120,14 @@ class JobSpec(Strict):
 
 
 class ModelUsage(Strict):
+    # Calls that reached the provider; cached ones are counted apart and cost nothing.
     calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    # Answered from the response cache, and what they would have cost without it.
+    cached_calls: int = 0
+    cached_cost_usd: float = 0.0
 
 
 class Usage(Strict):
@@ -142,12 +155,26 @@ class Usage(Strict):
     def calls(self) -> int:
         return sum(u.calls for u in self.by_model.values())
 
+    @property
+    def cached_calls(self) -> int:
+        return sum(u.cached_calls for u in self.by_model.values())
+
+    @property
+    def cached_cost_usd(self) -> float:
+        return sum(u.cached_cost_usd for u in self.by_model.values())
+
     def add(self, model: str, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
         entry = self.by_model.setdefault(model, ModelUsage())
         entry.calls += 1
         entry.input_tokens += input_tokens
         entry.output_tokens += output_tokens
         entry.cost_usd += cost_usd
+
+    def add_cached(self, model: str, would_cost_usd: float) -> None:
+        """A call answered from the cache: no tokens spent, nothing paid."""
+        entry = self.by_model.setdefault(model, ModelUsage())
+        entry.cached_calls += 1
+        entry.cached_cost_usd += would_cost_usd
 
     def merge(self, other: Usage) -> None:
         for model, u in other.by_model.items():
@@ -156,6 +183,8 @@ class Usage(Strict):
             entry.input_tokens += u.input_tokens
             entry.output_tokens += u.output_tokens
             entry.cost_usd += u.cost_usd
+            entry.cached_calls += u.cached_calls
+            entry.cached_cost_usd += u.cached_cost_usd
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -164,6 +193,8 @@ class Usage(Strict):
             "output_tokens": self.output_tokens,
             "total_tokens": self.total_tokens,
             "cost_usd": round(self.cost_usd, 8),
+            "cached_calls": self.cached_calls,
+            "cached_cost_usd": round(self.cached_cost_usd, 8),
             "by_model": {m: u.model_dump() for m, u in self.by_model.items()},
         }
 
@@ -200,6 +231,12 @@ class UsageMeter:
             self._usage.merge(usage)
         if self.parent is not None:
             self.parent.add_usage(usage)
+
+    def add_cached(self, model: str, would_cost_usd: float) -> None:
+        with self._lock:
+            self._usage.add_cached(model, would_cost_usd)
+        if self.parent is not None:
+            self.parent.add_cached(model, would_cost_usd)
 
     def snapshot(self) -> Usage:
         with self._lock:
@@ -251,6 +288,11 @@ class SubcallResult:
     latency_s: float = 0.0
     # Which worker served it ("" in process): shows how a batch spread over the pool.
     worker: str = ""
+    # Answered from the response cache (cost 0; ``cached_cost_usd`` is what it saved).
+    cached: bool = False
+    cached_cost_usd: float = 0.0
+    # Seconds it waited for rate-limit slots.
+    rate_limited_s: float = 0.0
 
 
 def not_run(reason: str) -> SubcallResult:

@@ -6,15 +6,20 @@ for. ``llm`` prompts go to the dispatcher; ``rlm`` prompts start child loops in 
 process (each with its own sandbox and journal, its sub-calls on the shared dispatcher),
 which cannot deadlock a worker pool: the parent's slot is never needed by its children.
 Past ``max_depth``, ``rlm_query`` degrades to ``llm_query`` as in the reference.
+
+A job starts at most ``Limits.max_subcalls`` sub-calls (prompts and children alike); the
+prompts past it are not sent and come back as ``Error: not run: ...`` slots naming the
+limit, counted in progress (``subcalls_refused``) and in one trajectory entry per request.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from rlm_jobs.calls import StoredCall
+from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.dispatch import Stop, SubcallBatch
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.journal import Journal
@@ -27,12 +32,23 @@ RunChild = Callable[[JobSpec, str, Engine, JobControl], JobResult]
 
 
 class SubcallCounters:
-    """Sub-calls done and in flight, for progress reports."""
+    """Sub-calls done, in flight and refused, and rate-limit waits, for progress reports."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.done = 0
         self.in_flight = 0
+        self.refused = 0
+        self.granted = 0
+        self.rate_limited_s = 0.0
+
+    def grant(self, wanted: int, cap: int) -> int:
+        """How many of ``wanted`` new sub-calls fit under ``cap``; the rest are refused."""
+        with self._lock:
+            granted = max(0, min(wanted, cap - self.granted))
+            self.granted += granted
+            self.refused += wanted - granted
+            return granted
 
     def started(self, n: int) -> None:
         with self._lock:
@@ -42,6 +58,10 @@ class SubcallCounters:
         with self._lock:
             self.in_flight -= 1
             self.done += 1
+
+    def waited(self, seconds: float) -> None:
+        with self._lock:
+            self.rate_limited_s += seconds
 
 
 class SubcallHandlerForJob:
@@ -79,37 +99,73 @@ class SubcallHandlerForJob:
         return Stop(over[1]) if over else None
 
     def __call__(self, request: SubcallRequest) -> list[SubcallResult]:
-        if request.kind == "rlm" and self._spec.depth < self._spec.limits.max_depth:
-            return self._children(request)
-        return self._llm(request)
+        cap = self._spec.limits.max_subcalls
+        granted = self.counters.grant(len(request.prompts), cap)
+        prompts = request.prompts[:granted]
+        refused = len(request.prompts) - granted
+        results: list[SubcallResult] = []
+        if prompts:
+            if request.kind == "rlm" and self._spec.depth < self._spec.limits.max_depth:
+                results = self._children(prompts, request.model)
+            else:
+                results = self._llm(prompts, request.model)
+        if refused:
+            results += self._refuse(refused, cap, request.model)
+        return results
+
+    def _refuse(self, count: int, cap: int, requested: str | None) -> list[SubcallResult]:
+        reason = (
+            f"this job reached its limit of {cap:,} sub-calls (max_subcalls); "
+            f"{count:,} prompts of this request were not sent"
+        )
+        model = self._sub_model(requested)
+        entry = subcall_entry(
+            model=model,
+            prompt=f"({count:,} prompts past the sub-call limit, not sent)",
+            response=not_run(reason).text,
+            input_tokens=0,
+            output_tokens=0,
+            latency_s=0.0,
+            error=True,
+        )
+        entry["usage_summary"]["model_usage_summaries"][model]["total_calls"] = 0
+        self._trajectory.add_subcall({**entry, "refused": count})
+        self._report()
+        return [not_run(reason)] * count
 
     def _sub_model(self, requested: str | None) -> str:
         return (
             requested or self._spec.sub_model or self._engine.default_sub_model or self._spec.model
         )
 
-    def _llm(self, request: SubcallRequest) -> list[SubcallResult]:
-        model = self._sub_model(request.model)
-        placed = self._journal.request("llm", model, request.prompts)
-        batch = SubcallBatch(self._job_id, model, request.prompts, placed.call_ids)
-        self.counters.started(len(request.prompts))
+    def _llm(self, prompts: Sequence[str], requested: str | None) -> list[SubcallResult]:
+        model = self._sub_model(requested)
+        placed = self._journal.request("llm", model, prompts)
+        context = CallContext.of_job(self._job_id, self._spec, "sub")
+        batch = SubcallBatch(self._job_id, model, prompts, placed.call_ids, context)
+        self.counters.started(len(prompts))
         self._report()
 
         def on_result(index: int, result: SubcallResult) -> None:
-            if result.input_tokens or result.output_tokens or result.cost_usd:
+            if result.cached:
+                self._control.meter.add_cached(model, result.cached_cost_usd)
+            elif result.input_tokens or result.output_tokens or result.cost_usd:
                 self._control.meter.add(
                     model, result.input_tokens, result.output_tokens, result.cost_usd
                 )
+            if result.rate_limited_s:
+                self.counters.waited(result.rate_limited_s)
             self._trajectory.add_subcall(
                 subcall_entry(
                     model=model,
-                    prompt=request.prompts[index],
+                    prompt=prompts[index],
                     response=result.text,
                     input_tokens=result.input_tokens,
                     output_tokens=result.output_tokens,
                     latency_s=result.latency_s,
                     error=not result.ok,
                     worker=result.worker,
+                    cached=result.cached,
                 )
             )
             self.counters.finished()
@@ -117,16 +173,16 @@ class SubcallHandlerForJob:
 
         return self._engine.dispatcher.run_batch(batch, on_result=on_result, stop=self.stop)
 
-    def _children(self, request: SubcallRequest) -> list[SubcallResult]:
-        model = request.model or self._spec.model
-        placed = self._journal.request("rlm", model, request.prompts)
+    def _children(self, prompts: Sequence[str], requested: str | None) -> list[SubcallResult]:
+        model = requested or self._spec.model
+        placed = self._journal.request("rlm", model, prompts)
         calls = self._engine.journals.calls
         answered = calls.lookup(self._job_id, placed.call_ids) if placed.replayed else {}
-        self.counters.started(len(request.prompts))
+        self.counters.started(len(prompts))
         self._report()
 
         def run_one(index: int) -> SubcallResult:
-            child_id, prompt = placed.call_ids[index], request.prompts[index]
+            child_id, prompt = placed.call_ids[index], prompts[index]
             stored = answered.get(child_id)
             if stored is not None:  # the child finished before: its answer, not a rerun
                 if stored.usage is not None:
@@ -158,9 +214,9 @@ class SubcallHandlerForJob:
             self._record_child(model, prompt, child_id, outcome)
             return outcome
 
-        workers = min(self._engine.child_concurrency, len(request.prompts))
+        workers = min(self._engine.child_concurrency, len(prompts))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rlm-child") as pool:
-            return list(pool.map(run_one, range(len(request.prompts))))
+            return list(pool.map(run_one, range(len(prompts))))
 
     def _record_child(self, model: str, prompt: str, child_id: str, outcome: SubcallResult) -> None:
         self._trajectory.add_subcall(

@@ -28,6 +28,7 @@ from rlm_jobs.models import (
     Limits,
     validation_problems,
 )
+from rlm_jobs.providers.budget import BatchBudgets
 from rlm_jobs.schema import check_schema
 from rlm_jobs.store import JobRecord, Store
 
@@ -261,13 +262,17 @@ class Submitter:
         sub_model: str | None = None,
         limits: Limits | None = None,
         answer_schema: dict[str, Any] | None = None,
+        batch_max_cost_usd: float | None = None,
+        batch_max_tokens: int | None = None,
     ) -> tuple[BatchHandle, int]:
         """Submit one job per document; returns the batch and how many jobs were started.
 
         Idempotent per (batch, document): documents whose job completed or is still queued or
         running are skipped; failed, cancelled or limit-stopped ones get a fresh job. A
         document that could not be read (``Document.error``) is recorded as a job finished
-        ``FAILED`` with its reason, without running.
+        ``FAILED`` with its reason, without running. ``batch_max_cost_usd`` /
+        ``batch_max_tokens`` cap what all its jobs may spend together
+        (``rlm_jobs.providers.budget``); a resubmission may change them.
         """
         docs = list(documents)
         seen: set[str] = set()
@@ -283,6 +288,10 @@ class Submitter:
             check_model(sub_model)
         if answer_schema is not None:
             _check_schema(answer_schema)  # before the batch exists: a bad one leaves no trace
+        # Checked before anything is written; set before any job is enqueued.
+        BatchBudgets(self._client).set(
+            batch_id, max_cost_usd=batch_max_cost_usd, max_tokens=batch_max_tokens
+        )
         self.store.create_batch(
             batch_id,
             {

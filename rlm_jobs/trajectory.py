@@ -29,6 +29,7 @@ def subcall_entry(
     kind: str = "llm",
     child_job_id: str | None = None,
     worker: str = "",
+    cached: bool = False,
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "root_model": model,
@@ -52,6 +53,8 @@ def subcall_entry(
         entry["child_job_id"] = child_job_id
     if worker:
         entry["worker"] = worker
+    if cached:  # answered from the response cache: nothing reached the provider
+        entry["cached"] = True
     return entry
 
 

@@ -90,7 +90,12 @@ class CeleryDispatcher:
             self._collector.expect(call_id): call_id for call_id in batch.call_ids
         }
         answered = self._calls.prepare(
-            batch.job_id, batch.model, self._collector.waiter_id, batch.call_ids, batch.prompts
+            batch.job_id,
+            batch.model,
+            self._collector.waiter_id,
+            batch.call_ids,
+            batch.prompts,
+            batch.context,
         )
         results: list[SubcallResult | None] = [None] * len(batch.call_ids)
         for call_id, stored in answered.items():
@@ -204,6 +209,7 @@ class _Waiting:
                     self._dispatcher._collector.waiter_id,
                     lost,
                     prompts,
+                    self._batch.context,
                 )
             )
             resend += [c for c in lost if c not in found]

@@ -137,6 +137,9 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
         reason = lease.cancelled() or store.cancel_reason(job_id)
         if reason:
             return _finish_early(store, job_id, JobStatus.CANCELLED, reason)
+        spent = runtime.controls.budgets.exhausted(spec.batch_id) if spec.batch_id else None
+        if spent:  # its batch's budget ran out while it was queued: it ends without running
+            return _finish_early(store, job_id, JobStatus.BUDGET_EXCEEDED, spent)
         store.reset_trajectory(job_id)
         control = JobControl.for_root(
             spec,

@@ -121,7 +121,13 @@ class LlmChunk:
         elif cancelled:
             result, outcome = not_run(cancelled), "not run"
         else:
-            result = complete_one(self._runtime.router, call.model, call.prompt, worker=self.worker)
+            result = complete_one(
+                self._runtime.router,
+                call.model,
+                call.prompt,
+                context=call.context(),
+                worker=self.worker,
+            )
             outcome = "ok" if result.ok else "error"
         reply = Reply(call_id=call_id, result=result).model_dump_json()
         if not self._calls.complete(self.job_id, call_id, StoredCall(result), reply):

@@ -20,6 +20,7 @@ from rlm_jobs.clients.router import LLMRouter
 from rlm_jobs.config import Settings, redis_client
 from rlm_jobs.engine import Engine
 from rlm_jobs.journal import JournalStore
+from rlm_jobs.providers import ProviderControls
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.session import open_repl_factory
@@ -42,7 +43,9 @@ class WorkerRuntime:
         self.store = Store(self.redis)
         self.journals = JournalStore(self.redis)
         self.calls = self.journals.calls
-        self.router = LLMRouter(settings)
+        # Rate limits, response cache and batch budgets, shared with the whole cluster.
+        self.controls = ProviderControls.from_settings(self.redis, settings)
+        self.router = LLMRouter(settings, controls=self.controls)
         self._engine: Engine | None = None
         self._collector: ReplyCollector | None = None
         self._sandbox_pool: SandboxPool | None = None

@@ -1,4 +1,4 @@
-"""The seven scenarios; each is ``run(ctx) -> dict`` and reports, never asserts.
+"""The eight scenarios; each is ``run(ctx) -> dict`` and reports, never asserts.
 
 A scenario result is JSON: ``title``, ``config``, ``metrics`` (name -> ``stats.summary``),
 ``targets`` (name -> ``stats.target``), ``notes`` and ``plot`` data. A scenario that cannot

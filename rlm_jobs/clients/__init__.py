@@ -2,7 +2,10 @@
 
 Each factory imports its SDK when first called, so importing this package loads neither
 ``openai`` nor ``anthropic``. ``build_client`` gives a bare client (one attempt per call);
-``make_client`` wraps it in our retry loop, which is what callers normally want.
+``make_client`` wraps it in our retry loop. ``LLMRouter`` (``clients.router``) is what
+callers normally want: it retries too, and applies the cluster's rate limits, response
+cache and batch budgets (``rlm_jobs.providers``), told about each call by a
+``CallContext`` (``clients.calls``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pydantic import TypeAdapter, ValidationError
 
 from rlm_jobs.clients.base import ChatMessage, Completion, LLMClient
+from rlm_jobs.clients.calls import CallContext, CallObserver, NullCallObserver
 from rlm_jobs.clients.retry import RetryingClient, RetryPolicy, Sleep
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import ConfigError, SpecError
@@ -20,10 +24,13 @@ from rlm_jobs.models import ModelName
 
 __all__ = [
     "CLIENT_FACTORIES",
+    "CallContext",
+    "CallObserver",
     "ChatMessage",
     "ClientFactory",
     "Completion",
     "LLMClient",
+    "NullCallObserver",
     "build_client",
     "check_model",
     "make_client",

@@ -37,6 +37,7 @@ __all__ = [
     "RetryingClient",
     "Sleep",
     "call_with_retries",
+    "gave_up",
     "retry_delay_s",
 ]
 
@@ -97,7 +98,7 @@ def call_with_retries(
                 else None
             )
             if delay_s is None:
-                raise _gave_up(exc, attempt + 1, policy) from exc
+                raise gave_up(exc, attempt + 1, policy) from exc
             _log.warning(
                 "%s failed (%s); retry %d of %d in %.2fs",
                 what,
@@ -110,15 +111,19 @@ def call_with_retries(
             attempt += 1
 
 
-def _gave_up(
+def gave_up(
     exc: ProviderRetryableError, attempts: int, policy: RetryPolicy
 ) -> ProviderRetryableError:
+    """The error a call ends with once it stops retrying: the last one, saying why."""
     if exc.retry_after_s is not None and exc.retry_after_s > policy.max_s:
         why = f"Retry-After {exc.retry_after_s:.1f}s exceeds retry_max_s {policy.max_s:.1f}s"
     else:
         why = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}"
     return ProviderRetryableError(
-        f"{exc} ({why})", status_code=exc.status_code, retry_after_s=exc.retry_after_s
+        f"{exc} ({why})",
+        status_code=exc.status_code,
+        retry_after_s=exc.retry_after_s,
+        code=exc.code,
     )
 
 

@@ -36,7 +36,9 @@ def status_error(
 
 
 def malformed(provider: str, detail: str) -> ProviderRetryableError:
-    return ProviderRetryableError(f"{provider} sent a malformed response: {detail}")
+    return ProviderRetryableError(
+        f"{provider} sent a malformed response: {detail}", code="malformed"
+    )
 
 
 def provider_message(body: object, fallback: str) -> str:
@@ -103,9 +105,13 @@ def translate_sdk_error(sdk: Any, provider: str, exc: Exception, timeout_s: floa
         message = provider_message(exc.body, exc.message)
         return status_error(provider, exc.status_code, message, exc.response.headers)
     if isinstance(exc, sdk.APITimeoutError):  # before APIConnectionError: it is a subclass
-        return ProviderRetryableError(f"{provider} did not answer within {timeout_s:g}s")
+        return ProviderRetryableError(
+            f"{provider} did not answer within {timeout_s:g}s", code="timeout"
+        )
     if isinstance(exc, sdk.APIConnectionError):
-        return ProviderRetryableError(f"{provider} connection failed: {exc.message}")
+        return ProviderRetryableError(
+            f"{provider} connection failed: {exc.message}", code="connection"
+        )
     if isinstance(exc, sdk.APIResponseValidationError):
         return malformed(provider, exc.message)
-    return ProviderError(f"{provider} client error: {exc}")
+    return ProviderError(f"{provider} client error: {exc}", code="client")

@@ -31,6 +31,9 @@ class Priced:
     input_tokens: int = 10
     output_tokens: int = 5
     cost_usd: float = 0.001
+    cached: bool = False
+    cached_cost_usd: float = 0.0
+    rate_limited_s: float = 0.0
 
 
 @dataclass
@@ -42,7 +45,13 @@ class ScriptedCompleter:
     seen: list[list[ChatMessage]] = field(default_factory=list)
 
     def complete(
-        self, model_name: str, messages: Sequence[ChatMessage], max_output_tokens: int | None = None
+        self,
+        model_name: str,
+        messages: Sequence[ChatMessage],
+        max_output_tokens: int | None = None,
+        *,
+        context: object = None,
+        on_wait: object = None,
     ) -> Priced:
         self.seen.append(list(messages))
         if not self.replies:
