@@ -2,7 +2,7 @@
 
 ``celery -A bench.echo worker -Q bench.echo`` runs it (``bench.cluster.echo_worker``). The
 worker reads ``BENCH_REDIS_URL`` when Celery first configures the app (nothing connects at
-import). Two ways back, as in DESIGN §8:
+import). Two ways back, as measured before the design:
 
 - ``reply_key`` given: the task RPUSHes the payload there and the caller BLPOPs it (what
   rlm-jobs' dispatcher does);

@@ -74,7 +74,8 @@ class Settings(BaseSettings):
 
     # Connections one process may open to Redis; past it callers wait instead of failing.
     # Pub/sub and blocking reads have their own. Every command is short (leases and cancel
-    # flags go in one batch per process), so 8 serve 200 concurrent jobs (bench scenario 7).
+    # flags go in one batch per process), so a handful serve hundreds of concurrent jobs
+    # (measured in docs/benchmarks.md).
     redis_max_connections: int = Field(default=8, ge=4, le=10_000)
 
     # The root model; None picks one from whichever provider key is set (scripted if none).

@@ -20,7 +20,7 @@ from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.errors import JobHandedOver, JobStopped, ProviderError, RLMJobsError, SandboxError
 from rlm_jobs.journal import RootReply
-from rlm_jobs.models import JobResult, JobSpec, JobStatus
+from rlm_jobs.models import JobResult, JobSpec, JobStatus, split_model_name
 from rlm_jobs.sandboxes.base import CellOutcome, Repl
 from rlm_jobs.subcalls import SubcallHandlerForJob
 from rlm_jobs.trajectory import Trajectory, code_block_entry
@@ -298,13 +298,14 @@ class _Loop:
 
     def run(self) -> JobResult:
         self.control.observer.job_started(self.job_id, self.spec)
+        provider, model_name = split_model_name(self.spec.model)
         self.trajectory.metadata(
             job_id=self.job_id,
             root_model=self.spec.model,
             max_depth=self.limits.max_depth,
             max_iterations=self.limits.max_iterations,
-            backend=self.spec.model.partition("/")[0],
-            backend_kwargs={"model_name": self.spec.model.partition("/")[2]},
+            backend=provider,
+            backend_kwargs={"model_name": model_name},
             environment_type="rlm-jobs",
             environment_kwargs={},
             other_backends=[self.spec.sub_model] if self.spec.sub_model else None,

@@ -40,6 +40,25 @@ ModelName = Annotated[
 ]
 
 
+def split_model_name(name: str) -> tuple[str, str]:
+    """``"provider/model"`` as (provider, model): the one place a model name is taken apart.
+
+    ValueError when either part is missing (``ModelName`` fields are checked already).
+    """
+    provider, sep, model = name.partition("/")
+    if not sep or not provider or not model:
+        raise ValueError(
+            f"model names look like 'provider/model' (e.g. 'openai/gpt-4o-mini'), not {name!r}"
+        )
+    return provider, model
+
+
+def model_provider(name: str) -> str:
+    """The provider part of a model name, for lookups that fall back to a provider-wide
+    entry (prices, rate limits); a name without one is its own provider."""
+    return name.partition("/")[0]
+
+
 class Limits(Strict):
     """Per-job limits; every default has a reason."""
 

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 
 from rlm_jobs.config import ModelPrice
+from rlm_jobs.models import model_provider
 
 __all__ = ["cost_usd", "price_for"]
 
@@ -28,7 +29,7 @@ def price_for(model_name: str, table: Mapping[str, ModelPrice]) -> ModelPrice | 
     exact = table.get(model_name)
     if exact is not None:
         return exact
-    provider, _, _ = model_name.partition("/")
+    provider = model_provider(model_name)
     return table.get(f"{provider}/*")
 
 

@@ -38,7 +38,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_connection_retry_on_startup": True,
         # Producer connections per process (task sends and progress events): a send takes a
         # fraction of a millisecond, so two serve hundreds of job threads (they wait for one),
-        # and each is a Redis client (bench scenario 7: 19 connections in all for 200 jobs).
+        # and each is a Redis client (docs/benchmarks.md counts a process's connections).
         "broker_pool_limit": 2,
         # Flower shows tasks from events: send them without needing `-E`. ``task-sent`` lets
         # it show jobs still queued; llm tasks are sent without one (workers/dispatcher.py).

@@ -2,8 +2,8 @@
 
 Celery reserves messages up to its prefetch count, one message one unit. An llm task carries
 up to ``llm_chunk_size`` prompts, so a process counting messages could reserve 16 chunks of
-8 prompts, 128 prompts, for its 16 provider slots while another process idled (bench
-scenario 5 measured 1.6x the throughput of one process with four). ``PromptCredit`` stops
+8 prompts, 128 prompts, for its 16 provider slots while another process idled (see
+docs/benchmarks.md, scaling with llm processes). ``PromptCredit`` stops
 the consumer asking the broker for messages while the prompts of its unfinished llm tasks
 fill the process's ``llm_worker_concurrency`` slots; Celery's own limit on messages still
 holds, since the check is added in front of it.

@@ -42,7 +42,7 @@ _CALL_CHECK_S = 1.0
 # was lost, or it sits in the prefetch of a worker that died before claiming it.
 _UNCLAIMED_RESEND_S = 10.0
 # A batch goes out as at least this many tasks (one per prompt below it) before prompts
-# share a task. Celery costs ~7 ms of CPU per task (message, ack, events), so sharing pays,
+# share a task. Celery costs milliseconds of CPU per task (message, ack, events), so sharing pays,
 # but a chunk runs inside one worker process: a batch in a few big chunks would keep most
 # of the llm pool idle. Workers reserve chunks by their prompts (workers/credit.py), so
 # chunks this small spread evenly; past 32 * llm_chunk_size prompts chunks are full.

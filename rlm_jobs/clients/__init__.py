@@ -20,7 +20,7 @@ from rlm_jobs.clients.calls import CallContext, CallObserver, NullCallObserver
 from rlm_jobs.clients.retry import RetryingClient, RetryPolicy, Sleep
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import ConfigError, SpecError
-from rlm_jobs.models import ModelName
+from rlm_jobs.models import ModelName, split_model_name
 
 __all__ = [
     "CLIENT_FACTORIES",
@@ -115,7 +115,7 @@ def check_model(name: str) -> str:
         raise SpecError(
             f"model {name!r} must look like provider/name, e.g. openai/gpt-4o-mini"
         ) from None
-    provider = name.split("/", 1)[0]
+    provider, _ = split_model_name(name)
     if provider not in CLIENT_FACTORIES:
         known = ", ".join(sorted(CLIENT_FACTORIES))
         raise SpecError(f"unknown provider {provider!r} in model {name!r}; known: {known}")

@@ -63,8 +63,8 @@ class OpenAIClient:
     ) -> Completion:
         # Sent through the SDK's own request path (auth, timeouts, status errors) but as a
         # plain body, decoded as plain JSON: the typed ``chat.completions.create`` walks
-        # its parameter types and builds response models, a third of the SDK's CPU per
-        # call (~1 ms of 3.4), and every field is checked here anyway.
+        # its parameter types and builds response models, a large part of the SDK's CPU
+        # per call (docs/benchmarks.md), and every field is checked here anyway.
         body: dict[str, Any] = {
             "model": model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages],

@@ -32,7 +32,7 @@ from rlm_jobs.clients.calls import CallContext, CallObserver, NullCallObserver, 
 from rlm_jobs.clients.retry import RetryPolicy, Sleep, gave_up, retry_delay_s
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import ConfigError, JobStopped, ProviderError, ProviderRetryableError
-from rlm_jobs.models import JobStatus
+from rlm_jobs.models import JobStatus, split_model_name
 from rlm_jobs.pricing import cost_usd
 from rlm_jobs.providers.cache import CachedReply, request_digest
 from rlm_jobs.providers.controls import CallSettlement, ProviderControls
@@ -269,10 +269,7 @@ class LLMRouter:
 
 
 def _split(model_name: str) -> tuple[str, str]:
-    provider, sep, model = model_name.partition("/")
-    if not sep or not provider or not model:
-        raise ConfigError(
-            f"model names look like 'provider/model' (e.g. 'openai/gpt-4o-mini'), "
-            f"not {model_name!r}"
-        )
-    return provider, model
+    try:
+        return split_model_name(model_name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -37,6 +37,7 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.clients.calls import OnWait
 from rlm_jobs.config import RateLimit
+from rlm_jobs.models import model_provider
 from rlm_jobs.redis_errors import redis_errors
 from rlm_jobs.scripts import source
 
@@ -80,7 +81,7 @@ class RateLimiter:
         limit = self._limits.get(model_name)
         if limit is not None:
             return model_name, limit
-        provider = model_name.partition("/")[0]
+        provider = model_provider(model_name)
         limit = self._limits.get(provider)
         return (provider, limit) if limit is not None else None
 
