@@ -16,24 +16,16 @@ from typing import Protocol
 from rlm_jobs.clients.base import ChatMessage
 from rlm_jobs.errors import RLMJobsError
 
+# One record per concept: the sandbox receives these very results (sandbox.records).
+from sandbox.records import SubcallResult as SubcallResult
+from sandbox.records import not_run as not_run
+
 
 @dataclass(frozen=True)
 class SubcallSpec:
     job_id: str
     model: str
     prompt: str
-
-
-@dataclass(frozen=True)
-class SubcallResult:
-    ok: bool
-    text: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    latency_s: float = 0.0
-    # Which worker served it ("" in process): shows how a batch spread over the pool.
-    worker: str = ""
 
 
 # Called once per prompt as its result arrives (index into the batch, result), so usage is
@@ -99,11 +91,7 @@ class InProcessDispatcher:
     ) -> list[SubcallResult]:
         def run(index: int, spec: SubcallSpec) -> SubcallResult:
             reason = stop()
-            result = (
-                SubcallResult(ok=False, text=f"Error: not run: {reason}")
-                if reason
-                else complete_one(self._router, spec)
-            )
+            result = not_run(reason) if reason else complete_one(self._router, spec)
             on_result(index, result)
             return result
 

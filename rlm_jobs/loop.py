@@ -18,9 +18,10 @@ from rlm_jobs.clients.base import ChatMessage
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.errors import JobStopped, ProviderError, RLMJobsError, SandboxError
 from rlm_jobs.models import JobResult, JobSpec, JobStatus
-from rlm_jobs.sandboxes.base import CellOutcome, Repl
+from rlm_jobs.sandboxes.base import Repl
 from rlm_jobs.subcalls import SubcallHandlerForJob
 from rlm_jobs.trajectory import Trajectory, code_block_entry
+from sandbox.records import CellResult
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def truncate(text: str, limit: int) -> str:
     return f"{text[:limit]}\n... [output truncated: {cut:,} more characters not shown]"
 
 
-def render_outcome(outcome: CellOutcome, limit: int) -> str:
+def render_outcome(outcome: CellResult, limit: int) -> str:
     parts = [outcome.stdout]
     if outcome.stderr:
         parts.append(f"[stderr]\n{outcome.stderr}")
@@ -115,7 +116,7 @@ class _Loop:
         )
         return done.text
 
-    def run_cell(self, repl: Repl, code: str) -> CellOutcome:
+    def run_cell(self, repl: Repl, code: str) -> CellResult:
         self.check()
         remaining = self.control.deadline - time.monotonic()
         outcome = repl.run_cell(
@@ -188,7 +189,7 @@ class _Loop:
         finally:
             self.record(prompt_snapshot, reply, blocks, final, started)
 
-    def count_error(self, outcome: CellOutcome) -> None:
+    def count_error(self, outcome: CellResult) -> None:
         if outcome.error or outcome.timed_out:
             self.state.consecutive_errors += 1
             if self.state.consecutive_errors >= self.limits.max_consecutive_errors:

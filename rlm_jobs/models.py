@@ -226,10 +226,3 @@ class JobResult(Strict):
         if not self.status.finished:
             raise ValueError(f"a result needs a finished status, not {self.status.value}")
         return self
-
-
-class SubcallOutcome(Strict):
-    """One slot of an llm_query/rlm_query batch as the sandbox sees it."""
-
-    ok: bool
-    text: str

@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from rlm_jobs.dispatch import SubcallResult, SubcallSpec
+from rlm_jobs.dispatch import SubcallResult, SubcallSpec, not_run
 from rlm_jobs.engine import Engine, JobControl
-from rlm_jobs.models import JobResult, JobSpec, JobStatus, SubcallOutcome
+from rlm_jobs.models import JobResult, JobSpec, JobStatus
 from rlm_jobs.prompts import CHILD_QUERY
 from rlm_jobs.trajectory import Trajectory, subcall_entry
 from sandbox.wire import SubcallRequest
@@ -70,7 +70,7 @@ class SubcallHandlerForJob:
         over = self._control.meter.exceeded()
         return over[1] if over else None
 
-    def __call__(self, request: SubcallRequest) -> list[SubcallOutcome]:
+    def __call__(self, request: SubcallRequest) -> list[SubcallResult]:
         if request.kind == "rlm" and self._spec.depth < self._spec.limits.max_depth:
             return self._children(request)
         return self._llm(request)
@@ -80,7 +80,7 @@ class SubcallHandlerForJob:
             requested or self._spec.sub_model or self._engine.default_sub_model or self._spec.model
         )
 
-    def _llm(self, request: SubcallRequest) -> list[SubcallOutcome]:
+    def _llm(self, request: SubcallRequest) -> list[SubcallResult]:
         model = self._sub_model(request.model)
         specs = [SubcallSpec(self._job_id, model, p) for p in request.prompts]
         self.counters.started(len(specs))
@@ -109,18 +109,18 @@ class SubcallHandlerForJob:
         results = self._engine.dispatcher.run_batch(
             specs, on_result=on_result, stop=self.stop_reason
         )
-        return [SubcallOutcome(ok=r.ok, text=r.text) for r in results]
+        return results
 
-    def _children(self, request: SubcallRequest) -> list[SubcallOutcome]:
+    def _children(self, request: SubcallRequest) -> list[SubcallResult]:
         model = request.model or self._spec.model
         self.counters.started(len(request.prompts))
         self._report()
 
-        def run_one(prompt: str) -> SubcallOutcome:
+        def run_one(prompt: str) -> SubcallResult:
             reason = self.stop_reason()
             if reason:
                 self.counters.finished()
-                return SubcallOutcome(ok=False, text=f"Error: not run: {reason}")
+                return not_run(reason)
             child_id = f"{self._job_id}.{next(self._child_ids)}"
             child_spec = self._spec.model_copy(
                 update={
@@ -159,11 +159,11 @@ class SubcallHandlerForJob:
             return list(pool.map(run_one, request.prompts))
 
 
-def _child_outcome(result: JobResult) -> SubcallOutcome:
+def _child_outcome(result: JobResult) -> SubcallResult:
     if result.status is JobStatus.COMPLETED and result.answer is not None:
-        return SubcallOutcome(ok=True, text=result.answer)
+        return SubcallResult(ok=True, text=result.answer)
     partial = f" Partial answer: {result.answer}" if result.answer else ""
-    return SubcallOutcome(
+    return SubcallResult(
         ok=False,
         text=f"Error: child RLM ended with {result.status.value}: {result.reason}.{partial}",
     )

@@ -17,6 +17,7 @@ is gone. Dependencies: the stdlib only (``sandbox.resp`` speaks to Redis) — ne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -27,6 +28,7 @@ import time
 from typing import Any
 
 from sandbox import resp, wire
+from sandbox.records import CellResult, SubcallResult
 from sandbox.repl import Repl
 from sandbox.subcalls import SubcallClient, make_functions
 
@@ -139,7 +141,7 @@ class Runtime:
             self.reject(raw, str(exc))
             return
         if isinstance(msg, wire.SubcallReply):
-            if not self.subcalls.deliver_slots(msg.reply_to, msg.results):
+            if not self.subcalls.deliver(msg.reply_to, msg.results):
                 log(f"reply to unknown or finished sub-call {msg.reply_to}")
         elif isinstance(msg, wire.ExecCell):
             if msg.id not in self._seen_exec:  # a resent cell must not run twice
@@ -161,20 +163,19 @@ class Runtime:
         msg_id = head.get("id") if isinstance(head.get("id"), str) else None
         reply_to = head.get("reply_to") if isinstance(head.get("reply_to"), str) else None
         if head.get("type") == "exec" and msg_id:
+            error = f"The sandbox could not run this cell: malformed exec message: {problem}"
             self.send(
-                wire.CellResult(
+                wire.CellDone(
                     seq=self.next_seq(),
                     id=wire.new_id(),
                     reply_to=msg_id[:64],
-                    stdout="",
-                    stderr="",
-                    error=f"The sandbox could not run this cell: malformed exec message: {problem}",
+                    result=CellResult(stdout="", stderr="", error=error),
                 )
             )
             return
         if head.get("type") == "subcall_reply" and reply_to:
-            slot = wire.Slot(ok=False, text=f"Error: malformed sub-call reply ({problem})")
-            if self.subcalls.deliver_slots(reply_to, [slot] * 1000):
+            failed = SubcallResult(ok=False, text=f"Error: malformed sub-call reply ({problem})")
+            if self.subcalls.deliver(reply_to, [failed] * 1000):
                 return
         with self._notes_lock:
             if len(self._protocol_notes) < MAX_PROTOCOL_NOTES:
@@ -222,25 +223,16 @@ class Runtime:
                 continue
             self._busy = True
             try:
-                run = repl.run(
+                result = repl.run(
                     msg.code, timeout_s=msg.timeout_s, max_output_chars=msg.max_output_chars
                 )
             finally:
                 self._busy = False
-            stderr = run.stderr + self._take_protocol_notes()
+            notes = self._take_protocol_notes()
+            if notes:
+                result = dataclasses.replace(result, stderr=result.stderr + notes)
             self.send(
-                wire.CellResult(
-                    seq=self.next_seq(),
-                    id=wire.new_id(),
-                    reply_to=msg.id,
-                    stdout=run.stdout,
-                    stderr=stderr,
-                    error=run.error,
-                    final=run.final,
-                    partial=run.partial,
-                    timed_out=run.timed_out,
-                    duration_s=run.duration_s,
-                )
+                wire.CellDone(seq=self.next_seq(), id=wire.new_id(), reply_to=msg.id, result=result)
             )
 
     def _take_protocol_notes(self) -> str:

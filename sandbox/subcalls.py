@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from sandbox.wire import Slot, SubcallReply, SubcallRequest, ToSandbox, new_id
+from sandbox.records import SubcallResult
+from sandbox.wire import SubcallReply, SubcallRequest, ToSandbox, new_id
 
 # Pub/sub loss is rare, so the stored copy is checked only this often.
 REPLY_POLL_S = 1.0
@@ -24,7 +25,7 @@ RESEND_S = 5.0
 class _Waiter:
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.slots: list[Slot] | None = None
+        self.results: list[SubcallResult] | None = None
 
 
 class SubcallClient:
@@ -40,15 +41,13 @@ class SubcallClient:
         self._waiters: dict[str, _Waiter] = {}
         self._lock = threading.Lock()
 
-    def deliver(self, reply: SubcallReply) -> None:
-        self.deliver_slots(reply.reply_to, reply.results)
-
-    def deliver_slots(self, request_id: str, slots: list[Slot]) -> bool:
+    def deliver(self, request_id: str, results: list[SubcallResult]) -> bool:
+        """Hand a reply to the call waiting for it; False if none waits (finished or unknown)."""
         with self._lock:
             waiter = self._waiters.get(request_id)
         if waiter is None:
             return False
-        waiter.slots = slots
+        waiter.results = results
         waiter.event.set()
         return True
 
@@ -68,7 +67,7 @@ class SubcallClient:
             while not waiter.event.wait(REPLY_POLL_S):
                 stored = self._fetch_reply(request.id)
                 if isinstance(stored, SubcallReply):
-                    waiter.slots = stored.results
+                    waiter.results = stored.results
                     break
                 if time.monotonic() >= next_resend:
                     next_resend = time.monotonic() + RESEND_S
@@ -76,8 +75,8 @@ class SubcallClient:
         finally:
             with self._lock:
                 self._waiters.pop(request.id, None)
-        slots = waiter.slots or []
-        texts = [slot.text if slot.ok else _as_error(slot.text) for slot in slots[: len(prompts)]]
+        results = waiter.results or []
+        texts = [r.text if r.ok else _as_error(r.text) for r in results[: len(prompts)]]
         missing = len(prompts) - len(texts)
         texts += ["Error: the orchestrator sent no answer for this prompt"] * missing
         return texts

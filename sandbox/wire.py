@@ -19,67 +19,40 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import reprlib
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, TypeVar, Union
+from typing import Any, ClassVar, Literal, Protocol
+
+from sandbox.records import CellResult, Record, SubcallResult, WireError, loads
+from sandbox.records import bounds as _bounds
+
+__all__ = [
+    "Bootstrap",
+    "CellDone",
+    "CellResult",
+    "ContextLoaded",
+    "ExecCell",
+    "Fatal",
+    "Heartbeat",
+    "LoadContext",
+    "Message",
+    "Ready",
+    "Shutdown",
+    "SubcallReply",
+    "SubcallRequest",
+    "SubcallResult",
+    "ToHost",
+    "ToSandbox",
+    "WireError",
+    "new_id",
+]
 
 # Pub/sub payloads stay small so a slow subscriber is never cut off by Redis's
 # output-buffer limit; anything bigger goes by reference.
 INLINE_LIMIT_BYTES = 64 * 1024
 # Copies of messages outlive any reasonable wait for them, then disappear.
 MESSAGE_TTL_S = 3600
-
-
-class WireError(ValueError):
-    """A message that is not valid JSON or does not match the schema."""
-
-
-R = TypeVar("R", bound="Record")
-
-
-def _bounds(**limits: float) -> Any:
-    """Field metadata: ge/gt for numbers, min_len/max_len for strings and lists."""
-    return {"bounds": limits}
-
-
-@dataclass(frozen=True, kw_only=True)
-class Record:
-    """A frozen dataclass whose fields are checked against their annotations when built."""
-
-    def __post_init__(self) -> None:
-        hints = _hints(type(self))
-        for f in dataclasses.fields(self):
-            _check(getattr(self, f.name), hints[f.name], f.name, f.metadata.get("bounds", {}))
-
-    @classmethod
-    def from_dict(cls: type[R], data: Any) -> R:
-        if not isinstance(data, dict):
-            raise WireError(f"{cls.__name__} must be a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)}
-        extra = sorted(set(data) - names)
-        if extra:
-            raise WireError(f"{cls.__name__}: unexpected field {reprlib.repr(extra[0])}")
-        hints = _hints(cls)
-        values = {name: _convert(value, hints[name]) for name, value in data.items()}
-        try:
-            return cls(**values)
-        except TypeError as exc:  # a required field is missing
-            raise WireError(f"{cls.__name__}: {exc}") from exc
-
-    @classmethod
-    def from_json(cls: type[R], raw: str | bytes | bytearray) -> R:
-        return cls.from_dict(_loads(raw))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        # ASCII escapes: model output may hold lone surrogates, which cannot be encoded as UTF-8.
-        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,17 +79,12 @@ class ExecCell(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Slot(Record):
-    ok: bool
-    text: str
-
-
-@dataclass(frozen=True, kw_only=True)
 class SubcallReply(Message):
     TYPE: ClassVar[str] = "subcall_reply"
 
     reply_to: str
-    results: list[Slot]
+    # ok and text only: usage and worker names stay on the host.
+    results: list[SubcallResult]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,18 +115,11 @@ class Ready(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CellResult(Message):
+class CellDone(Message):
     TYPE: ClassVar[str] = "cell_result"
 
     reply_to: str
-    stdout: str
-    stderr: str
-    error: str | None = None
-    final: str | None = None
-    # answer["content"] after the cell, even when not ready: the job's best partial answer.
-    partial: str | None = None
-    timed_out: bool = False
-    duration_s: float = 0.0
+    result: CellResult
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,12 +154,12 @@ class Fatal(Message):
 
 
 ToSandbox = ExecCell | SubcallReply | Shutdown | LoadContext
-ToHost = Ready | CellResult | ContextLoaded | SubcallRequest | Heartbeat | Fatal
+ToHost = Ready | CellDone | ContextLoaded | SubcallRequest | Heartbeat | Fatal
 _TO_SANDBOX: dict[str, type[Message]] = {
     c.TYPE: c for c in (ExecCell, SubcallReply, Shutdown, LoadContext)
 }
 _TO_HOST: dict[str, type[Message]] = {
-    c.TYPE: c for c in (Ready, CellResult, ContextLoaded, SubcallRequest, Heartbeat, Fatal)
+    c.TYPE: c for c in (Ready, CellDone, ContextLoaded, SubcallRequest, Heartbeat, Fatal)
 }
 
 
@@ -226,115 +187,8 @@ def new_id() -> str:
     return os.urandom(16).hex()
 
 
-# ---- checking ---------------------------------------------------------------------------
-
-_hint_cache: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _hint_cache.get(cls)
-    if hints is None:
-        hints = typing.get_type_hints(cls)
-        _hint_cache[cls] = hints
-    return hints
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _check(value: Any, hint: Any, name: str, bounds: dict[str, float]) -> None:
-    """Raise WireError unless ``value`` is exactly of type ``hint`` and within ``bounds``."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return
-        (inner,) = [o for o in options if o is not type(None)]
-        _check(value, inner, name, bounds)
-        return
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            shown = reprlib.repr(value)
-            raise WireError(f"{name}: {shown} is not one of {list(typing.get_args(hint))}")
-        return
-    if origin is list:
-        if not isinstance(value, list):
-            raise WireError(f"{name}: expected a list, got {_type_name(value)}")
-        (item,) = typing.get_args(hint)
-        for i, element in enumerate(value):
-            _check(element, item, f"{name}[{i}]", {})
-    elif hint is bool:
-        if not isinstance(value, bool):
-            raise WireError(f"{name}: expected a boolean, got {_type_name(value)}")
-    elif hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise WireError(f"{name}: expected an integer, got {_type_name(value)}")
-    elif hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise WireError(f"{name}: expected a number, got {_type_name(value)}")
-        try:
-            finite = math.isfinite(value)
-        except OverflowError:  # an integer too big for a float
-            finite = False
-        if not finite:
-            raise WireError(f"{name}: expected a finite number")
-    elif hint is str:
-        if not isinstance(value, str):
-            raise WireError(f"{name}: expected a string, got {_type_name(value)}")
-    elif isinstance(hint, type) and issubclass(hint, Record):
-        if not isinstance(value, hint):
-            raise WireError(f"{name}: expected {hint.__name__}, got {_type_name(value)}")
-    else:  # pragma: no cover - a schema bug, not bad input
-        raise TypeError(f"{name}: unsupported annotation {hint!r}")
-    _check_bounds(value, name, bounds)
-
-
-def _check_bounds(value: Any, name: str, bounds: dict[str, float]) -> None:
-    if "ge" in bounds and value < bounds["ge"]:
-        raise WireError(f"{name}: must be >= {bounds['ge']:g}")
-    if "gt" in bounds and value <= bounds["gt"]:
-        raise WireError(f"{name}: must be > {bounds['gt']:g}")
-    if "min_len" in bounds and len(value) < bounds["min_len"]:
-        raise WireError(f"{name}: must have at least {bounds['min_len']:g} items or characters")
-    if "max_len" in bounds and len(value) > bounds["max_len"]:
-        raise WireError(f"{name}: must have at most {bounds['max_len']:g} items or characters")
-
-
-def _convert(value: Any, hint: Any) -> Any:
-    """JSON values to field values: nested records are built from their objects."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        inner = [o for o in typing.get_args(hint) if o is not type(None)]
-        return value if value is None else _convert(value, inner[0])
-    if origin is list and isinstance(value, list):
-        (item,) = typing.get_args(hint)
-        return [_convert(element, item) for element in value]
-    if isinstance(hint, type) and issubclass(hint, Record):
-        return hint.from_dict(value)
-    if hint is str and isinstance(value, str) and not value.isascii():
-        return _without_lone_surrogates(value)
-    return value
-
-
-def _without_lone_surrogates(text: str) -> str:
-    """JSON may carry lone surrogates (``"\\ud800"``); nothing downstream can encode them."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text
-
-
-def _loads(raw: str | bytes | bytearray) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise WireError(f"message is not JSON: {exc}") from exc
-
-
 def _decode(table: dict[str, type[Message]], raw: str | bytes | bytearray, side: str) -> Any:
-    data = _loads(raw)
+    data = loads(raw)
     if not isinstance(data, dict):
         raise WireError(f"bad message {side}: not a JSON object")
     kind = data.pop("type", None)
@@ -385,7 +239,7 @@ def send(redis: _Redis, channel: str, message_key_prefix: str, msg: Message) -> 
 def _resolve(
     redis: _Redis, message_key_prefix: str, raw: str | bytes | bytearray
 ) -> str | bytes | bytearray:
-    head = _loads(raw)
+    head = loads(raw)
     if isinstance(head, dict) and set(head) == {"ref"} and isinstance(head["ref"], str):
         stored = redis.get(message_key_prefix + head["ref"])
         if stored is None:

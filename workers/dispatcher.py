@@ -20,7 +20,7 @@ from kombu.messaging import Producer
 from pydantic import BaseModel, ConfigDict
 
 from rlm_jobs import keys
-from rlm_jobs.dispatch import ResultCallback, StopCheck, SubcallResult, SubcallSpec
+from rlm_jobs.dispatch import ResultCallback, StopCheck, SubcallResult, SubcallSpec, not_run
 from workers.app import LLM_QUEUE, LLM_TASK
 from workers.replies import ReplyCollector
 
@@ -77,7 +77,7 @@ class CeleryDispatcher:
     ) -> list[SubcallResult]:
         reason = stop()
         if reason:
-            return [SubcallResult(ok=False, text=f"Error: not run: {reason}") for _ in specs]
+            return [not_run(reason) for _ in specs]
         call_ids = [uuid.uuid4().hex for _ in specs]
         pipe = self._client.pipeline(transaction=False)
         for call_id, spec in zip(call_ids, specs, strict=True):
@@ -153,7 +153,7 @@ class CeleryDispatcher:
             index = futures[future]
             pipe.delete(keys.subcall_prompt(call_ids[index]))
             self._collector.forget(call_ids[index])
-            results[index] = SubcallResult(ok=False, text=f"Error: not run: {reason}")
+            results[index] = not_run(reason)
             on_result(index, results[index])  # type: ignore[arg-type]
         pipe.execute()
 

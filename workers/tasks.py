@@ -15,7 +15,7 @@ import redis
 from celery import Task, shared_task
 
 from rlm_jobs import keys
-from rlm_jobs.dispatch import SubcallResult, SubcallSpec, complete_one
+from rlm_jobs.dispatch import SubcallResult, SubcallSpec, complete_one, not_run
 from rlm_jobs.models import JobResult, JobStatus
 from workers.app import LLM_TASK, RUN_JOB_TASK
 from workers.dispatcher import PromptRecord
@@ -181,7 +181,7 @@ class LlmChunk:
             outcome = "malformed"
         else:
             if cancelled:
-                result = SubcallResult(ok=False, text=f"Error: not run: {cancelled}")
+                result = not_run(cancelled)
                 outcome = "not run"
             else:
                 spec = SubcallSpec(job_id=record.job_id, model=record.model, prompt=record.prompt)

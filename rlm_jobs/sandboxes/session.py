@@ -13,6 +13,7 @@ background (``rlm_jobs.sandboxes.janitor``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -26,7 +27,6 @@ from rlm_jobs.errors import SandboxError
 from rlm_jobs.models import ContextRef
 from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.base import (
-    CellOutcome,
     Repl,
     ReplFactory,
     SandboxBackend,
@@ -38,6 +38,7 @@ from rlm_jobs.sandboxes.janitor import Janitor
 from rlm_jobs.sandboxes.lifecycle import Launcher, LiveSandbox
 from rlm_jobs.sandboxes.pool import SandboxPool
 from sandbox import wire
+from sandbox.records import CellResult, SubcallResult
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class SandboxSession:
         sbx = self._sbx
         return None if sbx is None else sbx.process
 
-    def run_cell(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellOutcome:
+    def run_cell(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellResult:
         sbx = self._sbx
         if self._closed or sbx is None:
             raise SandboxError("the sandbox session is closed or has no live sandbox")
@@ -239,7 +240,7 @@ class SandboxSession:
 
     def _replace_after_timeout(
         self, sbx: LiveSandbox, timeout_s: float, started: float
-    ) -> CellOutcome:
+    ) -> CellResult:
         if sbx.process is not None:
             sbx.process.kill()
         error = (
@@ -248,7 +249,7 @@ class SandboxSession:
             "killed."
         )
         self._replace(sbx)
-        return CellOutcome(
+        return CellResult(
             stdout="",
             stderr="",
             error=error,
@@ -258,14 +259,14 @@ class SandboxSession:
             duration_s=time.monotonic() - started,
         )
 
-    def _replace_after_death(self, sbx: LiveSandbox, started: float) -> CellOutcome:
+    def _replace_after_death(self, sbx: LiveSandbox, started: float) -> CellResult:
         how = sbx.describe()
         error = (
             f"The sandbox process died while running this cell ({how}). Typical causes: "
             "running out of memory, too many processes, or calling os._exit/kill on itself."
         )
         self._replace(sbx)
-        return CellOutcome(
+        return CellResult(
             stdout="",
             stderr="",
             error=error,
@@ -288,17 +289,17 @@ class SandboxSession:
             sbx.sub = self._launcher.hub.subscribe(keys.sandbox_to_host(sbx.id))
             return None
 
-    def _stored_result(self, sbx: LiveSandbox, request_id: str) -> wire.CellResult | None:
+    def _stored_result(self, sbx: LiveSandbox, request_id: str) -> wire.CellDone | None:
         try:
             stored = wire.fetch_reply_to_host(self._client, sbx.prefix, request_id)
         except (wire.WireError, redis.RedisError) as exc:
             log.warning("sandbox %s: unreadable stored result: %s", sbx.id, exc)
             return None
-        return stored if isinstance(stored, wire.CellResult) else None
+        return stored if isinstance(stored, wire.CellDone) else None
 
     def _handle(
         self, sbx: LiveSandbox, raw: str | bytes, request_id: str, notes: list[str]
-    ) -> wire.CellResult | None:
+    ) -> wire.CellDone | None:
         try:
             msg = wire.decode_to_host(self._client, sbx.prefix, raw)
         except (wire.WireError, redis.RedisError) as exc:
@@ -306,7 +307,7 @@ class SandboxSession:
             if len(notes) < 5:
                 notes.append(f"[host] ignored a malformed message from the sandbox: {exc}")
             return None
-        if isinstance(msg, wire.CellResult):
+        if isinstance(msg, wire.CellDone):
             return msg if msg.reply_to == request_id else None
         if isinstance(msg, wire.SubcallRequest) and msg.id not in sbx.requests_seen:
             sbx.requests_seen.add(msg.id)
@@ -318,18 +319,18 @@ class SandboxSession:
     def _serve_subcall(self, sbx: LiveSandbox, request: wire.SubcallRequest) -> None:
         n = len(request.prompts)
         try:
-            outcomes = self._handler(request)
-            slots = [wire.Slot(ok=o.ok, text=o.text) for o in outcomes[:n]]
-            missing = n - len(slots)
-            slots += [wire.Slot(ok=False, text="Error: no answer for this prompt")] * missing
+            # The sandbox gets ok and text only: usage and worker names stay on the host.
+            results = [SubcallResult(ok=r.ok, text=r.text) for r in self._handler(request)[:n]]
+            missing = n - len(results)
+            results += [SubcallResult(ok=False, text="Error: no answer for this prompt")] * missing
         except Exception as exc:
             log.exception("sub-call handler failed for sandbox %s", sbx.id)
             text = f"Error: the sub-call failed: {type(exc).__name__}: {exc}"
-            slots = [wire.Slot(ok=False, text=text)] * n
+            results = [SubcallResult(ok=False, text=text)] * n
         if self._sbx is not sbx:
             return  # the sandbox that asked is gone; its keys must not be recreated
         reply = wire.SubcallReply(
-            seq=sbx.next_seq(), id=wire.new_id(), reply_to=request.id, results=slots
+            seq=sbx.next_seq(), id=wire.new_id(), reply_to=request.id, results=results
         )
         try:
             self._send(sbx, reply)
@@ -337,18 +338,9 @@ class SandboxSession:
             log.warning("%s", exc)
 
 
-def _outcome(result: wire.CellResult, notes: list[str], *, replaced: bool = False) -> CellOutcome:
-    return CellOutcome(
-        stdout=result.stdout,
-        stderr=result.stderr,
-        error=result.error,
-        final=result.final,
-        partial=result.partial,
-        timed_out=result.timed_out,
-        sandbox_replaced=replaced,
-        note="\n".join(notes),
-        duration_s=result.duration_s,
-    )
+def _outcome(done: wire.CellDone, notes: list[str], *, replaced: bool = False) -> CellResult:
+    # Host-only facts come from the host, whatever the sandbox put in them.
+    return dataclasses.replace(done.result, sandbox_replaced=replaced, note="\n".join(notes))
 
 
 def _warn_if_default_user_open(client: redis.Redis) -> None:

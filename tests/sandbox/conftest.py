@@ -12,10 +12,10 @@ import redis
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
 from rlm_jobs.errors import ConfigError
-from rlm_jobs.models import SubcallOutcome
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.session import SandboxSession
+from sandbox.records import SubcallResult
 from sandbox.wire import SubcallRequest
 
 # Every backend must pass the contract suite; the docker backend joins with
@@ -51,7 +51,7 @@ def connect_docker_or_fail() -> Any:
     return client
 
 
-def answer_from_text(request: SubcallRequest) -> list[SubcallOutcome]:
+def answer_from_text(request: SubcallRequest) -> list[SubcallResult]:
     """A stand-in for the LLM dispatcher: answers follow from the prompt text.
 
     ``fail...`` fails its slot; ``sleep:<s>:...`` answers after ``s`` seconds, so
@@ -63,10 +63,10 @@ def answer_from_text(request: SubcallRequest) -> list[SubcallOutcome]:
             _, seconds, _ = prompt.split(":", 2)
             time.sleep(float(seconds))
         if prompt.startswith("fail"):
-            outcomes.append(SubcallOutcome(ok=False, text=f"Error: refused {prompt!r}"))
+            outcomes.append(SubcallResult(ok=False, text=f"Error: refused {prompt!r}"))
         else:
             text = f"{request.kind}/{request.model or 'default'}: {prompt.upper()}"
-            outcomes.append(SubcallOutcome(ok=True, text=text))
+            outcomes.append(SubcallResult(ok=True, text=text))
     return outcomes
 
 

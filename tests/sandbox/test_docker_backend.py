@@ -29,6 +29,7 @@ from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes import docker as docker_backend
 from rlm_jobs.sandboxes.docker import DockerBackend, DockerSandbox, reap_orphans
 from sandbox import wire
+from sandbox.records import CellResult
 from tests.sandbox.conftest import connect_docker_or_fail
 
 pytestmark = pytest.mark.docker
@@ -108,7 +109,7 @@ class Peer:
             assert not isinstance(msg, wire.Fatal), msg.message
         raise AssertionError(f"no {kind.__name__} from sandbox {self.sandbox_id}")
 
-    def run(self, code: str, timeout_s: float = 20.0) -> wire.CellResult:
+    def run(self, code: str, timeout_s: float = 20.0) -> CellResult:
         self._seq += 1
         cell = wire.ExecCell(
             seq=self._seq,
@@ -118,8 +119,8 @@ class Peer:
             max_output_chars=20_000,
         )
         wire.send(self.client, self.channel_in, self.prefix, cell)
-        result: wire.CellResult = self.receive(wire.CellResult, timeout_s + 10)
-        return result
+        done: wire.CellDone = self.receive(wire.CellDone, timeout_s + 10)
+        return done.result
 
     def close(self) -> None:
         self.pubsub.close()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rlm_jobs.models import SubcallOutcome
+from sandbox.records import SubcallResult
 from sandbox.wire import SubcallRequest
 from tests.sandbox.conftest import OpenSession
 
@@ -194,7 +194,7 @@ def test_wrong_argument_types_raise_type_error(open_session: OpenSession, call: 
 
 
 def test_a_failing_handler_gives_error_strings_not_a_crash(open_session: OpenSession) -> None:
-    def broken(request: SubcallRequest) -> list[SubcallOutcome]:
+    def broken(request: SubcallRequest) -> list[SubcallResult]:
         raise RuntimeError("dispatcher down")
 
     out = run(open_session(handler=broken), "print(llm_query_batched(['a', 'b']))")

@@ -95,8 +95,8 @@ def test_non_json_and_schema_violating_input_is_reported_without_hanging(
     # The malformed exec is answered with an error, so a waiter would not hang.
     assert wait_for(lambda: wire.fetch_reply_to_host(redis_client, prefix, "bad-exec") is not None)
     reply = wire.fetch_reply_to_host(redis_client, prefix, "bad-exec")
-    assert isinstance(reply, wire.CellResult)
-    assert reply.error is not None and "malformed exec message" in reply.error
+    assert isinstance(reply, wire.CellDone)
+    assert reply.result.error is not None and "malformed exec message" in reply.result.error
     out = run(session, "print('still serving')")
     assert out.stdout == "still serving\n"
     assert "ignored malformed messages" in out.stderr and "not JSON" in out.stderr

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from sandbox import wire
+from sandbox.records import CellResult, SubcallResult
 
 
 def exec_cell(**overrides: Any) -> dict[str, Any]:
@@ -41,8 +42,11 @@ class _NoRedis:
 def test_every_message_round_trips_through_json() -> None:
     to_host = [
         wire.Ready(seq=0, id="a", pid=7),
-        wire.CellResult(
-            seq=1, id="b", reply_to="c", stdout="out \ud800 ü", stderr="", final="x", timed_out=True
+        wire.CellDone(
+            seq=1,
+            id="b",
+            reply_to="c",
+            result=CellResult(stdout="out \ud800 ü", stderr="", final="x", timed_out=True),
         ),
         wire.ContextLoaded(seq=2, id="d", reply_to="e", size_bytes=0),
         wire.SubcallRequest(seq=3, id="f", kind="rlm", prompts=["p1", "p2"], model="m"),
@@ -51,14 +55,17 @@ def test_every_message_round_trips_through_json() -> None:
     ]
     for msg in to_host:
         decoded = wire.decode_to_host(_NoRedis(), "p:", msg.to_json())
-        if isinstance(msg, wire.CellResult):
+        if isinstance(msg, wire.CellDone):
             # A lone surrogate cannot be encoded anywhere downstream: it is replaced.
-            assert decoded == dataclasses.replace(msg, stdout="out \ufffd\ufffd\ufffd ü")
+            fixed = dataclasses.replace(msg.result, stdout="out \ufffd\ufffd\ufffd ü")
+            assert decoded == dataclasses.replace(msg, result=fixed)
         else:
             assert decoded == msg
     to_sandbox = [
         wire.ExecCell(seq=0, id="a", code="x = 1", timeout_s=0.5, max_output_chars=100),
-        wire.SubcallReply(seq=1, id="b", reply_to="c", results=[wire.Slot(ok=True, text="t")] * 2),
+        wire.SubcallReply(
+            seq=1, id="b", reply_to="c", results=[SubcallResult(ok=True, text="t")] * 2
+        ),
         wire.Shutdown(seq=2, id="c"),
         wire.LoadContext(seq=3, id="d", context_key="rlm:ctx:1"),
     ]
@@ -67,7 +74,8 @@ def test_every_message_round_trips_through_json() -> None:
 
 
 def test_serialised_messages_are_ascii_so_lone_surrogates_survive() -> None:
-    body = wire.CellResult(seq=1, id="b", reply_to="c", stdout="\ud800", stderr="").to_json()
+    result = CellResult(stdout="\ud800", stderr="")
+    body = wire.CellDone(seq=1, id="b", reply_to="c", result=result).to_json()
     assert body.isascii()
     body.encode()  # would raise for an unescaped surrogate
 
@@ -91,7 +99,7 @@ def test_serialised_messages_are_ascii_so_lone_surrogates_survive() -> None:
         ([1, 2], "not a JSON object"),
         (
             {"type": "subcall_reply", "seq": 1, "id": "a", "reply_to": "b", "results": [{}]},
-            "Slot",
+            "SubcallResult",
         ),
         (
             {"type": "subcall_reply", "seq": 1, "id": "a", "reply_to": "b", "results": [1]},
@@ -112,15 +120,15 @@ def test_host_side_checks_are_as_strict() -> None:
         {"type": "subcall_request", "seq": 1, "id": "a", "kind": "llm", "prompts": []},
         {"type": "subcall_request", "seq": 1, "id": "a", "kind": "sql", "prompts": ["p"]},
         {"type": "subcall_request", "seq": 1, "id": "a", "kind": "llm", "prompts": [1]},
-        {"type": "cell_result", "seq": 1, "id": "a", "reply_to": "b", "stdout": "", "stderr": "",
-         "duration_s": float("nan")},
+        {"type": "cell_result", "seq": 1, "id": "a", "reply_to": "b",
+         "result": {"stdout": "", "stderr": "", "duration_s": float("nan")}},
         {"type": "exec", "seq": 1, "id": "a", "code": "", "timeout_s": 1, "max_output_chars": 100},
     ]  # fmt: skip
     for data in bad:
         with pytest.raises(wire.WireError):
             wire.decode_to_host(_NoRedis(), "p:", json.dumps(data))
-    huge = {"type": "cell_result", "seq": 1, "id": "a", "reply_to": "b", "stdout": "",
-            "stderr": "", "duration_s": 10**400}  # fmt: skip
+    huge = {"type": "cell_result", "seq": 1, "id": "a", "reply_to": "b",
+            "result": {"stdout": "", "stderr": "", "duration_s": 10**400}}  # fmt: skip
     with pytest.raises(wire.WireError, match="finite number"):
         wire.decode_to_host(_NoRedis(), "p:", json.dumps(huge))
     with pytest.raises(wire.WireError) as raised:
@@ -153,7 +161,8 @@ def test_large_messages_travel_by_reference_in_one_pipeline(redis_client: redis.
     sub = redis_client.pubsub()
     sub.subscribe("chan")
     assert sub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
-    big = wire.CellResult(seq=1, id="big", reply_to="req", stdout="x" * 100_000, stderr="")
+    result = CellResult(stdout="x" * 100_000, stderr="")
+    big = wire.CellDone(seq=1, id="big", reply_to="req", result=result)
     small = wire.Heartbeat(seq=2, id="small")
     wire.send(redis_client, "chan", "p:", big)
     wire.send(redis_client, "chan", "p:", small)
