@@ -54,7 +54,7 @@ class Reaper:
         runtime = runtime_for(self._app)
         janitor_for(runtime.redis).sweep_stale_users()
         if runtime.settings.sandbox_backend == "docker":
-            from rlm_jobs.sandboxes.docker import reap_orphans
+            from rlm_jobs.sandboxes.backends.docker import reap_orphans
 
             removed = reap_orphans(runtime.settings)
             if removed:

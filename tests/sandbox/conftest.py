@@ -33,7 +33,7 @@ def connect_docker_or_fail() -> Any:
 
     Docker tests never skip quietly: a missing engine or image is a failure with a hint.
     """
-    from rlm_jobs.sandboxes import docker as docker_backend
+    from rlm_jobs.sandboxes.backends import docker as docker_backend
 
     settings = Settings()
     try:

@@ -49,7 +49,7 @@ from rlm_jobs.keys import SANDBOX_USER_PREFIX
 from rlm_jobs.models import JobStatus, Limits
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes import acl
-from rlm_jobs.sandboxes.docker import OWNER_LABEL, SANDBOX_LABEL
+from rlm_jobs.sandboxes.backends.docker import OWNER_LABEL, SANDBOX_LABEL
 from rlm_jobs.sandboxes.session import REPLACED_NOTE
 from rlm_jobs.store import JobRecord
 from rlm_jobs.submitter import JobHandle, Submitter

@@ -26,8 +26,9 @@ import redis
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import ConfigError
 from rlm_jobs.redis_server import RedisServer
-from rlm_jobs.sandboxes import docker as docker_backend
-from rlm_jobs.sandboxes.docker import DockerBackend, DockerSandbox, reap_orphans
+from rlm_jobs.sandboxes.backends import docker as docker_backend
+from rlm_jobs.sandboxes.backends.docker import DockerBackend, DockerSandbox, reap_orphans
+from rlm_jobs.sandboxes.backends.docker.socket_mount import answers_without_auth
 from sandbox import wire
 from sandbox.records import CellResult
 from tests.sandbox.conftest import connect_docker_or_fail
@@ -316,7 +317,7 @@ def test_reap_orphans_removes_sandboxes_of_dead_owners_only(
     script = (
         "import sys\n"
         "from rlm_jobs.config import Settings\n"
-        "from rlm_jobs.sandboxes.docker import DockerBackend\n"
+        "from rlm_jobs.sandboxes.backends.docker import DockerBackend\n"
         "from sandbox.wire import Bootstrap\n"
         "settings = Settings.model_validate_json(sys.argv[1])\n"
         "DockerBackend(settings).launch(Bootstrap.from_json(sys.argv[2]))\n"
@@ -383,7 +384,7 @@ def open_redis_socket(tmp_path: Any) -> Iterator[str]:
 def test_a_redis_socket_open_without_a_password_is_refused(
     docker_client: Any, docker_settings: Settings, open_redis_socket: str
 ) -> None:
-    assert docker_backend._answers_without_auth(open_redis_socket)
+    assert answers_without_auth(open_redis_socket)
     backend = DockerBackend(docker_settings, client=docker_client)
     bootstrap = wire.Bootstrap(
         sandbox_id=wire.new_id(),

@@ -10,8 +10,8 @@ import redis
 
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
+from rlm_jobs.sandboxes.backends.process.output import LOG_TAIL_BYTES
 from rlm_jobs.sandboxes.janitor import janitor_for
-from rlm_jobs.sandboxes.process import LOG_TAIL_BYTES
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.session import SandboxSession
 from tests.sandbox.conftest import answer_from_text

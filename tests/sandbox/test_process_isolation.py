@@ -18,7 +18,7 @@ from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
 from rlm_jobs.errors import ConfigError
 from rlm_jobs.redis_server import RedisServer
-from rlm_jobs.sandboxes.process import ProcessBackend
+from rlm_jobs.sandboxes.backends.process import ProcessBackend
 from rlm_jobs.sandboxes.session import SandboxSession
 from tests.sandbox.conftest import OpenSession, answer_from_text, wait_for
 
@@ -331,7 +331,7 @@ import redis
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
 from rlm_jobs.contexts import put_context
-from rlm_jobs.sandboxes.process import ProcessBackend
+from rlm_jobs.sandboxes.backends.process import ProcessBackend
 from rlm_jobs.sandboxes.session import SandboxSession
 from rlm_jobs.sandboxes.session import SandboxSession
 from tests.sandbox.conftest import answer_from_text
