@@ -27,6 +27,7 @@ from rlm_jobs.models import JobSpec, JobStatus, Limits, Usage
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
+from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import open_repl_factory
 from rlm_jobs.trajectory import to_jsonl
 
@@ -169,6 +170,7 @@ class RLM:
         self._router: LLMRouter | None = None
         self._dispatcher: InProcessDispatcher | None = None
         self._sandbox_pool: SandboxPool | None = None
+        self._sandbox_services: SandboxServices | None = None
 
     def _connect(self) -> tuple[redis.Redis, Engine]:
         if self._redis is None:
@@ -185,13 +187,15 @@ class RLM:
                 self._router, concurrency=settings.subcall_concurrency
             )
             # One pool per RLM: later completions find their sandboxes started.
-            self._sandbox_pool = SandboxPool(self._redis, settings, create_backend(settings))
+            self._sandbox_services = SandboxServices(self._redis, settings)
+            self._sandbox_pool = SandboxPool(self._sandbox_services, create_backend(settings))
         assert self._router is not None and self._dispatcher is not None
+        assert self._sandbox_services is not None
         client = self._redis
         engine = Engine(
             router=self._router,
             dispatcher=self._dispatcher,
-            repl_factory=open_repl_factory(client, self.settings, pool=self._sandbox_pool),
+            repl_factory=open_repl_factory(self._sandbox_services, pool=self._sandbox_pool),
             store_context=lambda value: put_context(client, value),
             max_output_tokens=self.settings.max_output_tokens,
             child_concurrency=self.settings.child_concurrency,
@@ -236,6 +240,8 @@ class RLM:
     def close(self) -> None:
         if self._sandbox_pool is not None:
             self._sandbox_pool.close()
+        if self._sandbox_services is not None:
+            self._sandbox_services.close()
         if self._dispatcher is not None:
             self._dispatcher.close()
         if self._router is not None:
@@ -243,6 +249,7 @@ class RLM:
         if self._redis is not None:
             self._redis.close()
         self._redis = self._router = self._dispatcher = self._sandbox_pool = None
+        self._sandbox_services = None
 
     def __enter__(self) -> RLM:
         return self

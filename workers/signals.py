@@ -13,7 +13,6 @@ from celery.signals import worker_ready, worker_shutdown
 
 from rlm_jobs import keys
 from rlm_jobs.errors import RLMJobsError
-from rlm_jobs.sandboxes.janitor import janitor_for
 from workers.app import ORCHESTRATE_QUEUE, RUN_JOB_TASK
 from workers.runtime import runtime_for
 
@@ -52,7 +51,7 @@ class Reaper:
 
     def sweep_sandboxes(self) -> None:
         runtime = runtime_for(self._app)
-        janitor_for(runtime.redis).sweep_stale_users()
+        runtime.sandbox_services().janitor.sweep_stale_users()
         if runtime.settings.sandbox_backend == "docker":
             from rlm_jobs.sandboxes.backends.docker import reap_orphans
 

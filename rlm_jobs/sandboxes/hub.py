@@ -23,7 +23,6 @@ from typing import Any
 import redis
 
 from rlm_jobs.errors import SandboxError
-from rlm_jobs.sandboxes.per_pool import PerPool
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +82,7 @@ class PubSubHub:
         self._subs: dict[str, Subscription] = {}
         self._pubsub: Any = None
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     @property
     def subscriptions(self) -> int:
@@ -92,6 +92,8 @@ class PubSubHub:
     def subscribe(self, channel: str) -> Subscription:
         sub = Subscription(self, channel)
         with self._lock:
+            if self._closed:
+                raise SandboxError("the pub/sub hub is closed: no new sandbox may subscribe")
             if channel in self._subs:
                 raise SandboxError(f"channel {channel} already has a subscriber in this process")
             self._subs[channel] = sub
@@ -131,6 +133,20 @@ class PubSubHub:
                 self._pubsub.unsubscribe(sub.channel)
             except redis.RedisError as exc:
                 log.warning("unsubscribe from %s failed: %s", sub.channel, exc)
+
+    def close(self) -> None:
+        """Fail every subscription and stop the reader thread; safe to call twice."""
+        with self._lock:
+            self._closed = True
+            failed = list(self._subs.values())
+            self._subs.clear()
+            thread = self._thread
+            if self._pubsub is not None:
+                self._stop(self._pubsub)
+        for sub in failed:
+            sub._fail("the pub/sub hub was closed")
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2 * POLL_S + 1)
 
     def _read(self, pubsub: Any) -> None:
         while True:
@@ -179,11 +195,3 @@ class PubSubHub:
             self._stop(pubsub)
         for sub in failed:
             sub._fail(reason)
-
-
-_hubs: PerPool[PubSubHub] = PerPool(PubSubHub)
-
-
-def hub_for(client: redis.Redis) -> PubSubHub:
-    """The process-wide hub for the Redis server behind ``client``'s connection pool."""
-    return _hubs.get(client)

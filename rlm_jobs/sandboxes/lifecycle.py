@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,8 +22,9 @@ from rlm_jobs.config import Settings
 from rlm_jobs.errors import ConfigError, SandboxError, SandboxTimeout
 from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.base import SandboxBackend, SandboxProcess
-from rlm_jobs.sandboxes.hub import PubSubHub, Subscription, hub_for
-from rlm_jobs.sandboxes.janitor import Janitor, janitor_for
+from rlm_jobs.sandboxes.hub import Subscription
+from rlm_jobs.sandboxes.services import SandboxServices
+from rlm_jobs.sandboxes.start_slots import StartSlot
 from sandbox import wire
 
 log = logging.getLogger(__name__)
@@ -36,99 +35,6 @@ LIVENESS_CHECK_S = 0.5
 STORED_REPLY_POLL_S = 1.0
 # A runtime asked to shut down gets this long before it is killed.
 SHUTDOWN_WAIT_S = 1.0
-
-
-class StartSlots:
-    """At most ``limit`` sandbox starts at once in this process; jobs before pool refills.
-
-    A start is CPU-bound (a fresh interpreter, or a container, getting going): a burst that
-    starts everything at once slows every start down and the first jobs wait as long as the
-    last. A job queues for a slot in arrival order (``acquire``); a pool refill takes only a
-    slot that is free while no job waits (``try_acquire``), so refills never delay a job. A
-    slot is held from the launch until the runtime says Ready or the start fails; a freed
-    slot goes straight to the oldest waiting job.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._free = limit
-        self._waiting: deque[threading.Event] = deque()
-
-    def acquire(self) -> StartSlot:
-        """Wait for a slot, behind the jobs that asked earlier."""
-        with self._lock:
-            if self._free > 0 and not self._waiting:
-                self._free -= 1
-                return StartSlot(self)
-            handed = threading.Event()
-            self._waiting.append(handed)
-        try:
-            handed.wait()
-        except BaseException:
-            with self._lock:
-                if handed.is_set():
-                    self._hand_on()  # it was ours already: the next in line gets it
-                else:
-                    self._waiting.remove(handed)
-            raise
-        return StartSlot(self)
-
-    @property
-    def waiting(self) -> int:
-        """Jobs queued for a slot right now."""
-        with self._lock:
-            return len(self._waiting)
-
-    def try_acquire(self) -> StartSlot | None:
-        """A slot if one is free and no job is waiting for one (pool refills), else None."""
-        with self._lock:
-            if self._free > 0 and not self._waiting:
-                self._free -= 1
-                return StartSlot(self)
-            return None
-
-    def _release(self, slot: StartSlot) -> None:
-        with self._lock:
-            if slot.held:
-                slot.held = False
-                self._hand_on()
-
-    def _hand_on(self) -> None:
-        """Called with the lock held: a freed slot goes to the oldest waiter, or is free."""
-        if self._waiting:
-            self._waiting.popleft().set()
-        else:
-            self._free += 1
-
-
-class StartSlot:
-    """One start's right to run; ``release`` is safe to call more than once."""
-
-    def __init__(self, slots: StartSlots) -> None:
-        self._slots = slots
-        self.held = True
-
-    def release(self) -> None:
-        self._slots._release(self)
-
-
-_start_slots: dict[int, StartSlots] = {}
-_start_slots_lock = threading.Lock()
-
-
-def start_slots_for(settings: Settings) -> StartSlots:
-    """The process's start slots: shared by every launcher with the same limit.
-
-    A service process has one ``Settings``, hence one limit for all its sessions and pools;
-    keying by the limit lets a test (or an embedding) ask for another one.
-    """
-    limit = settings.sandbox_start_concurrency
-    with _start_slots_lock:
-        slots = _start_slots.get(limit)
-        if slots is None:
-            slots = _start_slots[limit] = StartSlots(limit)
-        return slots
 
 
 @dataclass
@@ -168,24 +74,17 @@ class Launcher:
     """Starts and ends sandboxes of one backend against one Redis."""
 
     def __init__(
-        self,
-        client: redis.Redis,
-        settings: Settings,
-        backend: SandboxBackend,
-        *,
-        hub: PubSubHub | None = None,
-        janitor: Janitor | None = None,
-        heartbeat_s: float = 5.0,
-        start_slots: StartSlots | None = None,
+        self, services: SandboxServices, backend: SandboxBackend, *, heartbeat_s: float = 5.0
     ) -> None:
-        self.client = client
-        self.settings = settings
+        self.services = services
+        self.client = services.client
+        self.settings = services.settings
         self.backend = backend
-        self.hub = hub or hub_for(client)
-        self.janitor = janitor or janitor_for(client)
-        self.start_slots = start_slots or start_slots_for(settings)
+        self.hub = services.hub
+        self.janitor = services.janitor
+        self.start_slots = services.start_slots
         self.heartbeat_s = heartbeat_s
-        self._redis_address = redis_address(client, settings)
+        self._redis_address = redis_address(self.client, self.settings)
 
     def start(self, context_key: str | None) -> LiveSandbox:
         """Launch and wait until ready; nothing is left behind if that fails.

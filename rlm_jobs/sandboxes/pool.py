@@ -29,12 +29,10 @@ from collections import deque
 
 import redis
 
-from rlm_jobs.config import Settings
 from rlm_jobs.errors import RLMJobsError, SandboxError
 from rlm_jobs.sandboxes.base import SandboxBackend
-from rlm_jobs.sandboxes.hub import PubSubHub
-from rlm_jobs.sandboxes.janitor import Janitor
 from rlm_jobs.sandboxes.lifecycle import Launcher, LiveSandbox
+from rlm_jobs.sandboxes.services import SandboxServices
 from sandbox import wire
 
 log = logging.getLogger(__name__)
@@ -56,24 +54,20 @@ CLOSE_JOIN_S = 60.0
 class SandboxPool:
     def __init__(
         self,
-        client: redis.Redis,
-        settings: Settings,
+        services: SandboxServices,
         backend: SandboxBackend,
         *,
         size: int | None = None,
         max_idle_s: float = DEFAULT_MAX_IDLE_S,
-        hub: PubSubHub | None = None,
-        janitor: Janitor | None = None,
         heartbeat_s: float = 5.0,
     ) -> None:
+        self.services = services
         self.backend = backend
-        self.size = settings.sandbox_pool_size if size is None else size
+        self.size = services.settings.sandbox_pool_size if size is None else size
         self.max_idle_s = max_idle_s
         self.heartbeat_s = heartbeat_s
-        self._launcher = Launcher(
-            client, settings, backend, hub=hub, janitor=janitor, heartbeat_s=heartbeat_s
-        )
-        self._start_timeout_s = settings.sandbox_start_timeout_s
+        self._launcher = Launcher(services, backend, heartbeat_s=heartbeat_s)
+        self._start_timeout_s = services.settings.sandbox_start_timeout_s
         self._cond = threading.Condition()
         self._idle: deque[LiveSandbox] = deque()
         self._starting: list[LiveSandbox] = []

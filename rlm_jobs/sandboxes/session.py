@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 
 from rlm_jobs import keys
-from rlm_jobs.config import Settings
 from rlm_jobs.errors import SandboxError
 from rlm_jobs.models import ContextRef
 from rlm_jobs.sandboxes import acl
@@ -33,10 +32,9 @@ from rlm_jobs.sandboxes.base import (
     SandboxProcess,
     SubcallHandler,
 )
-from rlm_jobs.sandboxes.hub import PubSubHub
-from rlm_jobs.sandboxes.janitor import Janitor
 from rlm_jobs.sandboxes.lifecycle import Launcher, LiveSandbox
 from rlm_jobs.sandboxes.pool import SandboxPool
+from rlm_jobs.sandboxes.services import SandboxServices
 from sandbox import wire
 from sandbox.records import CellResult, SubcallResult
 
@@ -51,8 +49,6 @@ STORED_REPLY_POLL_S = 1.0
 # Sub-call requests of one sandbox served at once; a batch is one request.
 SUBCALL_THREADS = 16
 
-_checked_default_user: set[int] = set()
-
 REPLACED_NOTE = (
     "The sandbox was replaced by a fresh one. `context`, llm_query, rlm_query, SHOW_VARS, "
     "FINAL, FINAL_VAR and `answer` are available again, but every variable, import and "
@@ -65,25 +61,20 @@ class SandboxSession:
 
     def __init__(
         self,
-        client: redis.Redis,
-        settings: Settings,
+        services: SandboxServices,
         backend: SandboxBackend,
         context: ContextRef,
         handler: SubcallHandler,
         *,
-        hub: PubSubHub | None = None,
-        janitor: Janitor | None = None,
         pool: SandboxPool | None = None,
         grace_s: float = HARD_DEADLINE_GRACE_S,
         heartbeat_s: float = 5.0,
     ) -> None:
-        self._client = client
-        self._settings = settings
+        self._client = services.client
+        self._settings = services.settings
         self._context = context
         self._handler = handler
-        self._launcher = Launcher(
-            client, settings, backend, hub=hub, janitor=janitor, heartbeat_s=heartbeat_s
-        )
+        self._launcher = Launcher(services, backend, heartbeat_s=heartbeat_s)
         # A pooled sandbox heartbeats at the pool's rate; a session asking for another
         # rate (tests do) starts its own.
         usable = pool is not None and pool.backend is backend and pool.heartbeat_s == heartbeat_s
@@ -92,7 +83,6 @@ class SandboxSession:
         self._closed = False
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(SUBCALL_THREADS, thread_name_prefix="rlm-subcall")
-        _warn_if_default_user_open(client)
         self.start_duration_s = 0.0
         # Whether the current sandbox came ready-made from the pool.
         self.from_pool = False
@@ -343,22 +333,8 @@ def _outcome(done: wire.CellDone, notes: list[str], *, replaced: bool = False) -
     return dataclasses.replace(done.result, sandbox_replaced=replaced, note="\n".join(notes))
 
 
-def _warn_if_default_user_open(client: redis.Redis) -> None:
-    pool_id = id(client.connection_pool)
-    if pool_id in _checked_default_user:
-        return
-    _checked_default_user.add(pool_id)
-    if acl.default_user_is_open(client):
-        log.warning(
-            "SANDBOX ACL BYPASS: Redis's default user needs no password, so model code can "
-            "connect through the sandbox's socket as 'default' and read or change every key. "
-            "Give it a password (requirepass, or ACL SETUSER default >...) or switch it off."
-        )
-
-
 def open_repl_factory(
-    client: redis.Redis,
-    settings: Settings,
+    services: SandboxServices,
     backend: SandboxBackend | None = None,
     *,
     pool: SandboxPool | None = None,
@@ -369,9 +345,9 @@ def open_repl_factory(
     """
     from rlm_jobs.sandboxes.registry import create_backend
 
-    chosen = pool.backend if pool is not None else backend or create_backend(settings)
+    chosen = pool.backend if pool is not None else backend or create_backend(services.settings)
 
     def open_repl(context: ContextRef, handler: SubcallHandler) -> Repl:
-        return SandboxSession(client, settings, chosen, context, handler, pool=pool)
+        return SandboxSession(services, chosen, context, handler, pool=pool)
 
     return open_repl

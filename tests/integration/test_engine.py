@@ -163,14 +163,16 @@ def test_cancelling_a_running_job_stops_it(
     from rlm_jobs.dispatch import InProcessDispatcher
     from rlm_jobs.engine import Engine, JobControl
     from rlm_jobs.loop import run_loop
+    from rlm_jobs.sandboxes.services import SandboxServices
     from rlm_jobs.sandboxes.session import open_repl_factory
 
     router = LLMRouter(settings)
     dispatcher = InProcessDispatcher(router, concurrency=4)
+    services = SandboxServices(redis_client, settings)
     engine = Engine(
         router=router,
         dispatcher=dispatcher,
-        repl_factory=open_repl_factory(redis_client, settings),
+        repl_factory=open_repl_factory(services),
         store_context=lambda value: put_context(redis_client, value),
     )
     spec = JobSpec(
@@ -193,6 +195,7 @@ def test_cancelling_a_running_job_stops_it(
     thread.join(timeout=30)
     assert box == [JobStatus.CANCELLED]
     wait_for(lambda: not sandbox_pids(marker), 15, "the sandbox to be gone")
+    services.close()
     dispatcher.close()
     router.close()
 

@@ -11,7 +11,7 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes import acl
-from rlm_jobs.sandboxes.janitor import janitor_for
+from rlm_jobs.sandboxes.services import SandboxServices
 from tests.sandbox.conftest import OpenSession
 
 CONTEXT_KEY = keys.context_blob("c" * 64)
@@ -93,14 +93,14 @@ def test_a_sandbox_user_cannot_subscribe_to_another_sandbox(sandbox_client: redi
 
 
 def test_the_runtime_needs_no_command_outside_its_acl(
-    open_session: OpenSession, redis_client: redis.Redis
+    open_session: OpenSession, redis_client: redis.Redis, services: SandboxServices
 ) -> None:
     run_command(redis_client, "ACL", "LOG", "RESET")
     session = open_session()
     out = session.run_cell("print(llm_query('q'))\nFINAL('x')", timeout_s=20, max_output_chars=1000)
     assert out.final == "x"
     session.close()
-    janitor_for(redis_client).drain(30)
+    services.janitor.drain(30)
     denied = run_command(redis_client, "ACL", "LOG")
     assert denied == [], denied
 

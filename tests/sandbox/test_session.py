@@ -15,11 +15,11 @@ from rlm_jobs.config import Settings
 from rlm_jobs.errors import SandboxError
 from rlm_jobs.models import ContextRef
 from rlm_jobs.sandboxes import acl
-from rlm_jobs.sandboxes.hub import hub_for
 from rlm_jobs.sandboxes.registry import create_backend
+from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession, open_repl_factory
 from sandbox import wire
-from tests.sandbox.conftest import OpenSession, answer_from_text, wait_for
+from tests.sandbox.conftest import MakeServices, OpenSession, answer_from_text, wait_for
 
 
 def run(session: Any, code: str, timeout_s: float = 20.0) -> Any:
@@ -126,23 +126,23 @@ def test_a_50_mb_context_loads(open_session: OpenSession) -> None:
 
 
 def test_a_missing_context_fails_the_start_clearly(
-    redis_client: redis.Redis, settings: Settings, backend_name: str
+    redis_client: redis.Redis, services: SandboxServices, settings: Settings, backend_name: str
 ) -> None:
     ref = ContextRef(sha256="0" * 64, kind="str", length=1, total_chars=1)
     backend = create_backend(settings, backend_name)
     with pytest.raises(SandboxError, match="could not load the context"):
-        SandboxSession(redis_client, settings, backend, ref, answer_from_text)
+        SandboxSession(services, backend, ref, answer_from_text)
     # Teardown runs in the background (janitor): wait for it rather than race it.
     assert wait_for(lambda: sandbox_leftovers(redis_client) == ([], []))
 
 
 def test_open_repl_factory_opens_working_sessions(
-    redis_client: redis.Redis, settings: Settings, backend_name: str
+    redis_client: redis.Redis, make_services: MakeServices, settings: Settings, backend_name: str
 ) -> None:
     from rlm_jobs.contexts import put_context
 
     settings = settings.model_copy(update={"sandbox_backend": backend_name})
-    factory = open_repl_factory(redis_client, settings)
+    factory = open_repl_factory(make_services(settings))
     repl = factory(put_context(redis_client, ["a", "b"]), answer_from_text)
     try:
         out = repl.run_cell("print(context, llm_query('q'))", timeout_s=10, max_output_chars=500)
@@ -165,13 +165,13 @@ def test_the_runtime_exits_when_it_loses_redis(
 
 
 def test_concurrent_sessions_share_one_pubsub_connection(
-    open_session: OpenSession, redis_client: redis.Redis
+    open_session: OpenSession, redis_client: redis.Redis, services: SandboxServices
 ) -> None:
     with ThreadPoolExecutor(6) as pool:
         sessions = list(pool.map(lambda i: open_session(f"context {i}"), range(6)))
         outs = list(pool.map(lambda s: run(s, "print(context, llm_query('x'))"), sessions))
     assert [o.stdout for o in outs] == [f"context {i} llm/default: X\n" for i in range(6)]
-    assert hub_for(redis_client).subscriptions == 6
+    assert services.hub.subscriptions == 6
     listeners = [
         c for c in redis_client.client_list() if c["user"] == "default" and int(c["sub"]) > 0
     ]
@@ -179,7 +179,7 @@ def test_concurrent_sessions_share_one_pubsub_connection(
     for session in sessions:
         session.close()
     # Teardown (which unsubscribes) runs in the background after close().
-    assert wait_for(lambda: hub_for(redis_client).subscriptions == 0)
+    assert wait_for(lambda: services.hub.subscriptions == 0)
 
 
 def test_a_dropped_hub_connection_is_survived(
