@@ -7,11 +7,16 @@ Only now can the host's first message not be lost. A sandbox started ahead of de
 pool's) has no context yet: ``LoadContext`` gives it one, answered by ``ContextLoaded``, or
 by ``Fatal`` and exit when the context cannot be read.
 
+The runtime writes nothing to Redis: it publishes on its output channel (``sandbox.wire``:
+large messages in parts, the ones that must arrive again until the host acknowledges them,
+``sandbox.outbox``) and GETs what the host gave it (its context, the host's stored replies).
+
 Threads: the main thread runs cells (so SIGALRM can interrupt them); a reader thread takes
 pub/sub messages and routes them (cells to the main thread, sub-call replies to their
-waiters); a heartbeat thread reports liveness and exits the process when Redis or the parent
-is gone. Dependencies: the stdlib only (``sandbox.resp`` speaks to Redis) — never
-``rlm_jobs``: a runtime starts for every job, and its start-up cost is mostly imports.
+waiters, acknowledgements to the outbox); a keeper thread publishes again what the host has
+not acknowledged, sends heartbeats and exits the process when Redis or the parent is gone.
+Dependencies: the stdlib only (``sandbox.resp`` speaks to Redis), never ``rlm_jobs``: a
+runtime starts for every job, and its start-up cost is mostly imports.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 from typing import Any
 
 from sandbox import resp, wire
+from sandbox.outbox import Outbox
 from sandbox.records import CellResult, SubcallResult
 from sandbox.repl import Repl
 from sandbox.subcalls import SubcallClient, make_functions
@@ -38,8 +44,16 @@ MAX_BOOTSTRAP_BYTES = 64 * 1024
 SOCKET_TIMEOUT_S = 120.0
 # Heartbeats that fail this many times in a row mean Redis is gone.
 MAX_HEARTBEAT_FAILURES = 3
+# How often the keeper thread looks for messages to publish again.
+KEEPER_TICK_S = 0.25
+# A runtime that cannot go on waits this long for the host to hear why before it exits.
+FATAL_ACK_WAIT_S = 10.0
+# Parts published per round trip: bounds the request a large message builds at once.
+PARTS_PER_PIPELINE = 256
 # Malformed messages remembered for the next cell's report.
 MAX_PROTOCOL_NOTES = 5
+# Output kept of a cell whose result was too large to send.
+LARGE_RESULT_KEEP_CHARS = 100_000
 
 EXIT_BAD_BOOTSTRAP = 2
 EXIT_REDIS_LOST = 3
@@ -74,6 +88,7 @@ class Runtime:
         self.redis = client
         self._seq = itertools.count()
         self._inbox: queue.Queue[wire.ExecCell | wire.Shutdown | wire.LoadContext] = queue.Queue()
+        self.outbox = Outbox(self._publish)
         self._busy = False
         self._seen_exec: set[str] = set()
         self._protocol_notes: list[str] = []
@@ -85,13 +100,31 @@ class Runtime:
         return next(self._seq)
 
     def send(self, msg: wire.Message) -> None:
+        """Publish ``msg``; a ``RELIABLE`` one again and again until the host acknowledges it.
+
+        Raises WireError for a message larger than the wire carries.
+        """
+        payloads = wire.payloads_to_host(msg)
+        if isinstance(msg, wire.RELIABLE):
+            self.outbox.send(msg.id, payloads)
+        else:
+            self._publish(payloads)
+
+    def _publish(self, payloads: list[str]) -> None:
         try:
-            wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg)
+            self._publish_once(payloads)
         except resp.ConnectionLost as exc:
             # The client reconnects on its next command; a message sent twice is harmless
-            # (receivers drop repeated ids), one lost would stall the host.
-            log(f"sending {msg.TYPE} failed ({exc}); sending it again on a new connection")
-            wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg)
+            # (the host drops repeated ids), one lost would stall the host.
+            log(f"publishing failed ({exc}); publishing again on a new connection")
+            self._publish_once(payloads)
+
+    def _publish_once(self, payloads: list[str]) -> None:
+        for start in range(0, len(payloads), PARTS_PER_PIPELINE):
+            pipe = self.redis.pipeline()
+            for payload in payloads[start : start + PARTS_PER_PIPELINE]:
+                pipe.execute_command("PUBLISH", self.boot.channel_out, payload)
+            pipe.execute()
 
     def _fetch_reply(self, request_id: str) -> wire.ToSandbox | None:
         try:
@@ -119,8 +152,12 @@ class Runtime:
         return value, len(blob)
 
     def send_fatal(self, message: str) -> None:
+        """Tell the host why the runtime stops, and give it time to hear it."""
+        fatal = wire.Fatal(seq=self.next_seq(), id=wire.new_id(), message=message[:2000])
         with contextlib.suppress(resp.RedisError):
-            self.send(wire.Fatal(seq=self.next_seq(), id=wire.new_id(), message=message[:2000]))
+            self.send(fatal)
+            if not self.outbox.wait_acked(fatal.id, FATAL_ACK_WAIT_S):
+                log("the host did not acknowledge the fatal error")
 
     # ---- threads -------------------------------------------------------------------------
 
@@ -140,7 +177,9 @@ class Runtime:
         except (wire.WireError, resp.RedisError) as exc:
             self.reject(raw, str(exc))
             return
-        if isinstance(msg, wire.SubcallReply):
+        if isinstance(msg, wire.Ack):
+            self.outbox.acked(msg.reply_to)
+        elif isinstance(msg, wire.SubcallReply):
             if not self.subcalls.deliver(msg.reply_to, msg.results):
                 log(f"reply to unknown or finished sub-call {msg.reply_to}")
         elif isinstance(msg, wire.ExecCell):
@@ -149,7 +188,7 @@ class Runtime:
                 self._inbox.put(msg)
         elif isinstance(msg, wire.LoadContext):
             self._inbox.put(msg)
-        else:
+        elif isinstance(msg, wire.Shutdown):
             self._inbox.put(msg)
             if self._busy:  # a cell that will not end must not delay shutdown
                 log("shutdown requested during a cell")
@@ -164,14 +203,7 @@ class Runtime:
         reply_to = head.get("reply_to") if isinstance(head.get("reply_to"), str) else None
         if head.get("type") == "exec" and msg_id:
             error = f"The sandbox could not run this cell: malformed exec message: {problem}"
-            self.send(
-                wire.CellDone(
-                    seq=self.next_seq(),
-                    id=wire.new_id(),
-                    reply_to=msg_id[:64],
-                    result=CellResult(stdout="", stderr="", error=error),
-                )
-            )
+            self.send_result(msg_id[:64], CellResult(stdout="", stderr="", error=error))
             return
         if head.get("type") == "subcall_reply" and reply_to:
             failed = SubcallResult(ok=False, text=f"Error: malformed sub-call reply ({problem})")
@@ -181,15 +213,20 @@ class Runtime:
             if len(self._protocol_notes) < MAX_PROTOCOL_NOTES:
                 self._protocol_notes.append(f"{problem}: {text[:80]!r}")
 
-    def heartbeat_forever(self) -> None:
+    def keep_forever(self) -> None:
+        """Publish again what the host has not acknowledged; heartbeat; watch the parent."""
         failures = 0
+        next_heartbeat = time.monotonic() + self.boot.heartbeat_s
         while True:
-            time.sleep(self.boot.heartbeat_s)
+            time.sleep(KEEPER_TICK_S)
             if os.getppid() != self._parent:
                 log("the parent process is gone; exiting")
                 os._exit(EXIT_PARENT_LOST)
             try:
-                self.send(wire.Heartbeat(seq=self.next_seq(), id=wire.new_id()))
+                self.outbox.resend_due()
+                if time.monotonic() >= next_heartbeat:
+                    next_heartbeat = time.monotonic() + self.boot.heartbeat_s
+                    self.send(wire.Heartbeat(seq=self.next_seq(), id=wire.new_id()))
                 failures = 0
             except resp.RedisError as exc:
                 failures += 1
@@ -231,9 +268,28 @@ class Runtime:
             notes = self._take_protocol_notes()
             if notes:
                 result = dataclasses.replace(result, stderr=result.stderr + notes)
-            self.send(
-                wire.CellDone(seq=self.next_seq(), id=wire.new_id(), reply_to=msg.id, result=result)
+            self.send_result(msg.id, result)
+
+    def send_result(self, request_id: str, result: CellResult) -> None:
+        """The cell's result; one too large for the wire is cut down and says why."""
+        done = wire.CellDone(
+            seq=self.next_seq(), id=wire.new_id(), reply_to=request_id, result=result
+        )
+        try:
+            self.send(done)
+        except wire.WireError as exc:
+            error = (
+                f"The cell ran, but its result could not be sent back ({exc}). Its final "
+                "answer, answer['content'] or error was too large: keep them smaller."
             )
+            cut = CellResult(
+                stdout=result.stdout[:LARGE_RESULT_KEEP_CHARS],
+                stderr=result.stderr[:LARGE_RESULT_KEEP_CHARS],
+                error=error,
+                timed_out=result.timed_out,
+                duration_s=result.duration_s,
+            )
+            self.send(dataclasses.replace(done, result=cut))
 
     def _take_protocol_notes(self) -> str:
         with self._notes_lock:
@@ -269,6 +325,9 @@ def main() -> int:
     try:
         runtime = Runtime(boot, connect(boot))
         sub = runtime.subscribe()
+        # Before anything is published: acknowledgements must find their way back.
+        threading.Thread(target=runtime.read_forever, args=(sub,), daemon=True).start()
+        threading.Thread(target=runtime.keep_forever, daemon=True).start()
         if boot.context_key is not None:
             context, _ = runtime.load_context(boot.context_key)
     except resp.RedisError as exc:
@@ -280,8 +339,6 @@ def main() -> int:
         return EXIT_FATAL
     repl = Repl(context, make_functions(runtime.subcalls), busy=resp.main_thread_in_request)
     del context
-    threading.Thread(target=runtime.read_forever, args=(sub,), daemon=True).start()
-    threading.Thread(target=runtime.heartbeat_forever, daemon=True).start()
     runtime.send(wire.Ready(seq=runtime.next_seq(), id=wire.new_id(), pid=os.getpid()))
     return runtime.serve(repl)
 

@@ -2,8 +2,9 @@
 
 Any thread may call them (model code may run its own thread pool). The reader thread hands
 replies to waiters by request id. Pub/sub may drop a message either way, so a waiter also
-polls the stored copy of its reply now and then, and publishes its request again (same id;
-the host serves each id once) in case the host never saw it.
+polls the copy of its reply the host stores now and then, and publishes its request again
+(same id; the host serves each id once) in case the host never saw it: the reply is the
+request's acknowledgement.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from sandbox.records import SubcallResult
+from sandbox.records import SubcallResult, WireError
 from sandbox.wire import SubcallReply, SubcallRequest, ToSandbox, new_id
 
 # Pub/sub loss is rare, so the stored copy is checked only this often.
@@ -62,7 +63,10 @@ class SubcallClient:
         with self._lock:
             self._waiters[request.id] = waiter
         try:
-            self._send(request)
+            try:
+                self._send(request)
+            except WireError as exc:
+                raise ValueError(f"{exc}: send fewer or shorter prompts per call") from None
             next_resend = time.monotonic() + RESEND_S
             while not waiter.event.wait(REPLY_POLL_S):
                 stored = self._fetch_reply(request.id)

@@ -1,18 +1,25 @@
-"""The sandbox <-> orchestrator wire schema: the one module both sides import.
+"""The sandbox <-> orchestrator wire: its messages and how they travel.
 
-Transport: two Redis pub/sub channels per sandbox. Pub/sub is at-most-once, so every
-message is also stored under ``<message_key_prefix><id>`` with a TTL (a reply also under
-``<message_key_prefix>reply:<request id>``); messages larger
-than ``INLINE_LIMIT_BYTES`` travel as a ``{"ref": id}`` pointer to that copy. A receiver
-that waited too long for a reply can fetch the copy by the id it expects.
+Two Redis pub/sub channels per sandbox, and the host is the only writer of the sandbox's
+keys (its ACL user may SUBSCRIBE, PUBLISH and GET, nothing else):
 
-Every message has a ``type``, a per-sender ``seq`` and an ``id``; replies name the
-request they answer in ``reply_to``.
+- **Host -> sandbox.** The host stores a copy of every message under
+  ``message_key(prefix, id)`` with a TTL (a reply also under ``reply_key(prefix, request
+  id)``), then publishes it, or a ``{"ref": id}`` pointer to the copy when it is larger
+  than ``INLINE_LIMIT_BYTES``. A sandbox that waited too long for a reply GETs the copy.
+  ``Ack`` is the exception: it is published only (a lost ack costs one more re-publish).
+- **Sandbox -> host.** The sandbox only publishes. A message larger than
+  ``INLINE_LIMIT_BYTES`` goes as ``Part`` frames (message id, index, total), which the
+  host puts back together (``PartBuffer``, bounded per sandbox). Pub/sub loses what is
+  published while nobody listens, so the messages that must arrive (``RELIABLE``: ready,
+  context_loaded, cell_result, fatal) are published again, less and less often, until the
+  host answers with ``Ack(reply_to=id)``; the host acknowledges every copy it receives and
+  acts on each id once. A sub-call request is its own retry: it is published again every
+  few seconds until its ``SubcallReply`` comes (``sandbox.subcalls``).
 
-Stdlib only: the sandbox imports this at every start, and pydantic's import cost more CPU
-than everything else the runtime does before its first cell. The checks are as strict as
-the models they replace: exact field sets, exact JSON types, the same bounds. A message is
-checked when it is built, on either side, so nothing invalid is sent or accepted.
+Every message has a ``type``, a per-sender ``seq`` and an ``id``; replies name the request
+they answer in ``reply_to``. Messages are ``records.Record``s, checked when built and when
+decoded on either side. Stdlib only: the sandbox imports this at every start.
 """
 
 from __future__ import annotations
@@ -28,31 +35,65 @@ from sandbox.records import CellResult, Record, SubcallResult, WireError, loads
 from sandbox.records import bounds as _bounds
 
 __all__ = [
+    "INLINE_LIMIT_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "RELIABLE",
+    "Ack",
     "Bootstrap",
     "CellDone",
-    "CellResult",
     "ContextLoaded",
     "ExecCell",
     "Fatal",
     "Heartbeat",
     "LoadContext",
     "Message",
+    "Part",
+    "PartBuffer",
     "Ready",
     "Shutdown",
     "SubcallReply",
     "SubcallRequest",
-    "SubcallResult",
     "ToHost",
     "ToSandbox",
     "WireError",
+    "decode_to_host",
+    "decode_to_sandbox",
+    "decode_whole_to_host",
+    "fetch_reply_to_sandbox",
+    "message_key",
     "new_id",
+    "payload_to_sandbox",
+    "payloads_to_host",
+    "reply_key",
 ]
 
 # Pub/sub payloads stay small so a slow subscriber is never cut off by Redis's
-# output-buffer limit; anything bigger goes by reference.
+# output-buffer limit for one message; anything bigger is stored (to a sandbox) or split.
 INLINE_LIMIT_BYTES = 64 * 1024
-# Copies of messages outlive any reasonable wait for them, then disappear.
-MESSAGE_TTL_S = 3600
+# Message text per part: JSON-escaping it again at most doubles it, so a part stays
+# within MAX_PAYLOAD_BYTES.
+PART_DATA_CHARS = INLINE_LIMIT_BYTES // 2
+# The largest payload a sandbox sends that the host reads at all (a part and its header).
+MAX_PAYLOAD_BYTES = INLINE_LIMIT_BYTES + 1024
+# The largest message either side sends, as JSON: far above any cell result (output is
+# cut to max_output_chars) and most sub-call batches, and what one sandbox may make the
+# host buffer while it puts parts back together.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_PARTS = -(-MAX_MESSAGE_BYTES // PART_DATA_CHARS)
+# Messages a host reassembles at once per sandbox: a sender publishes one message's parts
+# in a few pipelines, so more than one at a time only comes from model threads.
+MAX_PARTIAL_MESSAGES = 8
+
+
+def message_key(prefix: str, message_id: str) -> str:
+    """The copy of a host -> sandbox message (``rlm_jobs.keys.sandbox_message``)."""
+    return prefix + message_id
+
+
+def reply_key(prefix: str, request_id: str) -> str:
+    """The copy of the host's reply to a request (``rlm_jobs.keys.sandbox_reply``)."""
+    return prefix + "reply:" + request_id
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +145,15 @@ class LoadContext(Message):
     context_key: str = field(metadata=_bounds(min_len=1, max_len=256))
 
 
+@dataclass(frozen=True, kw_only=True)
+class Ack(Message):
+    """The host has a message of the sandbox's (``RELIABLE``): stop publishing it."""
+
+    TYPE: ClassVar[str] = "ack"
+
+    reply_to: str = field(metadata=_bounds(min_len=1, max_len=64))
+
+
 # ---- sandbox -> orchestrator ------------------------------------------------------------
 
 
@@ -153,13 +203,30 @@ class Fatal(Message):
     message: str
 
 
-ToSandbox = ExecCell | SubcallReply | Shutdown | LoadContext
+@dataclass(frozen=True, kw_only=True)
+class Part(Record):
+    """One piece of a sandbox -> host message too large to publish whole."""
+
+    TYPE: ClassVar[str] = "part"
+
+    message_id: str = field(metadata=_bounds(min_len=1, max_len=64))
+    index: int = field(metadata=_bounds(ge=0))
+    total: int = field(metadata=_bounds(ge=2, le=MAX_PARTS))
+    data: str = field(metadata=_bounds(min_len=1, max_len=PART_DATA_CHARS))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.TYPE, **dataclasses.asdict(self)}
+
+
+ToSandbox = ExecCell | SubcallReply | Shutdown | LoadContext | Ack
 ToHost = Ready | CellDone | ContextLoaded | SubcallRequest | Heartbeat | Fatal
-_TO_SANDBOX: dict[str, type[Message]] = {
-    c.TYPE: c for c in (ExecCell, SubcallReply, Shutdown, LoadContext)
+# What the sandbox publishes until the host acknowledges it.
+RELIABLE: tuple[type[Message], ...] = (Ready, ContextLoaded, CellDone, Fatal)
+_TO_SANDBOX: dict[str, type[Record]] = {
+    c.TYPE: c for c in (ExecCell, SubcallReply, Shutdown, LoadContext, Ack)
 }
-_TO_HOST: dict[str, type[Message]] = {
-    c.TYPE: c for c in (Ready, CellDone, ContextLoaded, SubcallRequest, Heartbeat, Fatal)
+_TO_HOST: dict[str, type[Record]] = {
+    c.TYPE: c for c in (Ready, CellDone, ContextLoaded, SubcallRequest, Heartbeat, Fatal, Part)
 }
 
 
@@ -187,7 +254,10 @@ def new_id() -> str:
     return os.urandom(16).hex()
 
 
-def _decode(table: dict[str, type[Message]], raw: str | bytes | bytearray, side: str) -> Any:
+# ---- decoding ---------------------------------------------------------------------------
+
+
+def _decode(table: dict[str, type[Record]], raw: str | bytes | bytearray, side: str) -> Any:
     data = loads(raw)
     if not isinstance(data, dict):
         raise WireError(f"bad message {side}: not a JSON object")
@@ -203,37 +273,138 @@ def _decode(table: dict[str, type[Message]], raw: str | bytes | bytearray, side:
         raise WireError(f"bad message {side}: {exc}") from exc
 
 
-# ---- sending and receiving --------------------------------------------------------------
+# ---- sandbox -> host --------------------------------------------------------------------
 
 
-class _Pipeline(Protocol):
-    def execute_command(self, *args: Any) -> Any: ...
-    def execute(self) -> Any: ...
+def payloads_to_host(msg: Message) -> list[str]:
+    """What the sandbox publishes for ``msg``: the message itself, or its parts in order."""
+    body = msg.to_json()  # ASCII: characters are bytes
+    if len(body) <= INLINE_LIMIT_BYTES:
+        return [body]
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise WireError(
+            f"the {msg.TYPE} message is {len(body):,} bytes as JSON, more than the "
+            f"{MAX_MESSAGE_BYTES:,} one message may carry"
+        )
+    total = -(-len(body) // PART_DATA_CHARS)
+    return [
+        Part(
+            message_id=msg.id,
+            index=i,
+            total=total,
+            data=body[i * PART_DATA_CHARS : (i + 1) * PART_DATA_CHARS],
+        ).to_json()
+        for i in range(total)
+    ]
+
+
+def decode_to_host(raw: str | bytes | bytearray) -> ToHost | Part:
+    """One payload from the sandbox: a message, or a part for ``PartBuffer``."""
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise WireError(
+            f"bad message from sandbox: a payload of {len(raw):,} bytes "
+            f"(the limit is {MAX_PAYLOAD_BYTES:,}; larger messages come in parts)"
+        )
+    msg: ToHost | Part = _decode(_TO_HOST, raw, "from sandbox")
+    return msg
+
+
+def decode_whole_to_host(body: str) -> ToHost:
+    """A message put back together from its parts (never a part itself)."""
+    msg = _decode(_TO_HOST, body, "from sandbox")
+    if isinstance(msg, Part):
+        raise WireError("bad message from sandbox: a part inside a part")
+    result: ToHost = msg
+    return result
+
+
+class _Partial:
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.chunks: dict[int, str] = {}
+        self.size = 0
+
+
+class PartBuffer:
+    """Puts one sender's parts back together, holding at most ``max_bytes`` of them.
+
+    A message whose parts stop coming is dropped once newer ones need the room (oldest
+    first), so a hostile sender can make the host hold no more than ``max_bytes`` of text
+    in at most ``max_messages`` messages, however many parts it invents.
+    """
+
+    def __init__(
+        self, max_bytes: int = MAX_MESSAGE_BYTES, max_messages: int = MAX_PARTIAL_MESSAGES
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_messages = max_messages
+        self._partial: dict[str, _Partial] = {}  # oldest first
+        self.held_bytes = 0
+        self.dropped = 0
+
+    @property
+    def partial_messages(self) -> int:
+        return len(self._partial)
+
+    def add(self, part: Part) -> str | None:
+        """The whole message once its last part came, else None; WireError for a bad part."""
+        if not part.data.isascii():
+            raise WireError("bad part from sandbox: its data is not ASCII JSON")
+        if part.index >= part.total:
+            raise WireError(f"bad part from sandbox: index {part.index} of {part.total}")
+        partial = self._partial.get(part.message_id)
+        if partial is None:
+            if part.total * PART_DATA_CHARS > self.max_bytes + PART_DATA_CHARS:
+                raise WireError(f"bad part from sandbox: {part.total} parts is too many")
+            while len(self._partial) >= self.max_messages:
+                self._drop_oldest()
+            partial = self._partial[part.message_id] = _Partial(part.total)
+        elif partial.total != part.total:
+            self._drop(part.message_id)
+            raise WireError(f"bad part from sandbox: message {part.message_id} changed its size")
+        if part.index in partial.chunks:
+            return None  # the sender published it again; the first copy counts
+        while self.held_bytes + len(part.data) > self.max_bytes:
+            if next(iter(self._partial)) == part.message_id and len(self._partial) == 1:
+                self._drop(part.message_id)
+                raise WireError(f"bad part from sandbox: message {part.message_id} is too large")
+            self._drop_oldest(keep=part.message_id)
+        partial.chunks[part.index] = part.data
+        partial.size += len(part.data)
+        self.held_bytes += len(part.data)
+        if len(partial.chunks) < partial.total:
+            return None
+        self._drop(part.message_id, dropped=False)
+        return "".join(partial.chunks[i] for i in range(partial.total))
+
+    def _drop_oldest(self, keep: str | None = None) -> None:
+        victim = next(m for m in self._partial if m != keep)
+        self._drop(victim)
+
+    def _drop(self, message_id: str, *, dropped: bool = True) -> None:
+        partial = self._partial.pop(message_id)
+        self.held_bytes -= partial.size
+        self.dropped += dropped
+
+
+# ---- host -> sandbox --------------------------------------------------------------------
+
+
+def payload_to_sandbox(msg: Message) -> tuple[str, str]:
+    """The message as stored, and what the host publishes for it (itself, or a reference)."""
+    body = msg.to_json()
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise WireError(
+            f"the {msg.TYPE} message is {len(body):,} bytes as JSON, more than the "
+            f"{MAX_MESSAGE_BYTES:,} one message may carry"
+        )
+    if len(body) <= INLINE_LIMIT_BYTES:
+        return body, body
+    return body, json.dumps({"ref": msg.id})
 
 
 class _Redis(Protocol):
     def get(self, name: str) -> Any: ...
-    def pipeline(self, transaction: bool = ...) -> Any: ...
-
-
-def send(redis: _Redis, channel: str, message_key_prefix: str, msg: Message) -> None:
-    """Store a copy under the message's id, then publish it (inline or by reference).
-
-    One round trip: the copies and the PUBLISH go in one pipeline, copies first, so a
-    receiver that sees the announcement can always fetch the copy.
-    """
-    body = msg.to_json()
-    pipe: _Pipeline = redis.pipeline(transaction=False)
-    pipe.execute_command("SET", message_key_prefix + msg.id, body, "EX", MESSAGE_TTL_S)
-    reply_to = getattr(msg, "reply_to", None)
-    if reply_to is not None:
-        key = message_key_prefix + "reply:" + reply_to
-        pipe.execute_command("SET", key, body, "EX", MESSAGE_TTL_S)
-    if len(body) <= INLINE_LIMIT_BYTES:  # ASCII: characters are bytes
-        pipe.execute_command("PUBLISH", channel, body)
-    else:
-        pipe.execute_command("PUBLISH", channel, json.dumps({"ref": msg.id}))
-    pipe.execute()
 
 
 def _resolve(
@@ -241,16 +412,11 @@ def _resolve(
 ) -> str | bytes | bytearray:
     head = loads(raw)
     if isinstance(head, dict) and set(head) == {"ref"} and isinstance(head["ref"], str):
-        stored = redis.get(message_key_prefix + head["ref"])
+        stored = redis.get(message_key(message_key_prefix, head["ref"]))
         if stored is None:
             raise WireError(f"message {head['ref']!r} was announced but its copy has expired")
         return stored  # type: ignore[no-any-return]
     return raw
-
-
-def decode_to_host(redis: _Redis, message_key_prefix: str, raw: str | bytes) -> ToHost:
-    msg: ToHost = _decode(_TO_HOST, _resolve(redis, message_key_prefix, raw), "from sandbox")
-    return msg
 
 
 def decode_to_sandbox(redis: _Redis, message_key_prefix: str, raw: str | bytes) -> ToSandbox:
@@ -258,15 +424,9 @@ def decode_to_sandbox(redis: _Redis, message_key_prefix: str, raw: str | bytes) 
     return msg
 
 
-def fetch_reply_to_host(redis: _Redis, message_key_prefix: str, request_id: str) -> ToHost | None:
-    """The stored reply of the sandbox to ``request_id``, if it has sent one."""
-    stored = redis.get(message_key_prefix + "reply:" + request_id)
-    return None if stored is None else _decode(_TO_HOST, stored, "from sandbox")
-
-
 def fetch_reply_to_sandbox(
     redis: _Redis, message_key_prefix: str, request_id: str
 ) -> ToSandbox | None:
     """The stored reply of the orchestrator to ``request_id``, if it has sent one."""
-    stored = redis.get(message_key_prefix + "reply:" + request_id)
+    stored = redis.get(reply_key(message_key_prefix, request_id))
     return None if stored is None else _decode(_TO_SANDBOX, stored, "for sandbox")

@@ -8,8 +8,10 @@ subscription goes and starts again with the next one.
 
 If the connection drops, redis-py reconnects and re-subscribes; if that fails, every
 subscription is failed with ``SandboxError`` and the hub forgets its connection, so the next
-subscriber starts afresh. Messages published while disconnected are lost — sessions cover
-that by also polling the stored copies of the replies they wait for.
+subscriber starts afresh. Messages published while disconnected are lost; the sandbox
+publishes the ones that matter again until the host acknowledges them (``sandbox.wire``).
+Each channel's queue is bounded in messages and bytes and takes no payload larger than
+the wire's ``MAX_PAYLOAD_BYTES``: what a sandbox floods beyond that is dropped.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from typing import Any
 import redis
 
 from rlm_jobs.errors import SandboxError
+from sandbox import wire
 
 log = logging.getLogger(__name__)
 
 # How long the reader blocks per poll; also how fast it notices it has nothing left to do.
 POLL_S = 0.2
-# A sandbox that floods its channel fills its own queue, not the orchestrator's memory.
+# A sandbox that floods its channel fills its own queue, not the orchestrator's memory:
+# room for the parts of one message of the largest size, then new payloads are dropped
+# (a sandbox publishes what must arrive again until it is acknowledged).
 MAX_QUEUED_PER_CHANNEL = 10_000
+MAX_QUEUED_BYTES_PER_CHANNEL = wire.MAX_MESSAGE_BYTES + wire.MAX_PAYLOAD_BYTES
 SUBSCRIBE_TIMEOUT_S = 10.0
 
 
@@ -40,6 +46,8 @@ class Subscription:
         self.channel = channel
         self._hub = hub
         self._queue: queue.Queue[str | bytes] = queue.Queue(MAX_QUEUED_PER_CHANNEL)
+        self._bytes_lock = threading.Lock()
+        self.queued_bytes = 0
         self.confirmed = threading.Event()
         self.failure: str | None = None
         self.dropped = 0
@@ -49,17 +57,35 @@ class Subscription:
         if self.failure is not None:
             raise SandboxError(self.failure)
         try:
-            return self._queue.get(timeout=timeout_s)
+            data = self._queue.get(timeout=timeout_s) if timeout_s > 0 else self._queue.get_nowait()
         except queue.Empty:
             if self.failure is not None:
                 raise SandboxError(self.failure) from None
             return None
+        with self._bytes_lock:
+            self.queued_bytes -= len(data)
+        return data
 
     def _put(self, data: str | bytes) -> None:
-        try:
-            self._queue.put_nowait(data)
-        except queue.Full:
-            self.dropped += 1
+        """Called by the hub's reader thread only."""
+        size = len(data)
+        with self._bytes_lock:
+            room = (
+                size <= wire.MAX_PAYLOAD_BYTES
+                and self.queued_bytes + size <= MAX_QUEUED_BYTES_PER_CHANNEL
+            )
+            if room:
+                self.queued_bytes += size
+        if room:
+            try:
+                self._queue.put_nowait(data)
+                return
+            except queue.Full:
+                with self._bytes_lock:
+                    self.queued_bytes -= size
+        if not self.dropped:
+            log.warning("dropping messages on %s: too large or too many queued", self.channel)
+        self.dropped += 1
 
     def _fail(self, reason: str) -> None:
         self.failure = reason

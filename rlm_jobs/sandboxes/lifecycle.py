@@ -1,15 +1,15 @@
-"""Starting and ending one sandbox: the steps a session and a pool share.
+"""Starting, waiting on and ending one sandbox: the steps a session and a pool share.
 
-A start is: a start slot (``StartSlots``), liveness key, ACL user, subscription on the hub
-(made *before* launch, so ``Ready`` cannot be missed), the backend's launch with the
-bootstrap, then the ready handshake, which frees the slot. An end is: ask the runtime to
-stop, wait briefly, kill, delete the ACL user, its liveness key and keys, unsubscribe; every
-step runs even if one fails.
+A start is: a start slot (``StartSlots``), liveness key, ACL user, its channel on the hub
+(subscribed *before* launch, so ``Ready`` cannot be missed), the backend's launch with the
+bootstrap, then the ready handshake, which frees the slot. Waiting for a message is one
+loop (``Launcher.await_message``, built on ``poll``) for every wait: ready, context loaded,
+a cell's result. An end is: ask the runtime to stop, wait briefly, kill, delete the ACL
+user, its liveness key and keys, unsubscribe; every step runs even if one fails.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -19,10 +19,10 @@ import redis
 
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
-from rlm_jobs.errors import ConfigError, SandboxError, SandboxTimeout
+from rlm_jobs.errors import ConfigError, SandboxDied, SandboxError, SandboxTimeout
 from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.base import SandboxBackend, SandboxProcess
-from rlm_jobs.sandboxes.hub import Subscription
+from rlm_jobs.sandboxes.channel import SandboxChannel
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.start_slots import StartSlot
 from sandbox import wire
@@ -31,34 +31,32 @@ log = logging.getLogger(__name__)
 
 # How often a waiting host checks that the runtime is still alive.
 LIVENESS_CHECK_S = 0.5
-# How often a waiting host reads the stored copy of a reply, in case pub/sub lost it.
-STORED_REPLY_POLL_S = 1.0
+# Longest a wait blocks on the channel before it looks at its deadline again.
+POLL_S = 0.25
+# Messages one poll reads at most: a flooding sandbox cannot keep a wait from its deadline.
+MAX_MESSAGES_PER_POLL = 256
 # A runtime asked to shut down gets this long before it is killed.
 SHUTDOWN_WAIT_S = 1.0
+
+Accept = Callable[[wire.ToHost], bool]
+OnMessage = Callable[[wire.ToHost], None]
 
 
 @dataclass
 class LiveSandbox:
     id: str
-    sub: Subscription
+    channel: SandboxChannel
     process: SandboxProcess | None = None
     # Set once the runtime said Ready (a pool hands out sandboxes that are still starting).
     ready: bool = False
+    # Set when a wait saw the runtime gone (after reading what it sent before it went).
+    exited: bool = False
     # Held until the start is over (ready or failed); whoever waits for Ready frees it.
     start_slot: StartSlot | None = None
     launched_at: float = field(default_factory=time.monotonic)
-    # Request ids already being served: the runtime re-sends a request it got no answer to.
-    requests_seen: set[str] = field(default_factory=set)
-    prefix: str = field(init=False)
-    channel_in: str = field(init=False)
-    _seq: itertools.count[int] = field(default_factory=itertools.count, repr=False)
-
-    def __post_init__(self) -> None:
-        self.prefix = keys.sandbox_message(self.id, "")
-        self.channel_in = keys.sandbox_to_sandbox(self.id)
 
     def next_seq(self) -> int:
-        return next(self._seq)
+        return self.channel.next_seq()
 
     def describe(self) -> str:
         return "no process" if self.process is None else self.process.describe_exit()
@@ -71,7 +69,7 @@ class LiveSandbox:
 
 
 class Launcher:
-    """Starts and ends sandboxes of one backend against one Redis."""
+    """Starts, waits on and ends sandboxes of one backend."""
 
     def __init__(
         self, services: SandboxServices, backend: SandboxBackend, *, heartbeat_s: float = 5.0
@@ -80,9 +78,6 @@ class Launcher:
         self.client = services.client
         self.settings = services.settings
         self.backend = backend
-        self.hub = services.hub
-        self.janitor = services.janitor
-        self.start_slots = services.start_slots
         self.heartbeat_s = heartbeat_s
         self._redis_address = redis_address(self.client, self.settings)
 
@@ -91,7 +86,7 @@ class Launcher:
 
         The wait for a start slot comes first and is not part of ``sandbox_start_timeout_s``.
         """
-        sbx = self.launch(context_key, self.start_slots.acquire())
+        sbx = self.launch(context_key, self.services.start_slots.acquire())
         try:
             self.await_ready(sbx)
         except BaseException:
@@ -107,9 +102,10 @@ class Launcher:
         sandbox_id = wire.new_id()
         sbx: LiveSandbox | None = None
         try:
-            self.janitor.mark_alive(sandbox_id, self.settings.sandbox_alive_ttl_s)
+            self.services.janitor.mark_alive(sandbox_id, self.settings.sandbox_alive_ttl_s)
             password = acl.create_user(self.client, sandbox_id, context_key)
-            sbx = LiveSandbox(sandbox_id, self.hub.subscribe(keys.sandbox_to_host(sandbox_id)))
+            channel = SandboxChannel(self.client, self.services.hub, sandbox_id)
+            sbx = LiveSandbox(sandbox_id, channel)
             sbx.start_slot = slot
             socket_path, host, port = self._redis_address
             bootstrap = wire.Bootstrap(
@@ -119,9 +115,9 @@ class Launcher:
                 redis_port=port,
                 username=keys.sandbox_user(sandbox_id),
                 password=password,
-                channel_in=sbx.channel_in,
-                channel_out=keys.sandbox_to_host(sandbox_id),
-                message_key_prefix=sbx.prefix,
+                channel_in=sbx.channel.channel_in,
+                channel_out=sbx.channel.channel_out,
+                message_key_prefix=sbx.channel.prefix,
                 context_key=context_key,
                 heartbeat_s=self.heartbeat_s,
             )
@@ -139,67 +135,90 @@ class Launcher:
             if sbx.ready:
                 return
             timeout_s = self.settings.sandbox_start_timeout_s
-            left = timeout_s - (time.monotonic() - sbx.launched_at)
-            self.await_message(
+            msg = self.await_message(
                 sbx,
-                lambda m: isinstance(m, wire.Ready),
-                None,
-                left,
-                f"sandbox was not ready within {timeout_s:g} s (sandbox_start_timeout_s)",
+                lambda m: isinstance(m, (wire.Ready, wire.Fatal)),
+                timeout_s=timeout_s - (time.monotonic() - sbx.launched_at),
+                what=f"sandbox was not ready within {timeout_s:g} s (sandbox_start_timeout_s)",
             )
+            self.raise_if_fatal(sbx, msg)
             sbx.ready = True
+        except SandboxDied as exc:
+            raise SandboxDied(f"sandbox exited before it was ready: {exc}") from exc
         finally:
             sbx.end_start()
+
+    def raise_if_fatal(self, sbx: LiveSandbox, msg: wire.ToHost) -> None:
+        if isinstance(msg, wire.Fatal):
+            self.wait_exit(sbx, SHUTDOWN_WAIT_S)
+            raise SandboxError(f"sandbox failed to start: {msg.message} ({sbx.describe()})")
+
+    # ---- waiting -------------------------------------------------------------------------
+
+    def poll(
+        self,
+        sbx: LiveSandbox,
+        accept: Accept,
+        *,
+        on_other: OnMessage | None = None,
+        timeout_s: float = 0.0,
+    ) -> wire.ToHost | None:
+        """What the runtime has sent (waiting up to ``timeout_s`` for the first message):
+        the first message ``accept`` takes, or None. The others go to ``on_other``."""
+        msg = sbx.channel.receive(timeout_s)
+        for _ in range(MAX_MESSAGES_PER_POLL):
+            if msg is None:
+                return None
+            if accept(msg):
+                return msg
+            if on_other is not None:
+                on_other(msg)
+            msg = sbx.channel.receive(0)
+        return None
 
     def await_message(
         self,
         sbx: LiveSandbox,
-        accept: Callable[[wire.ToHost], bool],
-        reply_to: str | None,
+        accept: Accept,
+        *,
         timeout_s: float,
-        timeout_text: str,
+        what: str,
+        on_other: OnMessage | None = None,
+        stop: Callable[[], str | None] | None = None,
     ) -> wire.ToHost:
-        """The first message ``accept`` takes; Fatal, death and timeout raise SandboxError.
+        """The first message ``accept`` takes; the others go to ``on_other`` meanwhile.
 
-        With ``reply_to``, the stored copy of the reply is polled too (pub/sub may lose it).
+        Raises ``SandboxTimeout`` (saying ``what``) once ``timeout_s`` has passed,
+        ``SandboxDied`` when the runtime ended without sending it, and ``SandboxError``
+        when ``stop`` gives a reason. A runtime that sent it and then ended is not an
+        error: the message is returned and ``sbx.exited`` set.
         """
         deadline = time.monotonic() + timeout_s
         next_liveness = time.monotonic() + LIVENESS_CHECK_S
-        next_poll = time.monotonic() + STORED_REPLY_POLL_S
         while True:
-            raw = sbx.sub.get(0.1)
-            if raw is not None:
-                try:
-                    msg = wire.decode_to_host(self.client, sbx.prefix, raw)
-                except (wire.WireError, redis.RedisError) as exc:
-                    log.warning("sandbox %s sent a malformed message: %s", sbx.id, exc)
-                    continue
-                if accept(msg):
-                    return msg
-                if isinstance(msg, wire.Fatal):
-                    self.wait_exit(sbx, SHUTDOWN_WAIT_S)
-                    raise SandboxError(f"sandbox failed to start: {msg.message} ({sbx.describe()})")
-            now = time.monotonic()
-            if now >= next_liveness:
-                next_liveness = now + LIVENESS_CHECK_S
+            reason = stop() if stop is not None else None
+            if reason:
+                raise SandboxError(reason)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SandboxTimeout(f"{what}; {sbx.describe()}")
+            msg = self.poll(sbx, accept, on_other=on_other, timeout_s=min(POLL_S, left))
+            if msg is not None:
+                return msg
+            if time.monotonic() >= next_liveness:
+                next_liveness = time.monotonic() + LIVENESS_CHECK_S
                 if sbx.process is not None and not sbx.process.alive():
-                    raise SandboxError(f"sandbox exited before it was ready: {sbx.describe()}")
-            if reply_to is not None and now >= next_poll:
-                next_poll = now + STORED_REPLY_POLL_S
-                try:
-                    stored = wire.fetch_reply_to_host(self.client, sbx.prefix, reply_to)
-                except (ValueError, redis.RedisError):
-                    stored = None
-                if stored is not None and accept(stored):
-                    return stored
-            if now >= deadline:
-                raise SandboxTimeout(f"{timeout_text}; {sbx.describe()}")
+                    sbx.exited = True
+                    # What it published before it went is still on its way or queued.
+                    last = self.poll(sbx, accept, on_other=on_other, timeout_s=POLL_S)
+                    if last is not None:
+                        return last
+                    raise SandboxDied(sbx.describe())
+
+    # ---- sending and ending --------------------------------------------------------------
 
     def send(self, sbx: LiveSandbox, msg: wire.Message) -> None:
-        try:
-            wire.send(self.client, sbx.channel_in, sbx.prefix, msg)
-        except redis.RedisError as exc:
-            raise SandboxError(f"could not send to sandbox {sbx.id}: {exc}") from exc
+        sbx.channel.send(msg)
 
     def shutdown(self, sbx: LiveSandbox) -> None:
         """Ask the runtime to stop, give it a moment, then tear everything down."""
@@ -214,13 +233,14 @@ class Launcher:
 
     def teardown(self, sandbox_id: str, sbx: LiveSandbox | None) -> None:
         """Kill, then remove user, keys and subscription; every step runs even if one fails."""
+        janitor = self.services.janitor
         steps: list[tuple[str, Callable[[], object]]] = [
             ("free its start slot", lambda: sbx.end_start() if sbx else None),
             ("kill the process", lambda: sbx.process.kill() if sbx and sbx.process else None),
             ("delete the ACL user", lambda: acl.delete_user(self.client, sandbox_id)),
-            ("drop its liveness key", lambda: self.janitor.mark_gone(sandbox_id)),
+            ("drop its liveness key", lambda: janitor.mark_gone(sandbox_id)),
             ("delete its keys", lambda: acl.delete_keys(self.client, sandbox_id)),
-            ("unsubscribe", lambda: sbx.sub.close() if sbx else None),
+            ("unsubscribe", lambda: sbx.channel.close() if sbx else None),
         ]
         for what, step in steps:
             try:
@@ -229,7 +249,7 @@ class Launcher:
                 log.exception("sandbox %s: could not %s", sandbox_id, what)
 
     def teardown_later(self, sbx: LiveSandbox) -> None:
-        self.janitor.submit(lambda: self.shutdown(sbx))
+        self.services.janitor.submit(lambda: self.shutdown(sbx))
 
     @staticmethod
     def wait_exit(sbx: LiveSandbox, timeout_s: float) -> None:

@@ -130,7 +130,7 @@ class SandboxPool:
         for sbx in victims:
             # Synchronously: this may run at exit, when new threads cannot start.
             self._launcher.teardown(sbx.id, sbx)
-        self._launcher.janitor.drain(CLOSE_JOIN_S)
+        self.services.janitor.drain(CLOSE_JOIN_S)
 
     def __enter__(self) -> SandboxPool:
         return self
@@ -142,7 +142,7 @@ class SandboxPool:
 
     def _run(self) -> None:
         try:
-            self._launcher.janitor.sweep_stale_users()
+            self.services.janitor.sweep_stale_users()
         except (redis.RedisError, RLMJobsError) as exc:
             log.warning("could not sweep stale sandbox ACL users: %s", exc)
         failures = 0
@@ -161,7 +161,7 @@ class SandboxPool:
                     self._cond.wait(STARTING_POLL_S if self._starting else IDLE_CHECK_S)
                     continue
                 # Never blocks: this thread must keep freeing the slots of its own starts.
-                slot = self._launcher.start_slots.try_acquire()
+                slot = self.services.start_slots.try_acquire()
                 if slot is None:
                     self._cond.wait(STARTING_POLL_S)
                     continue
@@ -189,13 +189,12 @@ class SandboxPool:
         for sbx in list(self._starting):
             problem = None
             try:
-                while (raw := sbx.sub.get(0)) is not None:
-                    msg = self._decode(sbx, raw)
-                    if isinstance(msg, wire.Ready):
-                        sbx.ready = True
-                    elif isinstance(msg, wire.Fatal):
-                        problem = f"failed to start: {msg.message}"
-            except SandboxError as exc:  # the hub lost its connection
+                msg = self._launcher.poll(sbx, lambda m: isinstance(m, (wire.Ready, wire.Fatal)))
+                if isinstance(msg, wire.Ready):
+                    sbx.ready = True
+                elif isinstance(msg, wire.Fatal):
+                    problem = f"failed to start: {msg.message}"
+            except SandboxError as exc:  # the hub lost its connection for good
                 problem = f"lost its channel: {exc}"
             if problem is None and not sbx.ready:
                 if now - sbx.launched_at > self._start_timeout_s:
@@ -223,13 +222,6 @@ class SandboxPool:
                 continue
             self._idle.remove(sbx)
             self._discard(sbx, problem)
-
-    def _decode(self, sbx: LiveSandbox, raw: str | bytes) -> wire.ToHost | None:
-        try:
-            return wire.decode_to_host(self._launcher.client, sbx.prefix, raw)
-        except (wire.WireError, redis.RedisError) as exc:
-            log.warning("pooled sandbox %s sent a malformed message: %s", sbx.id, exc)
-            return None
 
     def _discard(self, sbx: LiveSandbox, why: str) -> None:
         log.info("pooled sandbox %s %s; replacing it", sbx.id, why)

@@ -1,13 +1,13 @@
 """The host side of the sandbox wire: a ``Repl`` backed by a runtime in a sandbox.
 
-One ``SandboxSession`` owns one sandbox at a time: its ACL user, its subscription on the
-shared hub, its process (started and ended by ``lifecycle.Launcher``). With a
+One ``SandboxSession`` owns one sandbox at a time: its ACL user, its channel on the shared
+hub, its process (started, waited on and ended by ``lifecycle.Launcher``). With a
 ``SandboxPool`` it takes a pre-started sandbox and has it load the job's context; otherwise,
 or when the pool is empty, it starts one. While a cell runs, sub-call requests are answered
 from a thread pool so several can be in flight and the channel keeps being read. A cell that
 outlives its timeout plus a grace period, or a runtime that dies, costs the sandbox: it is
 killed and a fresh one (new id, new ACL user, context reloaded, variables gone) takes its
-place, and the outcome says so. ``close()`` returns at once; the sandbox is ended in the
+place, and the result says so. ``close()`` returns at once; the sandbox is ended in the
 background (``rlm_jobs.sandboxes.janitor``).
 """
 
@@ -19,10 +19,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import redis
-
 from rlm_jobs import keys
-from rlm_jobs.errors import SandboxError
+from rlm_jobs.errors import SandboxDied, SandboxError, SandboxTimeout
 from rlm_jobs.models import ContextRef
 from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.base import (
@@ -42,10 +40,6 @@ log = logging.getLogger(__name__)
 
 # A runtime that ignores its own interrupt gets this long before it is killed.
 HARD_DEADLINE_GRACE_S = 5.0
-# How often a waiting host checks that the runtime is still alive.
-LIVENESS_CHECK_S = 0.5
-# How often a waiting host reads the stored copy of the result, in case pub/sub lost it.
-STORED_REPLY_POLL_S = 1.0
 # Sub-call requests of one sandbox served at once; a batch is one request.
 SUBCALL_THREADS = 16
 
@@ -117,43 +111,41 @@ class SandboxSession:
             max_output_chars=max(100, max_output_chars),
         )
         started = time.monotonic()
-        self._send(sbx, request)
-        deadline = started + timeout_s + self.grace_s
-        next_liveness = started + LIVENESS_CHECK_S
-        next_poll = started + STORED_REPLY_POLL_S
+        self._launcher.send(sbx, request)
         notes: list[str] = []
-        while True:
-            if self._closed:
-                raise SandboxError("the sandbox session was closed while a cell was running")
-            now = time.monotonic()
-            if now >= deadline:
-                return self._replace_after_timeout(sbx, timeout_s, started)
-            raw = self._receive(sbx, min(0.25, deadline - now))
-            if raw is not None:
-                result = self._handle(sbx, raw, request.id, notes)
-                if result is not None:
-                    return _outcome(result, notes)
-            now = time.monotonic()
-            if now >= next_liveness:
-                next_liveness = now + LIVENESS_CHECK_S
-                if sbx.process is not None and not sbx.process.alive():
-                    stored = self._stored_result(sbx, request.id)
-                    if stored is not None:  # it answered, then died: keep the answer
-                        self._replace(sbx)
-                        return _outcome(stored, [*notes, REPLACED_NOTE], replaced=True)
-                    return self._replace_after_death(sbx, started)
-            if now >= next_poll:
-                next_poll = now + STORED_REPLY_POLL_S
-                stored = self._stored_result(sbx, request.id)
-                if stored is not None:
-                    return _outcome(stored, notes)
+
+        def on_other(msg: wire.ToHost) -> None:
+            if isinstance(msg, wire.SubcallRequest):
+                self._pool.submit(self._serve_subcall, sbx, msg)
+            elif isinstance(msg, wire.Fatal):
+                notes.append(f"[host] the sandbox reported a fatal error: {msg.message}")
+
+        try:
+            done = self._launcher.await_message(
+                sbx,
+                lambda m: isinstance(m, wire.CellDone) and m.reply_to == request.id,
+                timeout_s=timeout_s + self.grace_s,
+                what="the cell ignored its interrupt",
+                on_other=on_other,
+                stop=self._stop_reason,
+            )
+        except SandboxTimeout:
+            return self._replace_after_timeout(sbx, timeout_s, started)
+        except SandboxDied:
+            return self._replace_after_death(sbx, started)
+        assert isinstance(done, wire.CellDone)
+        notes[:0] = sbx.channel.take_problems()
+        if sbx.exited:  # it answered, then died: keep the answer
+            self._replace(sbx)
+            return _result(done, [*notes, REPLACED_NOTE], replaced=True)
+        return _result(done, notes)
 
     def close(self) -> None:
         """End the session at once; safe to call twice.
 
         The sandbox is shut down and everything it had removed on the janitor's threads
-        (see ``rlm_jobs.sandboxes.janitor``): that takes 0.2-1 s of waiting which the job
-        does not need to pay. ``Janitor.drain()`` waits for it.
+        (see ``rlm_jobs.sandboxes.janitor``): that is mostly waiting, which the job does
+        not need to pay. ``Janitor.drain()`` waits for it.
         """
         with self._lock:
             if self._closed:
@@ -173,6 +165,9 @@ class SandboxSession:
         self.close()
 
     # ---- lifecycle -----------------------------------------------------------------------
+
+    def _stop_reason(self) -> str | None:
+        return "the sandbox session was closed while a cell was running" if self._closed else None
 
     def _start(self) -> LiveSandbox:
         if self._closed:
@@ -202,13 +197,17 @@ class SandboxSession:
                 seq=sbx.next_seq(), id=wire.new_id(), context_key=context_key
             )
             self._launcher.send(sbx, request)
-            self._launcher.await_message(
+            loaded = self._launcher.await_message(
                 sbx,
-                lambda m: isinstance(m, wire.ContextLoaded) and m.reply_to == request.id,
-                request.id,
-                self._settings.sandbox_start_timeout_s,
-                "the pooled sandbox did not load its context in time (sandbox_start_timeout_s)",
+                lambda m: (
+                    isinstance(m, wire.Fatal)
+                    or (isinstance(m, wire.ContextLoaded) and m.reply_to == request.id)
+                ),
+                timeout_s=self._settings.sandbox_start_timeout_s,
+                what="the pooled sandbox did not load its context in time "
+                "(sandbox_start_timeout_s)",
             )
+            self._launcher.raise_if_fatal(sbx, loaded)
         except SandboxError as exc:
             # A fresh start reports a real problem (a missing context) in the usual words.
             log.warning("pooled sandbox %s unusable (%s); starting a fresh one", sbx.id, exc)
@@ -265,46 +264,7 @@ class SandboxSession:
             duration_s=time.monotonic() - started,
         )
 
-    # ---- messages ------------------------------------------------------------------------
-
-    def _send(self, sbx: LiveSandbox, msg: wire.Message) -> None:
-        self._launcher.send(sbx, msg)
-
-    def _receive(self, sbx: LiveSandbox, timeout_s: float) -> str | bytes | None:
-        try:
-            return sbx.sub.get(timeout_s)
-        except SandboxError as exc:
-            # The hub lost its connection; resubscribe and rely on stored copies meanwhile.
-            log.warning("sandbox %s: %s; resubscribing", sbx.id, exc)
-            sbx.sub = self._launcher.hub.subscribe(keys.sandbox_to_host(sbx.id))
-            return None
-
-    def _stored_result(self, sbx: LiveSandbox, request_id: str) -> wire.CellDone | None:
-        try:
-            stored = wire.fetch_reply_to_host(self._client, sbx.prefix, request_id)
-        except (wire.WireError, redis.RedisError) as exc:
-            log.warning("sandbox %s: unreadable stored result: %s", sbx.id, exc)
-            return None
-        return stored if isinstance(stored, wire.CellDone) else None
-
-    def _handle(
-        self, sbx: LiveSandbox, raw: str | bytes, request_id: str, notes: list[str]
-    ) -> wire.CellDone | None:
-        try:
-            msg = wire.decode_to_host(self._client, sbx.prefix, raw)
-        except (wire.WireError, redis.RedisError) as exc:
-            log.warning("sandbox %s sent a malformed message: %s", sbx.id, exc)
-            if len(notes) < 5:
-                notes.append(f"[host] ignored a malformed message from the sandbox: {exc}")
-            return None
-        if isinstance(msg, wire.CellDone):
-            return msg if msg.reply_to == request_id else None
-        if isinstance(msg, wire.SubcallRequest) and msg.id not in sbx.requests_seen:
-            sbx.requests_seen.add(msg.id)
-            self._pool.submit(self._serve_subcall, sbx, msg)
-        elif isinstance(msg, wire.Fatal):
-            notes.append(f"[host] the sandbox reported a fatal error: {msg.message}")
-        return None
+    # ---- sub-calls -----------------------------------------------------------------------
 
     def _serve_subcall(self, sbx: LiveSandbox, request: wire.SubcallRequest) -> None:
         n = len(request.prompts)
@@ -323,12 +283,12 @@ class SandboxSession:
             seq=sbx.next_seq(), id=wire.new_id(), reply_to=request.id, results=results
         )
         try:
-            self._send(sbx, reply)
+            self._launcher.send(sbx, reply)
         except SandboxError as exc:
             log.warning("%s", exc)
 
 
-def _outcome(done: wire.CellDone, notes: list[str], *, replaced: bool = False) -> CellResult:
+def _result(done: wire.CellDone, notes: list[str], *, replaced: bool = False) -> CellResult:
     # Host-only facts come from the host, whatever the sandbox put in them.
     return dataclasses.replace(done.result, sandbox_replaced=replaced, note="\n".join(notes))
 

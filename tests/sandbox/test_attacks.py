@@ -701,7 +701,9 @@ def check_privilege_escalation(stack: Stack, run: AttackRun, neighbour: Neighbou
 
 def check_redis_flood(stack: Stack, run: AttackRun, neighbour: Neighbour) -> None:
     (line,) = run.lines("redis flood: ")
-    assert "redis flood: refused" in line, line
+    assert line.startswith("redis flood: refused after 0 MB: ReplyError: NOPERM"), line
+    assert run.lines("publish flood: published 32 MB")
+    assert not run.replaced
 
 
 CHECKS = {
@@ -722,10 +724,7 @@ CHECKS = {
 }
 
 # Attacks that are not contained yet: each names its gap (see docs/security.md).
-GAPS = {
-    "redis_flood": "gap: a sandbox may SET any number of keys of any size under its own "
-    "prefix, so one job can fill the shared Redis's memory (no quota; see docs/security.md)",
-}
+GAPS: dict[str, str] = {}
 ATTACKS = [
     pytest.param(
         attack,

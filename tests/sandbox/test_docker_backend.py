@@ -29,6 +29,9 @@ from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.backends import docker as docker_backend
 from rlm_jobs.sandboxes.backends.docker import DockerBackend, DockerSandbox, reap_orphans
 from rlm_jobs.sandboxes.backends.docker.socket_mount import answers_without_auth
+from rlm_jobs.sandboxes.channel import SandboxChannel
+from rlm_jobs.sandboxes.hub import PubSubHub
+from rlm_jobs.sandboxes.services import SandboxServices
 from sandbox import wire
 from sandbox.records import CellResult
 from tests.sandbox.conftest import connect_docker_or_fail
@@ -61,16 +64,12 @@ def docker_settings(redis_server: RedisServer) -> Settings:
 
 
 class Peer:
-    """The orchestrator's side of one sandbox, over raw pub/sub."""
+    """The orchestrator's side of one sandbox: the host's channel, without a session."""
 
-    def __init__(self, client: redis.Redis, sandbox_id: str) -> None:
+    def __init__(self, client: redis.Redis, hub: PubSubHub, sandbox_id: str) -> None:
         self.client = client
         self.sandbox_id = sandbox_id
-        self.prefix = f"test:docker:{sandbox_id}:msg:"
-        self.channel_in = f"test:docker:{sandbox_id}:in"
-        self.channel_out = f"test:docker:{sandbox_id}:out"
-        self.pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        self.pubsub.subscribe(self.channel_out)  # before launch: Ready cannot be missed
+        self.channel = SandboxChannel(client, hub, sandbox_id)  # before launch
         self._seq = 0
         # A user of its own (Redis's default user may need a password the sandbox lacks);
         # the ACL itself is the session's business, tested elsewhere.
@@ -89,9 +88,9 @@ class Peer:
         return wire.Bootstrap(
             sandbox_id=self.sandbox_id,
             redis_unix_socket=socket_path,
-            channel_in=self.channel_in,
-            channel_out=self.channel_out,
-            message_key_prefix=self.prefix,
+            channel_in=self.channel.channel_in,
+            channel_out=self.channel.channel_out,
+            message_key_prefix=self.channel.prefix,
             context_key=CONTEXT_KEY,
             username=self.username,
             password=self.password,
@@ -101,16 +100,13 @@ class Peer:
     def receive(self, kind: type[Any], timeout_s: float = READY_TIMEOUT_S) -> Any:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            raw = self.pubsub.get_message(timeout=0.2)
-            if raw is None:
-                continue
-            msg = wire.decode_to_host(self.client, self.prefix, raw["data"])
+            msg = self.channel.receive(0.2)
             if isinstance(msg, kind):
                 return msg
             assert not isinstance(msg, wire.Fatal), msg.message
         raise AssertionError(f"no {kind.__name__} from sandbox {self.sandbox_id}")
 
-    def run(self, code: str, timeout_s: float = 20.0) -> CellResult:
+    def send_cell(self, code: str, timeout_s: float = 20.0) -> wire.ExecCell:
         self._seq += 1
         cell = wire.ExecCell(
             seq=self._seq,
@@ -119,12 +115,16 @@ class Peer:
             timeout_s=timeout_s,
             max_output_chars=20_000,
         )
-        wire.send(self.client, self.channel_in, self.prefix, cell)
+        self.channel.send(cell)
+        return cell
+
+    def run(self, code: str, timeout_s: float = 20.0) -> CellResult:
+        self.send_cell(code, timeout_s)
         done: wire.CellDone = self.receive(wire.CellDone, timeout_s + 10)
         return done.result
 
     def close(self) -> None:
-        self.pubsub.close()
+        self.channel.close()
 
 
 Launch = Callable[..., tuple[DockerSandbox, Peer]]
@@ -132,7 +132,10 @@ Launch = Callable[..., tuple[DockerSandbox, Peer]]
 
 @pytest.fixture
 def launch(
-    docker_client: Any, docker_settings: Settings, redis_client: redis.Redis
+    docker_client: Any,
+    docker_settings: Settings,
+    redis_client: redis.Redis,
+    services: SandboxServices,
 ) -> Iterator[Launch]:
     """Launches sandboxes that are ready; kills them all at the end of the test."""
     redis_client.set(CONTEXT_KEY, json.dumps("hello from the host"))
@@ -140,7 +143,7 @@ def launch(
     started: list[tuple[DockerSandbox, Peer]] = []
 
     def launch_(**extra: Any) -> tuple[DockerSandbox, Peer]:
-        peer = Peer(redis_client, wire.new_id())
+        peer = Peer(redis_client, services.hub, wire.new_id())
         assert docker_settings.sandbox_redis_socket is not None
         sandbox = backend.launch(peer.bootstrap(docker_settings.sandbox_redis_socket, **extra))
         started.append((sandbox, peer))
@@ -265,10 +268,7 @@ def test_scratch_and_process_limits_hold(launch: Launch) -> None:
 
 def test_out_of_memory_kills_the_sandbox_and_says_so(launch: Launch) -> None:
     sandbox, peer = launch()
-    cell = wire.ExecCell(
-        seq=1, id=wire.new_id(), code="x = b'x' * (512 * 2**20)", timeout_s=20, max_output_chars=100
-    )
-    wire.send(peer.client, peer.channel_in, peer.prefix, cell)
+    peer.send_cell("x = b'x' * (512 * 2**20)")
     deadline = time.monotonic() + 20
     while sandbox.alive() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -278,10 +278,7 @@ def test_out_of_memory_kills_the_sandbox_and_says_so(launch: Launch) -> None:
 
 def test_exit_code_is_described(launch: Launch) -> None:
     sandbox, peer = launch()
-    cell = wire.ExecCell(
-        seq=1, id=wire.new_id(), code="import os\nos._exit(7)", timeout_s=5, max_output_chars=100
-    )
-    wire.send(peer.client, peer.channel_in, peer.prefix, cell)
+    peer.send_cell("import os\nos._exit(7)", timeout_s=5)
     deadline = time.monotonic() + 10
     while sandbox.alive() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -307,11 +304,15 @@ def test_kill_removes_the_container_and_is_idempotent(launch: Launch, docker_cli
 
 
 def test_reap_orphans_removes_sandboxes_of_dead_owners_only(
-    launch: Launch, docker_client: Any, docker_settings: Settings, redis_client: redis.Redis
+    launch: Launch,
+    docker_client: Any,
+    docker_settings: Settings,
+    redis_client: redis.Redis,
+    services: SandboxServices,
 ) -> None:
     # Given a sandbox whose launching process exited without cleaning up
     orphan_id = wire.new_id()
-    peer = Peer(redis_client, orphan_id)
+    peer = Peer(redis_client, services.hub, orphan_id)
     assert docker_settings.sandbox_redis_socket is not None
     boot = peer.bootstrap(docker_settings.sandbox_redis_socket)
     script = (

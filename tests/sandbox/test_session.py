@@ -88,15 +88,26 @@ def test_non_json_and_schema_violating_input_is_reported_without_hanging(
     session = open_session()
     sandbox_id = session.sandbox_id or ""
     channel_in = keys.sandbox_to_sandbox(sandbox_id)
-    prefix = keys.sandbox_message(sandbox_id, "")
+    watcher = redis_client.pubsub()  # type: ignore[no-untyped-call]
+    watcher.subscribe(keys.sandbox_to_host(sandbox_id))
     redis_client.publish(channel_in, "this is not json")
     redis_client.publish(channel_in, json.dumps({"type": "exec", "seq": 0, "id": "bad-exec"}))
     redis_client.publish(channel_in, json.dumps({"type": "nonsense", "seq": 0, "id": "n"}))
     # The malformed exec is answered with an error, so a waiter would not hang.
-    assert wait_for(lambda: wire.fetch_reply_to_host(redis_client, prefix, "bad-exec") is not None)
-    reply = wire.fetch_reply_to_host(redis_client, prefix, "bad-exec")
-    assert isinstance(reply, wire.CellDone)
-    assert reply.result.error is not None and "malformed exec message" in reply.result.error
+    replies: list[wire.CellDone] = []
+
+    def answered() -> bool:
+        msg = watcher.get_message(timeout=0.1)
+        if msg is not None and msg["type"] == "message":
+            decoded = wire.decode_to_host(msg["data"])
+            if isinstance(decoded, wire.CellDone) and decoded.reply_to == "bad-exec":
+                replies.append(decoded)
+        return bool(replies)
+
+    assert wait_for(answered)
+    watcher.close()
+    assert replies[0].result.error is not None
+    assert "malformed exec message" in replies[0].result.error
     out = run(session, "print('still serving')")
     assert out.stdout == "still serving\n"
     assert "ignored malformed messages" in out.stderr and "not JSON" in out.stderr

@@ -61,9 +61,7 @@ class StartWatch:
                     self._record("start", sandbox_id)
                 continue
             sandbox_id = channel.removeprefix(self._out_head).removesuffix(self._out_tail)
-            decoded = wire.decode_to_host(
-                self._client, keys.sandbox_message(sandbox_id, ""), msg["data"]
-            )
+            decoded = wire.decode_to_host(msg["data"])
             if isinstance(decoded, wire.Ready):
                 self._record("ready", sandbox_id)
 
