@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any
 
-from sandbox import resp, wire
+from sandbox import determinism, resp, wire
 from sandbox.outbox import Outbox
 from sandbox.records import CellResult, SubcallResult
 from sandbox.repl import Repl
@@ -252,6 +252,7 @@ class Runtime:
                     return EXIT_FATAL
                 repl.set_context(context)
                 del context
+                determinism.seed_random(msg.seed)
                 self.send(
                     wire.ContextLoaded(
                         seq=self.next_seq(), id=wire.new_id(), reply_to=msg.id, size_bytes=size
@@ -321,6 +322,8 @@ def main() -> int:
         return EXIT_BAD_BOOTSTRAP
     sys.stdin.close()
     sys.stdin = open(os.devnull)  # noqa: SIM115 - model code's input() gets EOF for good
+    if not determinism.hash_seed_fixed():
+        log("PYTHONHASHSEED is not fixed: hash() and set order will differ in a replay")
     context: Any = None
     try:
         runtime = Runtime(boot, connect(boot))
@@ -330,6 +333,7 @@ def main() -> int:
         threading.Thread(target=runtime.keep_forever, daemon=True).start()
         if boot.context_key is not None:
             context, _ = runtime.load_context(boot.context_key)
+            determinism.seed_random(boot.seed)
     except resp.RedisError as exc:
         log(f"cannot start: {exc}")
         return EXIT_REDIS_LOST

@@ -84,6 +84,8 @@ MAX_PARTS = -(-MAX_MESSAGE_BYTES // PART_DATA_CHARS)
 # Messages a host reassembles at once per sandbox: a sender publishes one message's parts
 # in a few pipelines, so more than one at a time only comes from model threads.
 MAX_PARTIAL_MESSAGES = 8
+# Seeds fit a signed 64-bit integer, whatever reads the JSON.
+MAX_SEED = 2**63 - 1
 
 
 def message_key(prefix: str, message_id: str) -> str:
@@ -143,6 +145,8 @@ class LoadContext(Message):
     TYPE: ClassVar[str] = "load_context"
 
     context_key: str = field(metadata=_bounds(min_len=1, max_len=256))
+    # random.seed() before the first cell (sandbox.determinism).
+    seed: int = field(metadata=_bounds(ge=0, le=MAX_SEED))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,6 +250,8 @@ class Bootstrap(Record):
     # Loaded before Ready when given; a pooled sandbox starts without one and waits for
     # LoadContext (its ACL user cannot read any context until then).
     context_key: str | None = None
+    # random.seed() once context_key is loaded (sandbox.determinism).
+    seed: int = field(default=0, metadata=_bounds(ge=0, le=MAX_SEED))
     heartbeat_s: float = field(default=5.0, metadata=_bounds(gt=0))
 
 

@@ -27,8 +27,14 @@ class Repl(Protocol):
     def close(self) -> None: ...
 
 
-# Opens a REPL over a stored context whose sub-calls go to the handler.
-ReplFactory = Callable[[ContextRef, SubcallHandler], Repl]
+class ReplFactory(Protocol):
+    """Opens a REPL over a stored context whose sub-calls go to the handler.
+
+    ``seed`` seeds ``random`` in the REPL before its first cell, so a job run again with
+    the same seed draws the same numbers (``sandbox.determinism``).
+    """
+
+    def __call__(self, context: ContextRef, handler: SubcallHandler, *, seed: int = 0) -> Repl: ...
 
 
 class SandboxProcess(Protocol):

@@ -81,12 +81,12 @@ class Launcher:
         self.heartbeat_s = heartbeat_s
         self._redis_address = redis_address(self.client, self.settings)
 
-    def start(self, context_key: str | None) -> LiveSandbox:
+    def start(self, context_key: str | None, *, seed: int = 0) -> LiveSandbox:
         """Launch and wait until ready; nothing is left behind if that fails.
 
         The wait for a start slot comes first and is not part of ``sandbox_start_timeout_s``.
         """
-        sbx = self.launch(context_key, self.services.start_slots.acquire())
+        sbx = self.launch(context_key, self.services.start_slots.acquire(), seed=seed)
         try:
             self.await_ready(sbx)
         except BaseException:
@@ -94,10 +94,12 @@ class Launcher:
             raise
         return sbx
 
-    def launch(self, context_key: str | None, slot: StartSlot) -> LiveSandbox:
+    def launch(self, context_key: str | None, slot: StartSlot, *, seed: int = 0) -> LiveSandbox:
         """Start the runtime without waiting for it; ``context_key`` None: no context yet.
 
-        The sandbox holds ``slot`` until its start is over (``LiveSandbox.end_start``).
+        ``seed`` seeds ``random`` once the context is loaded (a pooled sandbox gets its seed
+        with ``LoadContext``). The sandbox holds ``slot`` until its start is over
+        (``LiveSandbox.end_start``).
         """
         sandbox_id = wire.new_id()
         sbx: LiveSandbox | None = None
@@ -119,6 +121,7 @@ class Launcher:
                 channel_out=sbx.channel.channel_out,
                 message_key_prefix=sbx.channel.prefix,
                 context_key=context_key,
+                seed=seed,
                 heartbeat_s=self.heartbeat_s,
             )
             sbx.launched_at = time.monotonic()

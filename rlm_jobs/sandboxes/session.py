@@ -61,6 +61,7 @@ class SandboxSession:
         handler: SubcallHandler,
         *,
         pool: SandboxPool | None = None,
+        seed: int = 0,
         grace_s: float = HARD_DEADLINE_GRACE_S,
         heartbeat_s: float = 5.0,
     ) -> None:
@@ -68,6 +69,8 @@ class SandboxSession:
         self._settings = services.settings
         self._context = context
         self._handler = handler
+        # random.seed() of every sandbox of this session, replacements included.
+        self.seed = seed
         self._launcher = Launcher(services, backend, heartbeat_s=heartbeat_s)
         # A pooled sandbox heartbeats at the pool's rate; a session asking for another
         # rate (tests do) starts its own.
@@ -177,7 +180,7 @@ class SandboxSession:
         sbx = self._from_pool(context_key)
         self.from_pool = sbx is not None
         if sbx is None:
-            sbx = self._launcher.start(context_key)
+            sbx = self._launcher.start(context_key, seed=self.seed)
         self.start_duration_s = time.monotonic() - started
         log.debug("sandbox %s ready in %.3f s", sbx.id, self.start_duration_s)
         return sbx
@@ -194,7 +197,7 @@ class SandboxSession:
             # Only now, and only for this sandbox, does any context become readable.
             acl.grant_context(self._client, sbx.id, context_key)
             request = wire.LoadContext(
-                seq=sbx.next_seq(), id=wire.new_id(), context_key=context_key
+                seq=sbx.next_seq(), id=wire.new_id(), context_key=context_key, seed=self.seed
             )
             self._launcher.send(sbx, request)
             loaded = self._launcher.await_message(
@@ -302,12 +305,13 @@ def open_repl_factory(
     """What the loop calls to get a REPL: one ``SandboxSession`` per call, same backend.
 
     With a ``pool``, sessions take pre-started sandboxes from it (and use its backend).
+    ``seed`` seeds ``random`` in the sandbox (``sandbox.determinism``); 0 unless given.
     """
     from rlm_jobs.sandboxes.registry import create_backend
 
     chosen = pool.backend if pool is not None else backend or create_backend(services.settings)
 
-    def open_repl(context: ContextRef, handler: SubcallHandler) -> Repl:
-        return SandboxSession(services, chosen, context, handler, pool=pool)
+    def open_repl(context: ContextRef, handler: SubcallHandler, *, seed: int = 0) -> Repl:
+        return SandboxSession(services, chosen, context, handler, pool=pool, seed=seed)
 
     return open_repl

@@ -610,8 +610,9 @@ def check_secrets(stack: Stack, run: AttackRun, neighbour: Neighbour) -> None:
     (names,) = run.lines("env names:")
     allowed = {
         "process": "['HOME', 'LANG', 'LD_LIBRARY_PATH', 'PATH', 'PWD', "
-        "'PYTHONDONTWRITEBYTECODE', 'PYTHONNOUSERSITE', 'PYTHONPATH', 'TMPDIR']",
-        "docker": "['HOME', 'HOSTNAME', 'LANG', 'PATH', 'TMPDIR']",
+        "'PYTHONDONTWRITEBYTECODE', 'PYTHONHASHSEED', 'PYTHONNOUSERSITE', 'PYTHONPATH', "
+        "'TMPDIR']",
+        "docker": "['HOME', 'HOSTNAME', 'LANG', 'PATH', 'PYTHONHASHSEED', 'TMPDIR']",
     }
     assert names == f"env names: {allowed[stack.backend]}"
     (pids,) = run.lines("visible pids:")

@@ -192,7 +192,8 @@ def test_bootstrap_secrets_stay_out_of_inspect_env_and_logs(
     assert peer.password not in attrs and "Bootstrap" not in attrs
     env = peer.run("import os, json\nprint(json.dumps(dict(os.environ)))").stdout
     assert peer.password not in env
-    assert set(json.loads(env)) <= {"PATH", "HOME", "TMPDIR", "LANG", "HOSTNAME"}
+    allowed = {"PATH", "HOME", "TMPDIR", "LANG", "HOSTNAME", "PYTHONHASHSEED"}
+    assert set(json.loads(env)) <= allowed
     logs = docker_client.api.logs(sandbox.container_id).decode()
     assert peer.password not in logs
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from rlm_jobs.config import Settings
 from rlm_jobs.sandboxes.backends.docker import owner
+from sandbox import determinism
 from sandbox.wire import Bootstrap
 
 # The uid:gid the image creates for the runtime; never root.
@@ -41,8 +42,9 @@ def container_args(
         "stdin_open": True,
         "detach": False,
         "tty": False,
-        # Only the image's environment (PATH, HOME, LANG): no proxies from the CLI config.
-        "environment": {},
+        # The image's environment (PATH, HOME, LANG) and the fixed hash seed, nothing else:
+        # no proxies from the CLI config.
+        "environment": dict(determinism.ENVIRONMENT),
         "use_config_proxy": False,
         "user": SANDBOX_USER,
         "working_dir": SCRATCH_DIR,

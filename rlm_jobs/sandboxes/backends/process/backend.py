@@ -24,6 +24,7 @@ from rlm_jobs.errors import ConfigError
 from rlm_jobs.sandboxes.backends.process import bwrap, cgroups, isolation, seccomp, spawn
 from rlm_jobs.sandboxes.backends.process.output import OutputReader
 from rlm_jobs.sandboxes.backends.process.sandbox import ProcessSandbox
+from sandbox import determinism
 from sandbox.wire import Bootstrap
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ class ProcessBackend:
             "PYTHONDONTWRITEBYTECODE": "1",
             "HOME": str(scratch),
             "TMPDIR": str(scratch),
+            **determinism.ENVIRONMENT,
         }
         return [self._settings.sandbox_python, *RUNTIME], env, str(scratch)
 
