@@ -1,6 +1,6 @@
 """The persistent namespace and how one cell runs in it.
 
-Contract (DESIGN.md §1): output is what the cell printed; the value of a cell's last
+The contract: output is what the cell printed; the value of a cell's last
 expression is *not* echoed (the system prompt tells the model to print, and echoing would
 print huge values by accident). A cell that raises returns its traceback as ``error`` and
 keeps what it assigned before the exception. Reserved names are put back after every cell.

@@ -120,6 +120,9 @@ class Runtime:
             self._publish_once(payloads)
 
     def _publish_once(self, payloads: list[str]) -> None:
+        if len(payloads) == 1:
+            self.redis.publish(self.boot.channel_out, payloads[0])
+            return
         for start in range(0, len(payloads), PARTS_PER_PIPELINE):
             pipe = self.redis.pipeline()
             for payload in payloads[start : start + PARTS_PER_PIPELINE]:

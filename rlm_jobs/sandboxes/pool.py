@@ -1,4 +1,4 @@
-"""A few sandboxes started ahead of demand, so a job does not wait ~0.7-1.1 s for one.
+"""A few sandboxes started ahead of demand, so a job does not wait for a start.
 
 Each pooled sandbox is an ordinary sandbox (own id, own ACL user, own channels and keys)
 started *without* a context: its user can read no context at all. ``take()`` hands one to
@@ -8,7 +8,7 @@ ends it as usual, so no state can cross from one job to the next.
 
 One refill thread keeps ``size`` sandboxes idle or starting: it launches without waiting
 (so several starts overlap, but never more than the pool is short of, and each only with a
-start slot no job is waiting for: ``lifecycle.StartSlots``), watches for ``Ready``, and
+start slot no job is waiting for: ``start_slots.StartSlots``), watches for ``Ready``, and
 discards sandboxes that died, failed to start or sat idle longer than ``max_idle_s`` (old
 ones are replaced so a pool does not hold a stale process for hours).
 When the pool is empty, ``take()`` hands out one that is still starting (the session waits

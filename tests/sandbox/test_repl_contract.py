@@ -1,4 +1,4 @@
-"""The REPL contract (DESIGN.md §1) that every sandbox backend must keep."""
+"""The REPL contract (names, output, errors, limits) that every sandbox backend must keep."""
 
 from __future__ import annotations
 

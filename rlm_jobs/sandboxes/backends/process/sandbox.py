@@ -45,11 +45,6 @@ class ProcessSandbox:
         self._log_tail = ""
         self._released = False
 
-    @property
-    def pid(self) -> int:
-        """The pid of the process we started (bwrap's monitor when isolated)."""
-        return self._popen.pid
-
     def alive(self) -> bool:
         return self._popen.poll() is None
 
