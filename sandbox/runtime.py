@@ -105,10 +105,13 @@ class Runtime:
         Raises WireError for a message larger than the wire carries.
         """
         payloads = wire.payloads_to_host(msg)
-        if isinstance(msg, wire.RELIABLE):
-            self.outbox.send(msg.id, payloads)
-        else:
+        if not isinstance(msg, wire.RELIABLE):
             self._publish(payloads)
+            return
+        try:
+            self.outbox.send(msg.id, payloads)
+        except resp.RedisError as exc:  # it stays in the outbox: the keeper tries again
+            log(f"publishing {msg.TYPE} failed ({exc}); it will be published again")
 
     def _publish(self, payloads: list[str]) -> None:
         try:

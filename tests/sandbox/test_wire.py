@@ -64,7 +64,7 @@ def test_every_message_round_trips_through_json() -> None:
             seq=1, id="b", reply_to="c", results=[SubcallResult(ok=True, text="t")] * 2
         ),
         wire.Shutdown(seq=2, id="c"),
-        wire.LoadContext(seq=3, id="d", context_key="rlm:ctx:1"),
+        wire.LoadContext(seq=3, id="d", context_key="rlm:ctx:1", seed=2**63 - 1),
         wire.Ack(seq=4, id="e", reply_to="f"),
     ]
     for msg in to_sandbox:
@@ -103,7 +103,13 @@ def test_serialised_messages_are_ascii_so_lone_surrogates_survive() -> None:
             {"type": "subcall_reply", "seq": 1, "id": "a", "reply_to": "b", "results": [1]},
             "must be a JSON object",
         ),
-        ({"type": "load_context", "seq": 1, "id": "a", "context_key": ""}, "context_key"),
+        (
+            {"type": "load_context", "seq": 1, "id": "a", "context_key": "", "seed": 0},
+            "context_key",
+        ),
+        ({"type": "load_context", "seq": 1, "id": "a", "context_key": "k"}, "seed"),
+        ({"type": "load_context", "seq": 1, "id": "a", "context_key": "k", "seed": -1}, "seed"),
+        ({"type": "load_context", "seq": 1, "id": "a", "context_key": "k", "seed": 2**63}, "seed"),
         ({"type": "ready", "seq": 1, "id": "a", "pid": 1}, "unknown type 'ready'"),
     ],
 )
