@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,6 +13,7 @@ import redis
 
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
+from rlm_jobs.contexts import put_context
 from rlm_jobs.errors import SandboxError
 from rlm_jobs.models import ContextRef
 from rlm_jobs.sandboxes import acl
@@ -203,3 +205,22 @@ def test_a_dropped_hub_connection_is_survived(
     assert killed == 1
     out = run(session, "print(x, llm_query('after'))")
     assert out.stdout == "1 llm/default: AFTER\n"
+
+
+def test_closing_the_services_ends_their_teardowns_and_threads(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    before = set(threading.enumerate())
+    services = SandboxServices(redis_client, settings)
+    ref = put_context(redis_client, "ctx")
+    session = SandboxSession(services, create_backend(settings, "process"), ref, answer_from_text)
+    assert run(session, "print(context)").stdout == "ctx\n"
+    session.close()  # its teardown is queued on the janitor
+    started = {t for t in threading.enumerate() if t.name.startswith("rlm-")} - before
+    assert {t.name for t in started} >= {"rlm-pubsub-hub", "rlm-teardown", "rlm-sandbox-alive"}
+    services.close()
+    # The queued teardown finished first, then every thread the services started ended.
+    assert sandbox_leftovers(redis_client) == ([], [])
+    assert not [t.name for t in started if t.is_alive() and t.name != "rlm-sandbox-output"]
+    with pytest.raises(SandboxError, match="closed"):
+        SandboxSession(services, create_backend(settings, "process"), ref, answer_from_text)
