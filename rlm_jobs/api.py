@@ -29,6 +29,7 @@ from rlm_jobs.providers import ProviderControls
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
+from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import open_repl_factory
 from rlm_jobs.submitter import UNREADABLE, Document
 from rlm_jobs.trajectory import to_jsonl
@@ -179,6 +180,7 @@ class RLM:
         self._dispatcher: InProcessDispatcher | None = None
         self._journals: JournalStore | None = None
         self._sandbox_pool: SandboxPool | None = None
+        self._sandbox_services: SandboxServices | None = None
 
     def _connect(self) -> tuple[redis.Redis, Engine]:
         if self._redis is None:
@@ -199,16 +201,18 @@ class RLM:
                 self._router, self._journals.calls, concurrency=settings.subcall_concurrency
             )
             # One pool per RLM: later completions find their sandboxes started.
-            self._sandbox_pool = SandboxPool(self._redis, settings, create_backend(settings))
+            self._sandbox_services = SandboxServices(self._redis, settings)
+            self._sandbox_pool = SandboxPool(self._sandbox_services, create_backend(settings))
         assert self._router is not None and self._dispatcher is not None
         assert self._journals is not None
+        assert self._sandbox_services is not None
         client = self._redis
         engine = Engine.build(
             self.settings,
             client,
             router=self._router,
             dispatcher=self._dispatcher,
-            repl_factory=open_repl_factory(client, self.settings, pool=self._sandbox_pool),
+            repl_factory=open_repl_factory(self._sandbox_services, pool=self._sandbox_pool),
             journals=self._journals,
         )
         return client, engine
@@ -271,6 +275,8 @@ class RLM:
     def close(self) -> None:
         if self._sandbox_pool is not None:
             self._sandbox_pool.close()
+        if self._sandbox_services is not None:
+            self._sandbox_services.close()
         if self._dispatcher is not None:
             self._dispatcher.close()
         if self._router is not None:
@@ -279,6 +285,7 @@ class RLM:
             self._redis.close()
         self._redis = self._router = self._dispatcher = self._sandbox_pool = None
         self._journals = None
+        self._sandbox_services = None
 
     def __enter__(self) -> RLM:
         return self

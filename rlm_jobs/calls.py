@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import redis
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from rlm_jobs import keys
 from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.errors import StorageError
-from rlm_jobs.models import SubcallResult, Usage
+from rlm_jobs.models import Usage
 from rlm_jobs.scripts import source
-
-_RESULT: TypeAdapter[SubcallResult] = TypeAdapter(SubcallResult)
+from sandbox.records import SubcallResult
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class StoredCall:
     usage: Usage | None = None
 
     def to_json(self) -> str:
-        data: dict[str, Any] = {"result": asdict(self.result)}
+        data: dict[str, Any] = {"result": self.result.to_dict()}
         if self.usage is not None:
             data["usage"] = self.usage.model_dump()
         return json.dumps(data, separators=(",", ":"))
@@ -53,7 +52,7 @@ class StoredCall:
                 raise ValueError("not a stored call")
             usage = data.get("usage")
             return cls(
-                result=_RESULT.validate_python(data["result"]),
+                result=SubcallResult.from_dict(data["result"]),
                 usage=None if usage is None else Usage.model_validate(usage),
             )
         except (ValueError, KeyError, TypeError, ValidationError) as exc:

@@ -20,7 +20,9 @@ from rlm_jobs.calls import ResultStore, StoredCall
 from rlm_jobs.clients.base import ChatMessage
 from rlm_jobs.clients.calls import CallContext, OnWait
 from rlm_jobs.errors import JobStopped, RLMJobsError
-from rlm_jobs.models import SubcallResult, not_run
+
+# One record per concept: the sandbox receives these very results (sandbox.records).
+from sandbox.records import SubcallResult, not_run
 
 
 @dataclass(frozen=True)

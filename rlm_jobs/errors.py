@@ -9,7 +9,8 @@
     ├── ProviderError            an LLM call that failed for good (4xx other than 429, bad body)
     │   └── ProviderRetryableError   429, 5xx, timeouts, connection drops: worth another try
     ├── SandboxError             the sandbox could not start, died, or broke the wire protocol
-    │   └── SandboxTimeout       no answer from the sandbox within its deadline
+    │   ├── SandboxTimeout       no answer from the sandbox within its deadline
+    │   └── SandboxDied          the sandbox's runtime ended while the host waited for it
     ├── StorageError             a record or blob that should be in Redis is not
     ├── JobStopped               a job ended early (limit, cancel); carries its status
     └── JobHandedOver            a run stopped unfinished so another can resume the job
@@ -85,6 +86,10 @@ class SandboxError(RLMJobsError):
 
 class SandboxTimeout(SandboxError):
     """The sandbox did not answer within its deadline."""
+
+
+class SandboxDied(SandboxError):
+    """The sandbox's runtime ended (exited, was killed) while the host waited for it."""
 
 
 class StorageError(RLMJobsError):

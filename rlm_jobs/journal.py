@@ -101,6 +101,11 @@ class Journal:
         self._pending_root = ""
 
     @property
+    def seed(self) -> int:
+        """The job's seed for ``random`` in its sandboxes: the same for every run of it."""
+        return int(hashlib.sha256(self.job_id.encode()).hexdigest()[:8], 16)
+
+    @property
     def replaying(self) -> bool:
         with self._lock:
             return self._cursor < len(self._entries)

@@ -1,7 +1,8 @@
 """Every Redis key and channel name rlm-jobs uses, with its type and lifetime.
 
-Nothing else in the code base spells a key. Sandboxes receive their names in their
-bootstrap message and never derive any.
+Nothing else in the host's code spells a key. Sandboxes receive their names in their
+bootstrap message; the stdlib runtime keeps a copy of the two it derives from its message
+prefix (``sandbox.wire.message_key``/``reply_key``), and a test keeps the copies equal.
 """
 
 from __future__ import annotations
@@ -165,9 +166,19 @@ def sandbox_to_host(sandbox_id: str) -> str:
     return f"{sandbox_prefix(sandbox_id)}out"
 
 
+def sandbox_message_prefix(sandbox_id: str) -> str:
+    """Where the host's copies of its messages to a sandbox live (the bootstrap names it)."""
+    return f"{sandbox_prefix(sandbox_id)}msg:"
+
+
 def sandbox_message(sandbox_id: str, message_id: str) -> str:
-    """STRING with TTL: a copy of every wire message, for a side that missed the publish."""
-    return f"{sandbox_prefix(sandbox_id)}msg:{message_id}"
+    """STRING with TTL: the host's copy of a message it sent to the sandbox."""
+    return f"{sandbox_message_prefix(sandbox_id)}{message_id}"
+
+
+def sandbox_reply(sandbox_id: str, request_id: str) -> str:
+    """STRING with TTL: the host's reply to one of the sandbox's requests, by request id."""
+    return f"{sandbox_message_prefix(sandbox_id)}reply:{request_id}"
 
 
 def sandbox_alive(sandbox_id: str) -> str:

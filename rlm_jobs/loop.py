@@ -21,9 +21,10 @@ from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.errors import JobHandedOver, JobStopped, ProviderError, RLMJobsError, SandboxError
 from rlm_jobs.journal import RootReply
 from rlm_jobs.models import JobResult, JobSpec, JobStatus, split_model_name
-from rlm_jobs.sandboxes.base import CellOutcome, Repl
+from rlm_jobs.sandboxes.base import Repl
 from rlm_jobs.subcalls import SubcallHandlerForJob
 from rlm_jobs.trajectory import Trajectory, code_block_entry
+from sandbox.records import CellResult
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def truncate(text: str, limit: int) -> str:
     return f"{text[:limit]}\n... [output truncated: {cut:,} more characters not shown]"
 
 
-def render_outcome(outcome: CellOutcome, limit: int) -> str:
+def render_outcome(outcome: CellResult, limit: int) -> str:
     parts = [outcome.stdout]
     if outcome.stderr:
         parts.append(f"[stderr]\n{outcome.stderr}")
@@ -167,7 +168,7 @@ class _Loop:
         self.state.cached = reply.cached
         return reply.text
 
-    def run_cell(self, repl: Repl, code: str) -> CellOutcome:
+    def run_cell(self, repl: Repl, code: str) -> CellResult:
         self.check()
         remaining = self.control.deadline - time.monotonic()
         outcome = repl.run_cell(
@@ -249,7 +250,7 @@ class _Loop:
         finally:
             self.record(prompt_snapshot, reply, blocks, final, started)
 
-    def count_error(self, outcome: CellOutcome) -> None:
+    def count_error(self, outcome: CellResult) -> None:
         if outcome.error or outcome.timed_out:
             self.state.consecutive_errors += 1
             if self.state.consecutive_errors >= self.limits.max_consecutive_errors:
@@ -337,7 +338,8 @@ class _Loop:
     def _run(self) -> JobResult:
         repl: Repl | None = None
         try:
-            repl = self.engine.repl_factory(self.spec.context, self.handler)
+            # Seeded by the job id: a resumed run's cells draw the same random numbers.
+            repl = self.engine.repl_factory(self.spec.context, self.handler, seed=self.journal.seed)
             self.control.repls.add(repl)
             while self.state.iteration < self.limits.max_iterations:
                 self.state.iteration += 1

@@ -6,7 +6,6 @@ Every model forbids unknown fields so a typo in a spec fails loudly instead of b
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -292,28 +291,3 @@ class JobResult(Strict):
         if not self.status.finished:
             raise ValueError(f"a result needs a finished status, not {self.status.value}")
         return self
-
-
-@dataclass(frozen=True)
-class SubcallResult:
-    """One prompt's answer: what an llm worker or a child RLM sends back, what is kept in the
-    job's journal, and what the sandbox gets in its slot of the batch."""
-
-    ok: bool
-    text: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    latency_s: float = 0.0
-    # Which worker served it ("" in process): shows how a batch spread over the pool.
-    worker: str = ""
-    # Answered from the response cache (cost 0; ``cached_cost_usd`` is what it saved).
-    cached: bool = False
-    cached_cost_usd: float = 0.0
-    # Seconds it waited for rate-limit slots.
-    rate_limited_s: float = 0.0
-
-
-def not_run(reason: str) -> SubcallResult:
-    """The slot of a prompt that was never sent to a model, and why."""
-    return SubcallResult(ok=False, text=f"Error: not run: {reason}")

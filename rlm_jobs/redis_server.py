@@ -6,6 +6,7 @@ configured. The socket lets network-less sandboxes reach it.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import socket
@@ -17,6 +18,22 @@ from pathlib import Path
 import redis
 
 from rlm_jobs.errors import ConfigError
+
+# Redis holds every context, record and trajectory of the process that started it: a
+# quarter of the machine's memory leaves the rest to sandboxes (2 GiB of address space each
+# by default) and the process itself, and is far more than a test or a local batch needs.
+MEMORY_SHARE = 4
+# Job data must never be evicted: a full Redis refuses writes (that job fails saying so)
+# instead of silently dropping another job's context or result.
+MAXMEMORY_POLICY = "noeviction"
+# The orchestrator reads every sandbox's out-channel on one connection, and a message of up
+# to sandbox.wire.MAX_MESSAGE_BYTES arrives on it as a burst of parts: Redis's default
+# (32 MB) would cut the connection off mid-burst. The compose stack's Redis uses the same.
+PUBSUB_BUFFER_LIMIT = "pubsub 256mb 64mb 60"
+
+
+def default_maxmemory_bytes() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MEMORY_SHARE
 
 
 def free_port() -> int:
@@ -45,7 +62,13 @@ class RedisServer:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     @classmethod
-    def start(cls, *, timeout_s: float = 10.0, appendonly: bool = False) -> RedisServer:
+    def start(
+        cls,
+        *,
+        timeout_s: float = 10.0,
+        appendonly: bool = False,
+        maxmemory_bytes: int | None = None,
+    ) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ConfigError(
@@ -72,6 +95,9 @@ class RedisServer:
             "--dir", str(workdir),
             "--save", "",
             "--appendonly", "yes" if appendonly else "no",
+            "--maxmemory", str(maxmemory_bytes or default_maxmemory_bytes()),
+            "--maxmemory-policy", MAXMEMORY_POLICY,
+            "--client-output-buffer-limit", PUBSUB_BUFFER_LIMIT,
             "--daemonize", "no",
             "--loglevel", "warning",
         ]  # fmt: skip

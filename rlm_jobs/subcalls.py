@@ -23,9 +23,10 @@ from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.dispatch import Stop, SubcallBatch
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.journal import Journal
-from rlm_jobs.models import JobResult, JobSpec, JobStatus, SubcallResult, not_run
+from rlm_jobs.models import JobResult, JobSpec, JobStatus
 from rlm_jobs.prompts import CHILD_QUERY
 from rlm_jobs.trajectory import Trajectory, subcall_entry
+from sandbox.records import SubcallResult, not_run
 from sandbox.wire import SubcallRequest
 
 RunChild = Callable[[JobSpec, str, Engine, JobControl], JobResult]

@@ -1,6 +1,6 @@
 """The persistent namespace and how one cell runs in it.
 
-Contract (DESIGN.md §1): output is what the cell printed; the value of a cell's last
+The contract: output is what the cell printed; the value of a cell's last
 expression is *not* echoed (the system prompt tells the model to print, and echoing would
 print huge values by accident). A cell that raises returns its traceback as ``error`` and
 keeps what it assigned before the exception. Reserved names are put back after every cell.
@@ -18,11 +18,11 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
 
 from sandbox.capture import BoundedBuffer, Capture
+from sandbox.records import CellResult
 
 RESERVED = (
     "context",
@@ -41,18 +41,6 @@ REFIRE_S = 0.5
 
 class CellTimeout(BaseException):
     """Raised into model code when its cell runs out of time."""
-
-
-@dataclass
-class CellRun:
-    stdout: str
-    stderr: str
-    error: str | None
-    final: str | None
-    # answer["content"] after the cell, ready or not: the job's best partial answer.
-    partial: str | None
-    timed_out: bool
-    duration_s: float
 
 
 class Repl:
@@ -124,7 +112,7 @@ class Repl:
 
     # ---- running a cell ------------------------------------------------------------------
 
-    def run(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellRun:
+    def run(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellResult:
         out, err = BoundedBuffer(max_output_chars), BoundedBuffer(max_output_chars)
         error: str | None = None
         timed_out = False
@@ -164,7 +152,7 @@ class Repl:
         stderr = err.text()
         if notes:
             stderr += ("\n" if stderr and not stderr.endswith("\n") else "") + notes
-        return CellRun(
+        return CellResult(
             stdout=out.text(),
             stderr=stderr,
             error=error,

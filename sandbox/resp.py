@@ -1,8 +1,8 @@
 """A small Redis client for the sandbox runtime: RESP2 over one socket, stdlib only.
 
-Why not redis-py: importing it (and pydantic) cost a sandbox ~0.7 s of CPU at every start,
-95 % of the runtime's start-up, and a sandbox starts for every job. The runtime needs five
-commands (AUTH, GET, SET, PUBLISH, SUBSCRIBE), so a client of its own is small.
+Why not redis-py: importing it (and pydantic) was most of a sandbox's start-up CPU
+(docs/benchmarks.md), and a sandbox starts for every job. The runtime needs four commands
+(AUTH, GET, PUBLISH, SUBSCRIBE), so a client of its own is small.
 
 One ``Connection`` carries one conversation: ``call``/``pipeline`` are thread-safe (a lock
 around each request and its replies), and a subscribed connection is read by one thread
@@ -148,9 +148,6 @@ class Connection:
     def get(self, key: str) -> bytes | bytearray | None:
         value = self.call("GET", key)
         return value if value is None or isinstance(value, (bytes, bytearray)) else None
-
-    def set(self, key: str, value: str | bytes, ex: int | None = None) -> Any:
-        return self.call("SET", key, value, *(("EX", ex) if ex is not None else ()))
 
     def publish(self, channel: str, message: str | bytes) -> Any:
         return self.call("PUBLISH", channel, message)

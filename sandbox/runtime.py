@@ -7,16 +7,22 @@ Only now can the host's first message not be lost. A sandbox started ahead of de
 pool's) has no context yet: ``LoadContext`` gives it one, answered by ``ContextLoaded``, or
 by ``Fatal`` and exit when the context cannot be read.
 
+The runtime writes nothing to Redis: it publishes on its output channel (``sandbox.wire``:
+large messages in parts, the ones that must arrive again until the host acknowledges them,
+``sandbox.outbox``) and GETs what the host gave it (its context, the host's stored replies).
+
 Threads: the main thread runs cells (so SIGALRM can interrupt them); a reader thread takes
 pub/sub messages and routes them (cells to the main thread, sub-call replies to their
-waiters); a heartbeat thread reports liveness and exits the process when Redis or the parent
-is gone. Dependencies: the stdlib only (``sandbox.resp`` speaks to Redis) — never
-``rlm_jobs``: a runtime starts for every job, and its start-up cost is mostly imports.
+waiters, acknowledgements to the outbox); a keeper thread publishes again what the host has
+not acknowledged, sends heartbeats and exits the process when Redis or the parent is gone.
+Dependencies: the stdlib only (``sandbox.resp`` speaks to Redis), never ``rlm_jobs``: a
+runtime starts for every job, and its start-up cost is mostly imports.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -26,7 +32,9 @@ import threading
 import time
 from typing import Any
 
-from sandbox import resp, wire
+from sandbox import determinism, resp, wire
+from sandbox.outbox import Outbox
+from sandbox.records import CellResult, SubcallResult
 from sandbox.repl import Repl
 from sandbox.subcalls import SubcallClient, make_functions
 
@@ -36,8 +44,16 @@ MAX_BOOTSTRAP_BYTES = 64 * 1024
 SOCKET_TIMEOUT_S = 120.0
 # Heartbeats that fail this many times in a row mean Redis is gone.
 MAX_HEARTBEAT_FAILURES = 3
+# How often the keeper thread looks for messages to publish again.
+KEEPER_TICK_S = 0.25
+# A runtime that cannot go on waits this long for the host to hear why before it exits.
+FATAL_ACK_WAIT_S = 10.0
+# Parts published per round trip: bounds the request a large message builds at once.
+PARTS_PER_PIPELINE = 256
 # Malformed messages remembered for the next cell's report.
 MAX_PROTOCOL_NOTES = 5
+# Output kept of a cell whose result was too large to send.
+LARGE_RESULT_KEEP_CHARS = 100_000
 
 EXIT_BAD_BOOTSTRAP = 2
 EXIT_REDIS_LOST = 3
@@ -72,6 +88,7 @@ class Runtime:
         self.redis = client
         self._seq = itertools.count()
         self._inbox: queue.Queue[wire.ExecCell | wire.Shutdown | wire.LoadContext] = queue.Queue()
+        self.outbox = Outbox(self._publish)
         self._busy = False
         self._seen_exec: set[str] = set()
         self._protocol_notes: list[str] = []
@@ -83,13 +100,37 @@ class Runtime:
         return next(self._seq)
 
     def send(self, msg: wire.Message) -> None:
+        """Publish ``msg``; a ``RELIABLE`` one again and again until the host acknowledges it.
+
+        Raises WireError for a message larger than the wire carries.
+        """
+        payloads = wire.payloads_to_host(msg)
+        if not isinstance(msg, wire.RELIABLE):
+            self._publish(payloads)
+            return
         try:
-            wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg)
+            self.outbox.send(msg.id, payloads)
+        except resp.RedisError as exc:  # it stays in the outbox: the keeper tries again
+            log(f"publishing {msg.TYPE} failed ({exc}); it will be published again")
+
+    def _publish(self, payloads: list[str]) -> None:
+        try:
+            self._publish_once(payloads)
         except resp.ConnectionLost as exc:
             # The client reconnects on its next command; a message sent twice is harmless
-            # (receivers drop repeated ids), one lost would stall the host.
-            log(f"sending {msg.TYPE} failed ({exc}); sending it again on a new connection")
-            wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg)
+            # (the host drops repeated ids), one lost would stall the host.
+            log(f"publishing failed ({exc}); publishing again on a new connection")
+            self._publish_once(payloads)
+
+    def _publish_once(self, payloads: list[str]) -> None:
+        if len(payloads) == 1:
+            self.redis.publish(self.boot.channel_out, payloads[0])
+            return
+        for start in range(0, len(payloads), PARTS_PER_PIPELINE):
+            pipe = self.redis.pipeline()
+            for payload in payloads[start : start + PARTS_PER_PIPELINE]:
+                pipe.execute_command("PUBLISH", self.boot.channel_out, payload)
+            pipe.execute()
 
     def _fetch_reply(self, request_id: str) -> wire.ToSandbox | None:
         try:
@@ -117,8 +158,12 @@ class Runtime:
         return value, len(blob)
 
     def send_fatal(self, message: str) -> None:
+        """Tell the host why the runtime stops, and give it time to hear it."""
+        fatal = wire.Fatal(seq=self.next_seq(), id=wire.new_id(), message=message[:2000])
         with contextlib.suppress(resp.RedisError):
-            self.send(wire.Fatal(seq=self.next_seq(), id=wire.new_id(), message=message[:2000]))
+            self.send(fatal)
+            if not self.outbox.wait_acked(fatal.id, FATAL_ACK_WAIT_S):
+                log("the host did not acknowledge the fatal error")
 
     # ---- threads -------------------------------------------------------------------------
 
@@ -138,8 +183,10 @@ class Runtime:
         except (wire.WireError, resp.RedisError) as exc:
             self.reject(raw, str(exc))
             return
-        if isinstance(msg, wire.SubcallReply):
-            if not self.subcalls.deliver_slots(msg.reply_to, msg.results):
+        if isinstance(msg, wire.Ack):
+            self.outbox.acked(msg.reply_to)
+        elif isinstance(msg, wire.SubcallReply):
+            if not self.subcalls.deliver(msg.reply_to, msg.results):
                 log(f"reply to unknown or finished sub-call {msg.reply_to}")
         elif isinstance(msg, wire.ExecCell):
             if msg.id not in self._seen_exec:  # a resent cell must not run twice
@@ -147,7 +194,7 @@ class Runtime:
                 self._inbox.put(msg)
         elif isinstance(msg, wire.LoadContext):
             self._inbox.put(msg)
-        else:
+        elif isinstance(msg, wire.Shutdown):
             self._inbox.put(msg)
             if self._busy:  # a cell that will not end must not delay shutdown
                 log("shutdown requested during a cell")
@@ -161,34 +208,31 @@ class Runtime:
         msg_id = head.get("id") if isinstance(head.get("id"), str) else None
         reply_to = head.get("reply_to") if isinstance(head.get("reply_to"), str) else None
         if head.get("type") == "exec" and msg_id:
-            self.send(
-                wire.CellResult(
-                    seq=self.next_seq(),
-                    id=wire.new_id(),
-                    reply_to=msg_id[:64],
-                    stdout="",
-                    stderr="",
-                    error=f"The sandbox could not run this cell: malformed exec message: {problem}",
-                )
-            )
+            error = f"The sandbox could not run this cell: malformed exec message: {problem}"
+            self.send_result(msg_id[:64], CellResult(stdout="", stderr="", error=error))
             return
         if head.get("type") == "subcall_reply" and reply_to:
-            slot = wire.Slot(ok=False, text=f"Error: malformed sub-call reply ({problem})")
-            if self.subcalls.deliver_slots(reply_to, [slot] * 1000):
+            failed = SubcallResult(ok=False, text=f"Error: malformed sub-call reply ({problem})")
+            if self.subcalls.deliver(reply_to, [failed] * 1000):
                 return
         with self._notes_lock:
             if len(self._protocol_notes) < MAX_PROTOCOL_NOTES:
                 self._protocol_notes.append(f"{problem}: {text[:80]!r}")
 
-    def heartbeat_forever(self) -> None:
+    def keep_forever(self) -> None:
+        """Publish again what the host has not acknowledged; heartbeat; watch the parent."""
         failures = 0
+        next_heartbeat = time.monotonic() + self.boot.heartbeat_s
         while True:
-            time.sleep(self.boot.heartbeat_s)
+            time.sleep(KEEPER_TICK_S)
             if os.getppid() != self._parent:
                 log("the parent process is gone; exiting")
                 os._exit(EXIT_PARENT_LOST)
             try:
-                self.send(wire.Heartbeat(seq=self.next_seq(), id=wire.new_id()))
+                self.outbox.resend_due()
+                if time.monotonic() >= next_heartbeat:
+                    next_heartbeat = time.monotonic() + self.boot.heartbeat_s
+                    self.send(wire.Heartbeat(seq=self.next_seq(), id=wire.new_id()))
                 failures = 0
             except resp.RedisError as exc:
                 failures += 1
@@ -214,6 +258,7 @@ class Runtime:
                     return EXIT_FATAL
                 repl.set_context(context)
                 del context
+                determinism.seed_random(msg.seed)
                 self.send(
                     wire.ContextLoaded(
                         seq=self.next_seq(), id=wire.new_id(), reply_to=msg.id, size_bytes=size
@@ -222,26 +267,36 @@ class Runtime:
                 continue
             self._busy = True
             try:
-                run = repl.run(
+                result = repl.run(
                     msg.code, timeout_s=msg.timeout_s, max_output_chars=msg.max_output_chars
                 )
             finally:
                 self._busy = False
-            stderr = run.stderr + self._take_protocol_notes()
-            self.send(
-                wire.CellResult(
-                    seq=self.next_seq(),
-                    id=wire.new_id(),
-                    reply_to=msg.id,
-                    stdout=run.stdout,
-                    stderr=stderr,
-                    error=run.error,
-                    final=run.final,
-                    partial=run.partial,
-                    timed_out=run.timed_out,
-                    duration_s=run.duration_s,
-                )
+            notes = self._take_protocol_notes()
+            if notes:
+                result = dataclasses.replace(result, stderr=result.stderr + notes)
+            self.send_result(msg.id, result)
+
+    def send_result(self, request_id: str, result: CellResult) -> None:
+        """The cell's result; one too large for the wire is cut down and says why."""
+        done = wire.CellDone(
+            seq=self.next_seq(), id=wire.new_id(), reply_to=request_id, result=result
+        )
+        try:
+            self.send(done)
+        except wire.WireError as exc:
+            error = (
+                f"The cell ran, but its result could not be sent back ({exc}). Its final "
+                "answer, answer['content'] or error was too large: keep them smaller."
             )
+            cut = CellResult(
+                stdout=result.stdout[:LARGE_RESULT_KEEP_CHARS],
+                stderr=result.stderr[:LARGE_RESULT_KEEP_CHARS],
+                error=error,
+                timed_out=result.timed_out,
+                duration_s=result.duration_s,
+            )
+            self.send(dataclasses.replace(done, result=cut))
 
     def _take_protocol_notes(self) -> str:
         with self._notes_lock:
@@ -273,12 +328,18 @@ def main() -> int:
         return EXIT_BAD_BOOTSTRAP
     sys.stdin.close()
     sys.stdin = open(os.devnull)  # noqa: SIM115 - model code's input() gets EOF for good
+    if not determinism.hash_seed_fixed():
+        log("PYTHONHASHSEED is not fixed: hash() and set order will differ in a replay")
     context: Any = None
     try:
         runtime = Runtime(boot, connect(boot))
         sub = runtime.subscribe()
+        # Before anything is published: acknowledgements must find their way back.
+        threading.Thread(target=runtime.read_forever, args=(sub,), daemon=True).start()
+        threading.Thread(target=runtime.keep_forever, daemon=True).start()
         if boot.context_key is not None:
             context, _ = runtime.load_context(boot.context_key)
+            determinism.seed_random(boot.seed)
     except resp.RedisError as exc:
         log(f"cannot start: {exc}")
         return EXIT_REDIS_LOST
@@ -288,8 +349,6 @@ def main() -> int:
         return EXIT_FATAL
     repl = Repl(context, make_functions(runtime.subcalls), busy=resp.main_thread_in_request)
     del context
-    threading.Thread(target=runtime.read_forever, args=(sub,), daemon=True).start()
-    threading.Thread(target=runtime.heartbeat_forever, daemon=True).start()
     runtime.send(wire.Ready(seq=runtime.next_seq(), id=wire.new_id(), pid=os.getpid()))
     return runtime.serve(repl)
 

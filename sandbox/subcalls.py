@@ -2,8 +2,9 @@
 
 Any thread may call them (model code may run its own thread pool). The reader thread hands
 replies to waiters by request id. Pub/sub may drop a message either way, so a waiter also
-polls the stored copy of its reply now and then, and publishes its request again (same id;
-the host serves each id once) in case the host never saw it.
+polls the copy of its reply the host stores now and then, and publishes its request again
+(same id; the host serves each id once) in case the host never saw it: the reply is the
+request's acknowledgement.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from sandbox.wire import Slot, SubcallReply, SubcallRequest, ToSandbox, new_id
+from sandbox.records import SubcallResult, WireError
+from sandbox.wire import SubcallReply, SubcallRequest, ToSandbox, new_id
 
 # Pub/sub loss is rare, so the stored copy is checked only this often.
 REPLY_POLL_S = 1.0
@@ -24,7 +26,7 @@ RESEND_S = 5.0
 class _Waiter:
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.slots: list[Slot] | None = None
+        self.results: list[SubcallResult] | None = None
 
 
 class SubcallClient:
@@ -40,15 +42,13 @@ class SubcallClient:
         self._waiters: dict[str, _Waiter] = {}
         self._lock = threading.Lock()
 
-    def deliver(self, reply: SubcallReply) -> None:
-        self.deliver_slots(reply.reply_to, reply.results)
-
-    def deliver_slots(self, request_id: str, slots: list[Slot]) -> bool:
+    def deliver(self, request_id: str, results: list[SubcallResult]) -> bool:
+        """Hand a reply to the call waiting for it; False if none waits (finished or unknown)."""
         with self._lock:
             waiter = self._waiters.get(request_id)
         if waiter is None:
             return False
-        waiter.slots = slots
+        waiter.results = results
         waiter.event.set()
         return True
 
@@ -63,12 +63,15 @@ class SubcallClient:
         with self._lock:
             self._waiters[request.id] = waiter
         try:
-            self._send(request)
+            try:
+                self._send(request)
+            except WireError as exc:
+                raise ValueError(f"{exc}: send fewer or shorter prompts per call") from None
             next_resend = time.monotonic() + RESEND_S
             while not waiter.event.wait(REPLY_POLL_S):
                 stored = self._fetch_reply(request.id)
                 if isinstance(stored, SubcallReply):
-                    waiter.slots = stored.results
+                    waiter.results = stored.results
                     break
                 if time.monotonic() >= next_resend:
                     next_resend = time.monotonic() + RESEND_S
@@ -76,8 +79,8 @@ class SubcallClient:
         finally:
             with self._lock:
                 self._waiters.pop(request.id, None)
-        slots = waiter.slots or []
-        texts = [slot.text if slot.ok else _as_error(slot.text) for slot in slots[: len(prompts)]]
+        results = waiter.results or []
+        texts = [r.text if r.ok else _as_error(r.text) for r in results[: len(prompts)]]
         missing = len(prompts) - len(texts)
         texts += ["Error: the orchestrator sent no answer for this prompt"] * missing
         return texts

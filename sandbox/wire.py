@@ -1,85 +1,101 @@
-"""The sandbox <-> orchestrator wire schema: the one module both sides import.
+"""The sandbox <-> orchestrator wire: its messages and how they travel.
 
-Transport: two Redis pub/sub channels per sandbox. Pub/sub is at-most-once, so every
-message is also stored under ``<message_key_prefix><id>`` with a TTL (a reply also under
-``<message_key_prefix>reply:<request id>``); messages larger
-than ``INLINE_LIMIT_BYTES`` travel as a ``{"ref": id}`` pointer to that copy. A receiver
-that waited too long for a reply can fetch the copy by the id it expects.
+Two Redis pub/sub channels per sandbox, and the host is the only writer of the sandbox's
+keys (its ACL user may SUBSCRIBE, PUBLISH and GET, nothing else):
 
-Every message has a ``type``, a per-sender ``seq`` and an ``id``; replies name the
-request they answer in ``reply_to``.
+- **Host -> sandbox.** The host stores a copy of every message under
+  ``message_key(prefix, id)`` with a TTL (a reply also under ``reply_key(prefix, request
+  id)``), then publishes it, or a ``{"ref": id}`` pointer to the copy when it is larger
+  than ``INLINE_LIMIT_BYTES``. A sandbox that waited too long for a reply GETs the copy.
+  ``Ack`` is the exception: it is published only (a lost ack costs one more re-publish).
+- **Sandbox -> host.** The sandbox only publishes. A message larger than
+  ``INLINE_LIMIT_BYTES`` goes as ``Part`` frames (message id, index, total), which the
+  host puts back together (``PartBuffer``, bounded per sandbox). Pub/sub loses what is
+  published while nobody listens, so the messages that must arrive (``RELIABLE``: ready,
+  context_loaded, cell_result, fatal) are published again, less and less often, until the
+  host answers with ``Ack(reply_to=id)``; the host acknowledges every copy it receives and
+  acts on each id once. A sub-call request is its own retry: it is published again every
+  few seconds until its ``SubcallReply`` comes (``sandbox.subcalls``).
 
-Stdlib only: the sandbox imports this at every start, and pydantic's import cost more CPU
-than everything else the runtime does before its first cell. The checks are as strict as
-the models they replace: exact field sets, exact JSON types, the same bounds. A message is
-checked when it is built, on either side, so nothing invalid is sent or accepted.
+Every message has a ``type``, a per-sender ``seq`` and an ``id``; replies name the request
+they answer in ``reply_to``. Messages are ``records.Record``s, checked when built and when
+decoded on either side. Stdlib only: the sandbox imports this at every start.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import reprlib
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, TypeVar, Union
+from typing import Any, ClassVar, Literal, Protocol
+
+from sandbox.records import CellResult, Record, SubcallResult, WireError, loads
+from sandbox.records import bounds as _bounds
+
+__all__ = [
+    "INLINE_LIMIT_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "RELIABLE",
+    "Ack",
+    "Bootstrap",
+    "CellDone",
+    "ContextLoaded",
+    "ExecCell",
+    "Fatal",
+    "Heartbeat",
+    "LoadContext",
+    "Message",
+    "Part",
+    "PartBuffer",
+    "Ready",
+    "Shutdown",
+    "SubcallReply",
+    "SubcallRequest",
+    "ToHost",
+    "ToSandbox",
+    "WireError",
+    "decode_to_host",
+    "decode_to_sandbox",
+    "decode_whole_to_host",
+    "fetch_reply_to_sandbox",
+    "message_key",
+    "new_id",
+    "payload_to_sandbox",
+    "payloads_to_host",
+    "reply_key",
+]
 
 # Pub/sub payloads stay small so a slow subscriber is never cut off by Redis's
-# output-buffer limit; anything bigger goes by reference.
+# output-buffer limit for one message; anything bigger is stored (to a sandbox) or split.
 INLINE_LIMIT_BYTES = 64 * 1024
-# Copies of messages outlive any reasonable wait for them, then disappear.
-MESSAGE_TTL_S = 3600
+# Message text per part: JSON-escaping it again at most doubles it, so a part stays
+# within MAX_PAYLOAD_BYTES.
+PART_DATA_CHARS = INLINE_LIMIT_BYTES // 2
+# The largest payload a sandbox sends that the host reads at all (a part and its header).
+MAX_PAYLOAD_BYTES = INLINE_LIMIT_BYTES + 1024
+# The largest message either side sends, as JSON: far above any cell result (output is
+# cut to max_output_chars) and most sub-call batches, and what one sandbox may make the
+# host buffer while it puts parts back together.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_PARTS = -(-MAX_MESSAGE_BYTES // PART_DATA_CHARS)
+# Messages a host reassembles at once per sandbox: a sender publishes one message's parts
+# in a few pipelines, so more than one at a time only comes from model threads.
+MAX_PARTIAL_MESSAGES = 8
+# Seeds fit a signed 64-bit integer, whatever reads the JSON.
+MAX_SEED = 2**63 - 1
 
 
-class WireError(ValueError):
-    """A message that is not valid JSON or does not match the schema."""
+def message_key(prefix: str, message_id: str) -> str:
+    """The copy of a host -> sandbox message (``rlm_jobs.keys.sandbox_message``)."""
+    return prefix + message_id
 
 
-R = TypeVar("R", bound="Record")
-
-
-def _bounds(**limits: float) -> Any:
-    """Field metadata: ge/gt for numbers, min_len/max_len for strings and lists."""
-    return {"bounds": limits}
-
-
-@dataclass(frozen=True, kw_only=True)
-class Record:
-    """A frozen dataclass whose fields are checked against their annotations when built."""
-
-    def __post_init__(self) -> None:
-        hints = _hints(type(self))
-        for f in dataclasses.fields(self):
-            _check(getattr(self, f.name), hints[f.name], f.name, f.metadata.get("bounds", {}))
-
-    @classmethod
-    def from_dict(cls: type[R], data: Any) -> R:
-        if not isinstance(data, dict):
-            raise WireError(f"{cls.__name__} must be a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)}
-        extra = sorted(set(data) - names)
-        if extra:
-            raise WireError(f"{cls.__name__}: unexpected field {reprlib.repr(extra[0])}")
-        hints = _hints(cls)
-        values = {name: _convert(value, hints[name]) for name, value in data.items()}
-        try:
-            return cls(**values)
-        except TypeError as exc:  # a required field is missing
-            raise WireError(f"{cls.__name__}: {exc}") from exc
-
-    @classmethod
-    def from_json(cls: type[R], raw: str | bytes | bytearray) -> R:
-        return cls.from_dict(_loads(raw))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        # ASCII escapes: model output may hold lone surrogates, which cannot be encoded as UTF-8.
-        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+def reply_key(prefix: str, request_id: str) -> str:
+    """The copy of the host's reply to a request (``rlm_jobs.keys.sandbox_reply``)."""
+    return prefix + "reply:" + request_id
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,17 +122,12 @@ class ExecCell(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Slot(Record):
-    ok: bool
-    text: str
-
-
-@dataclass(frozen=True, kw_only=True)
 class SubcallReply(Message):
     TYPE: ClassVar[str] = "subcall_reply"
 
     reply_to: str
-    results: list[Slot]
+    # ok and text only: usage and worker names stay on the host.
+    results: list[SubcallResult]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +145,17 @@ class LoadContext(Message):
     TYPE: ClassVar[str] = "load_context"
 
     context_key: str = field(metadata=_bounds(min_len=1, max_len=256))
+    # random.seed() before the first cell (sandbox.determinism).
+    seed: int = field(metadata=_bounds(ge=0, le=MAX_SEED))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ack(Message):
+    """The host has a message of the sandbox's (``RELIABLE``): stop publishing it."""
+
+    TYPE: ClassVar[str] = "ack"
+
+    reply_to: str = field(metadata=_bounds(min_len=1, max_len=64))
 
 
 # ---- sandbox -> orchestrator ------------------------------------------------------------
@@ -147,18 +169,11 @@ class Ready(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CellResult(Message):
+class CellDone(Message):
     TYPE: ClassVar[str] = "cell_result"
 
     reply_to: str
-    stdout: str
-    stderr: str
-    error: str | None = None
-    final: str | None = None
-    # answer["content"] after the cell, even when not ready: the job's best partial answer.
-    partial: str | None = None
-    timed_out: bool = False
-    duration_s: float = 0.0
+    result: CellResult
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,13 +207,30 @@ class Fatal(Message):
     message: str
 
 
-ToSandbox = ExecCell | SubcallReply | Shutdown | LoadContext
-ToHost = Ready | CellResult | ContextLoaded | SubcallRequest | Heartbeat | Fatal
-_TO_SANDBOX: dict[str, type[Message]] = {
-    c.TYPE: c for c in (ExecCell, SubcallReply, Shutdown, LoadContext)
+@dataclass(frozen=True, kw_only=True)
+class Part(Record):
+    """One piece of a sandbox -> host message too large to publish whole."""
+
+    TYPE: ClassVar[str] = "part"
+
+    message_id: str = field(metadata=_bounds(min_len=1, max_len=64))
+    index: int = field(metadata=_bounds(ge=0))
+    total: int = field(metadata=_bounds(ge=2, le=MAX_PARTS))
+    data: str = field(metadata=_bounds(min_len=1, max_len=PART_DATA_CHARS))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.TYPE, **dataclasses.asdict(self)}
+
+
+ToSandbox = ExecCell | SubcallReply | Shutdown | LoadContext | Ack
+ToHost = Ready | CellDone | ContextLoaded | SubcallRequest | Heartbeat | Fatal
+# What the sandbox publishes until the host acknowledges it.
+RELIABLE: tuple[type[Message], ...] = (Ready, ContextLoaded, CellDone, Fatal)
+_TO_SANDBOX: dict[str, type[Record]] = {
+    c.TYPE: c for c in (ExecCell, SubcallReply, Shutdown, LoadContext, Ack)
 }
-_TO_HOST: dict[str, type[Message]] = {
-    c.TYPE: c for c in (Ready, CellResult, ContextLoaded, SubcallRequest, Heartbeat, Fatal)
+_TO_HOST: dict[str, type[Record]] = {
+    c.TYPE: c for c in (Ready, CellDone, ContextLoaded, SubcallRequest, Heartbeat, Fatal, Part)
 }
 
 
@@ -218,6 +250,8 @@ class Bootstrap(Record):
     # Loaded before Ready when given; a pooled sandbox starts without one and waits for
     # LoadContext (its ACL user cannot read any context until then).
     context_key: str | None = None
+    # random.seed() once context_key is loaded (sandbox.determinism).
+    seed: int = field(default=0, metadata=_bounds(ge=0, le=MAX_SEED))
     heartbeat_s: float = field(default=5.0, metadata=_bounds(gt=0))
 
 
@@ -226,115 +260,11 @@ def new_id() -> str:
     return os.urandom(16).hex()
 
 
-# ---- checking ---------------------------------------------------------------------------
-
-_hint_cache: dict[type, dict[str, Any]] = {}
+# ---- decoding ---------------------------------------------------------------------------
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _hint_cache.get(cls)
-    if hints is None:
-        hints = typing.get_type_hints(cls)
-        _hint_cache[cls] = hints
-    return hints
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _check(value: Any, hint: Any, name: str, bounds: dict[str, float]) -> None:
-    """Raise WireError unless ``value`` is exactly of type ``hint`` and within ``bounds``."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return
-        (inner,) = [o for o in options if o is not type(None)]
-        _check(value, inner, name, bounds)
-        return
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            shown = reprlib.repr(value)
-            raise WireError(f"{name}: {shown} is not one of {list(typing.get_args(hint))}")
-        return
-    if origin is list:
-        if not isinstance(value, list):
-            raise WireError(f"{name}: expected a list, got {_type_name(value)}")
-        (item,) = typing.get_args(hint)
-        for i, element in enumerate(value):
-            _check(element, item, f"{name}[{i}]", {})
-    elif hint is bool:
-        if not isinstance(value, bool):
-            raise WireError(f"{name}: expected a boolean, got {_type_name(value)}")
-    elif hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise WireError(f"{name}: expected an integer, got {_type_name(value)}")
-    elif hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise WireError(f"{name}: expected a number, got {_type_name(value)}")
-        try:
-            finite = math.isfinite(value)
-        except OverflowError:  # an integer too big for a float
-            finite = False
-        if not finite:
-            raise WireError(f"{name}: expected a finite number")
-    elif hint is str:
-        if not isinstance(value, str):
-            raise WireError(f"{name}: expected a string, got {_type_name(value)}")
-    elif isinstance(hint, type) and issubclass(hint, Record):
-        if not isinstance(value, hint):
-            raise WireError(f"{name}: expected {hint.__name__}, got {_type_name(value)}")
-    else:  # pragma: no cover - a schema bug, not bad input
-        raise TypeError(f"{name}: unsupported annotation {hint!r}")
-    _check_bounds(value, name, bounds)
-
-
-def _check_bounds(value: Any, name: str, bounds: dict[str, float]) -> None:
-    if "ge" in bounds and value < bounds["ge"]:
-        raise WireError(f"{name}: must be >= {bounds['ge']:g}")
-    if "gt" in bounds and value <= bounds["gt"]:
-        raise WireError(f"{name}: must be > {bounds['gt']:g}")
-    if "min_len" in bounds and len(value) < bounds["min_len"]:
-        raise WireError(f"{name}: must have at least {bounds['min_len']:g} items or characters")
-    if "max_len" in bounds and len(value) > bounds["max_len"]:
-        raise WireError(f"{name}: must have at most {bounds['max_len']:g} items or characters")
-
-
-def _convert(value: Any, hint: Any) -> Any:
-    """JSON values to field values: nested records are built from their objects."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        inner = [o for o in typing.get_args(hint) if o is not type(None)]
-        return value if value is None else _convert(value, inner[0])
-    if origin is list and isinstance(value, list):
-        (item,) = typing.get_args(hint)
-        return [_convert(element, item) for element in value]
-    if isinstance(hint, type) and issubclass(hint, Record):
-        return hint.from_dict(value)
-    if hint is str and isinstance(value, str) and not value.isascii():
-        return _without_lone_surrogates(value)
-    return value
-
-
-def _without_lone_surrogates(text: str) -> str:
-    """JSON may carry lone surrogates (``"\\ud800"``); nothing downstream can encode them."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text
-
-
-def _loads(raw: str | bytes | bytearray) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise WireError(f"message is not JSON: {exc}") from exc
-
-
-def _decode(table: dict[str, type[Message]], raw: str | bytes | bytearray, side: str) -> Any:
-    data = _loads(raw)
+def _decode(table: dict[str, type[Record]], raw: str | bytes | bytearray, side: str) -> Any:
+    data = loads(raw)
     if not isinstance(data, dict):
         raise WireError(f"bad message {side}: not a JSON object")
     kind = data.pop("type", None)
@@ -349,54 +279,150 @@ def _decode(table: dict[str, type[Message]], raw: str | bytes | bytearray, side:
         raise WireError(f"bad message {side}: {exc}") from exc
 
 
-# ---- sending and receiving --------------------------------------------------------------
+# ---- sandbox -> host --------------------------------------------------------------------
 
 
-class _Pipeline(Protocol):
-    def execute_command(self, *args: Any) -> Any: ...
-    def execute(self) -> Any: ...
+def payloads_to_host(msg: Message) -> list[str]:
+    """What the sandbox publishes for ``msg``: the message itself, or its parts in order."""
+    body = msg.to_json()  # ASCII: characters are bytes
+    if len(body) <= INLINE_LIMIT_BYTES:
+        return [body]
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise WireError(
+            f"the {msg.TYPE} message is {len(body):,} bytes as JSON, more than the "
+            f"{MAX_MESSAGE_BYTES:,} one message may carry"
+        )
+    total = -(-len(body) // PART_DATA_CHARS)
+    return [
+        Part(
+            message_id=msg.id,
+            index=i,
+            total=total,
+            data=body[i * PART_DATA_CHARS : (i + 1) * PART_DATA_CHARS],
+        ).to_json()
+        for i in range(total)
+    ]
+
+
+def decode_to_host(raw: str | bytes | bytearray) -> ToHost | Part:
+    """One payload from the sandbox: a message, or a part for ``PartBuffer``."""
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise WireError(
+            f"bad message from sandbox: a payload of {len(raw):,} bytes "
+            f"(the limit is {MAX_PAYLOAD_BYTES:,}; larger messages come in parts)"
+        )
+    msg: ToHost | Part = _decode(_TO_HOST, raw, "from sandbox")
+    return msg
+
+
+def decode_whole_to_host(body: str) -> ToHost:
+    """A message put back together from its parts (never a part itself)."""
+    msg = _decode(_TO_HOST, body, "from sandbox")
+    if isinstance(msg, Part):
+        raise WireError("bad message from sandbox: a part inside a part")
+    result: ToHost = msg
+    return result
+
+
+class _Partial:
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.chunks: dict[int, str] = {}
+        self.size = 0
+
+
+class PartBuffer:
+    """Puts one sender's parts back together, holding at most ``max_bytes`` of them.
+
+    A message whose parts stop coming is dropped once newer ones need the room (oldest
+    first), so a hostile sender can make the host hold no more than ``max_bytes`` of text
+    in at most ``max_messages`` messages, however many parts it invents.
+    """
+
+    def __init__(
+        self, max_bytes: int = MAX_MESSAGE_BYTES, max_messages: int = MAX_PARTIAL_MESSAGES
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_messages = max_messages
+        self._partial: dict[str, _Partial] = {}  # oldest first
+        self.held_bytes = 0
+        self.dropped = 0
+
+    @property
+    def partial_messages(self) -> int:
+        return len(self._partial)
+
+    def add(self, part: Part) -> str | None:
+        """The whole message once its last part came, else None; WireError for a bad part."""
+        if not part.data.isascii():
+            raise WireError("bad part from sandbox: its data is not ASCII JSON")
+        if part.index >= part.total:
+            raise WireError(f"bad part from sandbox: index {part.index} of {part.total}")
+        partial = self._partial.get(part.message_id)
+        if partial is None:
+            if part.total * PART_DATA_CHARS > self.max_bytes + PART_DATA_CHARS:
+                raise WireError(f"bad part from sandbox: {part.total} parts is too many")
+            while len(self._partial) >= self.max_messages:
+                self._drop_oldest()
+            partial = self._partial[part.message_id] = _Partial(part.total)
+        elif partial.total != part.total:
+            self._drop(part.message_id)
+            raise WireError(f"bad part from sandbox: message {part.message_id} changed its size")
+        if part.index in partial.chunks:
+            return None  # the sender published it again; the first copy counts
+        while self.held_bytes + len(part.data) > self.max_bytes:
+            if next(iter(self._partial)) == part.message_id and len(self._partial) == 1:
+                self._drop(part.message_id)
+                raise WireError(f"bad part from sandbox: message {part.message_id} is too large")
+            self._drop_oldest(keep=part.message_id)
+        partial.chunks[part.index] = part.data
+        partial.size += len(part.data)
+        self.held_bytes += len(part.data)
+        if len(partial.chunks) < partial.total:
+            return None
+        self._drop(part.message_id, dropped=False)
+        return "".join(partial.chunks[i] for i in range(partial.total))
+
+    def _drop_oldest(self, keep: str | None = None) -> None:
+        victim = next(m for m in self._partial if m != keep)
+        self._drop(victim)
+
+    def _drop(self, message_id: str, *, dropped: bool = True) -> None:
+        partial = self._partial.pop(message_id)
+        self.held_bytes -= partial.size
+        self.dropped += dropped
+
+
+# ---- host -> sandbox --------------------------------------------------------------------
+
+
+def payload_to_sandbox(msg: Message) -> tuple[str, str]:
+    """The message as stored, and what the host publishes for it (itself, or a reference)."""
+    body = msg.to_json()
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise WireError(
+            f"the {msg.TYPE} message is {len(body):,} bytes as JSON, more than the "
+            f"{MAX_MESSAGE_BYTES:,} one message may carry"
+        )
+    if len(body) <= INLINE_LIMIT_BYTES:
+        return body, body
+    return body, json.dumps({"ref": msg.id})
 
 
 class _Redis(Protocol):
     def get(self, name: str) -> Any: ...
-    def pipeline(self, transaction: bool = ...) -> Any: ...
-
-
-def send(redis: _Redis, channel: str, message_key_prefix: str, msg: Message) -> None:
-    """Store a copy under the message's id, then publish it (inline or by reference).
-
-    One round trip: the copies and the PUBLISH go in one pipeline, copies first, so a
-    receiver that sees the announcement can always fetch the copy.
-    """
-    body = msg.to_json()
-    pipe: _Pipeline = redis.pipeline(transaction=False)
-    pipe.execute_command("SET", message_key_prefix + msg.id, body, "EX", MESSAGE_TTL_S)
-    reply_to = getattr(msg, "reply_to", None)
-    if reply_to is not None:
-        key = message_key_prefix + "reply:" + reply_to
-        pipe.execute_command("SET", key, body, "EX", MESSAGE_TTL_S)
-    if len(body) <= INLINE_LIMIT_BYTES:  # ASCII: characters are bytes
-        pipe.execute_command("PUBLISH", channel, body)
-    else:
-        pipe.execute_command("PUBLISH", channel, json.dumps({"ref": msg.id}))
-    pipe.execute()
 
 
 def _resolve(
     redis: _Redis, message_key_prefix: str, raw: str | bytes | bytearray
 ) -> str | bytes | bytearray:
-    head = _loads(raw)
+    head = loads(raw)
     if isinstance(head, dict) and set(head) == {"ref"} and isinstance(head["ref"], str):
-        stored = redis.get(message_key_prefix + head["ref"])
+        stored = redis.get(message_key(message_key_prefix, head["ref"]))
         if stored is None:
             raise WireError(f"message {head['ref']!r} was announced but its copy has expired")
         return stored  # type: ignore[no-any-return]
     return raw
-
-
-def decode_to_host(redis: _Redis, message_key_prefix: str, raw: str | bytes) -> ToHost:
-    msg: ToHost = _decode(_TO_HOST, _resolve(redis, message_key_prefix, raw), "from sandbox")
-    return msg
 
 
 def decode_to_sandbox(redis: _Redis, message_key_prefix: str, raw: str | bytes) -> ToSandbox:
@@ -404,15 +430,9 @@ def decode_to_sandbox(redis: _Redis, message_key_prefix: str, raw: str | bytes) 
     return msg
 
 
-def fetch_reply_to_host(redis: _Redis, message_key_prefix: str, request_id: str) -> ToHost | None:
-    """The stored reply of the sandbox to ``request_id``, if it has sent one."""
-    stored = redis.get(message_key_prefix + "reply:" + request_id)
-    return None if stored is None else _decode(_TO_HOST, stored, "from sandbox")
-
-
 def fetch_reply_to_sandbox(
     redis: _Redis, message_key_prefix: str, request_id: str
 ) -> ToSandbox | None:
     """The stored reply of the orchestrator to ``request_id``, if it has sent one."""
-    stored = redis.get(message_key_prefix + "reply:" + request_id)
+    stored = redis.get(reply_key(message_key_prefix, request_id))
     return None if stored is None else _decode(_TO_SANDBOX, stored, "for sandbox")

@@ -27,7 +27,7 @@ from kombu.messaging import Producer
 
 from rlm_jobs.calls import CallStore, StoredCall
 from rlm_jobs.dispatch import ResultCallback, StopCheck, SubcallBatch
-from rlm_jobs.models import SubcallResult, not_run
+from sandbox.records import SubcallResult, not_run
 from workers.names import LLM_QUEUE, LLM_TASK
 from workers.replies import ReplyCollector
 

@@ -15,7 +15,7 @@ from rlm_jobs import keys
 from rlm_jobs.calls import StoredCall, Taken
 from rlm_jobs.dispatch import complete_one
 from rlm_jobs.errors import StorageError
-from rlm_jobs.models import SubcallResult, not_run
+from sandbox.records import SubcallResult, not_run
 from workers.base import RLMTask
 from workers.messages import valid_call_ids, valid_id
 from workers.names import LLM_TASK
@@ -129,7 +129,7 @@ class LlmChunk:
                 worker=self.worker,
             )
             outcome = "ok" if result.ok else "error"
-        reply = Reply(call_id=call_id, result=result).model_dump_json()
+        reply = Reply(call_id=call_id, result=result).to_json()
         if not self._calls.complete(self.job_id, call_id, StoredCall(result), reply):
             return "gone"  # answered meanwhile by another delivery, or given up by its job
         return outcome

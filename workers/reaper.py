@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 
 from rlm_jobs import keys
-from rlm_jobs.sandboxes.janitor import janitor_for
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -47,9 +46,9 @@ class Reaper:
 
     def sweep_sandboxes(self) -> None:
         runtime = self._runtime
-        janitor_for(runtime.redis).sweep_stale_users()
+        runtime.sandbox_services().janitor.sweep_stale_users()
         if runtime.settings.sandbox_backend == "docker":
-            from rlm_jobs.sandboxes.docker import reap_orphans
+            from rlm_jobs.sandboxes.backends.docker import reap_orphans
 
             removed = reap_orphans(runtime.settings)
             if removed:

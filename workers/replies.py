@@ -9,16 +9,16 @@ waits on a Celery result inside a task.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from concurrent.futures import Future
 from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict
 
 from rlm_jobs import keys
-from rlm_jobs.models import SubcallResult
+from sandbox.records import Record, SubcallResult, WireError
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,9 @@ _POLL_S = 1
 _DRAIN_COUNT = 100
 
 
-class Reply(BaseModel):
-    """What an llm worker sends back for one call."""
-
-    model_config = ConfigDict(extra="forbid")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Reply(Record):
+    """What an llm worker sends back for one call: its id and the one result record."""
 
     call_id: str
     result: SubcallResult
@@ -68,8 +67,8 @@ class ReplyCollector:
 
     def _deliver(self, raw: Any) -> None:
         try:
-            reply = Reply.model_validate_json(raw)
-        except ValueError:
+            reply = Reply.from_json(raw)
+        except WireError:
             log.warning("dropping a malformed sub-call reply: %.200r", raw)
             return
         # A duplicate delivery of a call, or a call the job gave up on: nothing waits for it.

@@ -23,6 +23,7 @@ from rlm_jobs.journal import JournalStore
 from rlm_jobs.providers import ProviderControls
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
+from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import open_repl_factory
 from rlm_jobs.store import Store
 from workers.claims import ClaimKeeper
@@ -49,6 +50,7 @@ class WorkerRuntime:
         self._engine: Engine | None = None
         self._collector: ReplyCollector | None = None
         self._sandbox_pool: SandboxPool | None = None
+        self._sandbox_services: SandboxServices | None = None
         self._llm_pool: ThreadPoolExecutor | None = None
         self._lease_keeper: LeaseKeeper | None = None
         self._claim_keeper: ClaimKeeper | None = None
@@ -63,9 +65,8 @@ class WorkerRuntime:
                 self._collector = ReplyCollector(blocking, self.worker_id.replace(":", "-"))
                 client = self.redis
                 # Started with the first job, in the process that runs jobs (after any fork).
-                self._sandbox_pool = SandboxPool(
-                    client, self.settings, create_backend(self.settings)
-                )
+                services = self._services_locked()
+                self._sandbox_pool = SandboxPool(services, create_backend(self.settings))
                 self._engine = Engine.build(
                     self.settings,
                     client,
@@ -76,10 +77,20 @@ class WorkerRuntime:
                         self._collector,
                         chunk_size=self.settings.llm_chunk_size,
                     ),
-                    repl_factory=open_repl_factory(client, self.settings, pool=self._sandbox_pool),
+                    repl_factory=open_repl_factory(services, pool=self._sandbox_pool),
                     journals=self.journals,
                 )
             return self._engine
+
+    def sandbox_services(self) -> SandboxServices:
+        """What this process's sandboxes share (pub/sub hub, janitor, start slots)."""
+        with self._lock:
+            return self._services_locked()
+
+    def _services_locked(self) -> SandboxServices:
+        if self._sandbox_services is None:
+            self._sandbox_services = SandboxServices(self.redis, self.settings)
+        return self._sandbox_services
 
     def lease_keeper(self) -> LeaseKeeper:
         """The one thread that renews the leases of all jobs of this process (made lazily)."""
@@ -134,6 +145,8 @@ class WorkerRuntime:
             self._lease_keeper.close()
         if self._sandbox_pool is not None:
             self._sandbox_pool.close()  # ends its sandboxes and waits for queued teardowns
+        if self._sandbox_services is not None:
+            self._sandbox_services.close()
         if self._engine is not None:
             self._engine.dispatcher.close()
         self.router.close()

@@ -1,4 +1,4 @@
-"""One Redis ACL user per sandbox: its own channels and keys, its context read-only.
+"""One Redis ACL user per sandbox: its own channels, its own keys and its context read-only.
 
 The command list is the minimum the runtime uses, found by running it with nothing else
 allowed and reading ``ACL LOG`` (a test keeps it that way): AUTH needs no permission, the
@@ -20,7 +20,10 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.errors import ConfigError, SandboxError
 
-SANDBOX_COMMANDS = ("subscribe", "publish", "get", "set")
+# Everything a sandbox may do, and none of it writes a key (the host is the only writer):
+# SUBSCRIBE its input channel, PUBLISH on its output channel (its only way out), GET its
+# context and the copies of the host's messages.
+SANDBOX_COMMANDS = ("subscribe", "publish", "get")
 
 
 def create_user(client: redis.Redis, sandbox_id: str, context_key: str | None) -> str:
@@ -35,7 +38,7 @@ def create_user(client: redis.Redis, sandbox_id: str, context_key: str | None) -
         "reset",
         "on",
         "#" + hashlib.sha256(password.encode()).hexdigest(),
-        f"~{prefix}*",
+        f"%R~{prefix}*",
         *([f"%R~{context_key}"] if context_key is not None else []),
         f"&{prefix}*",
         "-@all",

@@ -8,42 +8,33 @@ container). Talking to the runtime over Redis is the same for every backend and 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
-from rlm_jobs.models import ContextRef, SubcallResult
+from rlm_jobs.models import ContextRef
+from sandbox.records import CellResult, SubcallResult
 from sandbox.wire import Bootstrap, SubcallRequest
 
-# Answers one llm_query/rlm_query request of a sandbox, one outcome per prompt, in order.
+# Answers one llm_query/rlm_query request of a sandbox, one result per prompt, in order.
 # Called from a helper thread; may be called concurrently.
 SubcallHandler = Callable[[SubcallRequest], list[SubcallResult]]
-
-
-@dataclass(frozen=True)
-class CellOutcome:
-    stdout: str
-    stderr: str
-    error: str | None = None
-    final: str | None = None
-    # answer["content"] after the cell, even when not ready: the job's best partial answer.
-    partial: str | None = None
-    timed_out: bool = False
-    # The runtime died or had to be killed; a fresh one (empty namespace) now serves the job.
-    sandbox_replaced: bool = False
-    note: str = ""
-    duration_s: float = 0.0
 
 
 class Repl(Protocol):
     """A live REPL with a persistent namespace holding ``context`` and the RLM names."""
 
-    def run_cell(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellOutcome: ...
+    def run_cell(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellResult: ...
 
     def close(self) -> None: ...
 
 
-# Opens a REPL over a stored context whose sub-calls go to the handler.
-ReplFactory = Callable[[ContextRef, SubcallHandler], Repl]
+class ReplFactory(Protocol):
+    """Opens a REPL over a stored context whose sub-calls go to the handler.
+
+    ``seed`` seeds ``random`` in the REPL before its first cell, so a job run again with
+    the same seed draws the same numbers (``sandbox.determinism``).
+    """
+
+    def __call__(self, context: ContextRef, handler: SubcallHandler, *, seed: int = 0) -> Repl: ...
 
 
 class SandboxProcess(Protocol):

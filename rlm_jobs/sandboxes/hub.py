@@ -8,8 +8,10 @@ subscription goes and starts again with the next one.
 
 If the connection drops, redis-py reconnects and re-subscribes; if that fails, every
 subscription is failed with ``SandboxError`` and the hub forgets its connection, so the next
-subscriber starts afresh. Messages published while disconnected are lost — sessions cover
-that by also polling the stored copies of the replies they wait for.
+subscriber starts afresh. Messages published while disconnected are lost; the sandbox
+publishes the ones that matter again until the host acknowledges them (``sandbox.wire``).
+Each channel's queue is bounded in messages and bytes and takes no payload larger than
+the wire's ``MAX_PAYLOAD_BYTES``: what a sandbox floods beyond that is dropped.
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ from typing import Any
 import redis
 
 from rlm_jobs.errors import SandboxError
-from rlm_jobs.sandboxes.per_pool import PerPool
+from sandbox import wire
 
 log = logging.getLogger(__name__)
 
 # How long the reader blocks per poll; also how fast it notices it has nothing left to do.
 POLL_S = 0.2
-# A sandbox that floods its channel fills its own queue, not the orchestrator's memory.
+# A sandbox that floods its channel fills its own queue, not the orchestrator's memory:
+# room for the parts of one message of the largest size, then new payloads are dropped
+# (a sandbox publishes what must arrive again until it is acknowledged).
 MAX_QUEUED_PER_CHANNEL = 10_000
+MAX_QUEUED_BYTES_PER_CHANNEL = wire.MAX_MESSAGE_BYTES + wire.MAX_PAYLOAD_BYTES
 SUBSCRIBE_TIMEOUT_S = 10.0
 
 
@@ -41,6 +46,8 @@ class Subscription:
         self.channel = channel
         self._hub = hub
         self._queue: queue.Queue[str | bytes] = queue.Queue(MAX_QUEUED_PER_CHANNEL)
+        self._bytes_lock = threading.Lock()
+        self.queued_bytes = 0
         self.confirmed = threading.Event()
         self.failure: str | None = None
         self.dropped = 0
@@ -50,17 +57,35 @@ class Subscription:
         if self.failure is not None:
             raise SandboxError(self.failure)
         try:
-            return self._queue.get(timeout=timeout_s)
+            data = self._queue.get(timeout=timeout_s) if timeout_s > 0 else self._queue.get_nowait()
         except queue.Empty:
             if self.failure is not None:
                 raise SandboxError(self.failure) from None
             return None
+        with self._bytes_lock:
+            self.queued_bytes -= len(data)
+        return data
 
     def _put(self, data: str | bytes) -> None:
-        try:
-            self._queue.put_nowait(data)
-        except queue.Full:
-            self.dropped += 1
+        """Called by the hub's reader thread only."""
+        size = len(data)
+        with self._bytes_lock:
+            room = (
+                size <= wire.MAX_PAYLOAD_BYTES
+                and self.queued_bytes + size <= MAX_QUEUED_BYTES_PER_CHANNEL
+            )
+            if room:
+                self.queued_bytes += size
+        if room:
+            try:
+                self._queue.put_nowait(data)
+                return
+            except queue.Full:
+                with self._bytes_lock:
+                    self.queued_bytes -= size
+        if not self.dropped:
+            log.warning("dropping messages on %s: too large or too many queued", self.channel)
+        self.dropped += 1
 
     def _fail(self, reason: str) -> None:
         self.failure = reason
@@ -83,6 +108,7 @@ class PubSubHub:
         self._subs: dict[str, Subscription] = {}
         self._pubsub: Any = None
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     @property
     def subscriptions(self) -> int:
@@ -92,6 +118,8 @@ class PubSubHub:
     def subscribe(self, channel: str) -> Subscription:
         sub = Subscription(self, channel)
         with self._lock:
+            if self._closed:
+                raise SandboxError("the pub/sub hub is closed: no new sandbox may subscribe")
             if channel in self._subs:
                 raise SandboxError(f"channel {channel} already has a subscriber in this process")
             self._subs[channel] = sub
@@ -131,6 +159,20 @@ class PubSubHub:
                 self._pubsub.unsubscribe(sub.channel)
             except redis.RedisError as exc:
                 log.warning("unsubscribe from %s failed: %s", sub.channel, exc)
+
+    def close(self) -> None:
+        """Fail every subscription and stop the reader thread; safe to call twice."""
+        with self._lock:
+            self._closed = True
+            failed = list(self._subs.values())
+            self._subs.clear()
+            thread = self._thread
+            if self._pubsub is not None:
+                self._stop(self._pubsub)
+        for sub in failed:
+            sub._fail("the pub/sub hub was closed")
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2 * POLL_S + 1)
 
     def _read(self, pubsub: Any) -> None:
         while True:
@@ -179,11 +221,3 @@ class PubSubHub:
             self._stop(pubsub)
         for sub in failed:
             sub._fail(reason)
-
-
-_hubs: PerPool[PubSubHub] = PerPool(PubSubHub)
-
-
-def hub_for(client: redis.Redis) -> PubSubHub:
-    """The process-wide hub for the Redis server behind ``client``'s connection pool."""
-    return _hubs.get(client)

@@ -1,26 +1,24 @@
 """Everything that cleans up after sandboxes, off the job's path.
 
 - **Teardown queue.** Ending a sandbox (ask it to stop, wait briefly, kill, delete its ACL
-  user and keys, unsubscribe) takes 0.2-1 s, mostly waiting. ``SandboxSession.close()`` hands
-  it to a few worker threads and returns at once. ``drain()`` waits for every queued teardown;
-  pools call it when they close, and ``atexit`` calls it as a last resort, so a teardown that
-  was queued always completes while the process lives.
+  user and keys, unsubscribe) is mostly waiting. ``SandboxSession.close()`` hands it to a
+  few worker threads and returns at once. ``drain()`` waits for every queued teardown; pools
+  call it when they close, and ``close()`` (``SandboxServices.close``, also run at exit)
+  drains before it stops the threads, so a teardown that was queued always completes.
 - **Liveness keys.** Every live sandbox of this process has ``keys.sandbox_alive(id)`` with a
   short TTL, refreshed by one thread. The key is written *before* the ACL user is created and
   lives outside the sandbox's own key space, so the sandbox cannot keep it alive.
 - **Stale-user sweep.** A crashed orchestrator leaves ACL users behind; ``sweep_stale_users``
-  deletes every ``rlm-sbx-*`` user whose liveness key has expired (pools run it at start).
+  deletes every ``rlm-sbx-*`` user whose liveness key has expired (pools run it at start,
+  orchestrators' reapers every ``sandbox_sweep_interval_s``).
 
-Key deletion scans only the sandbox's own prefix (``SCAN MATCH``), in the background. Every
-key the runtime and host write carries a TTL (``wire.MESSAGE_TTL_S``), so the scan only
-speeds up reclaiming memory and catches keys hostile code wrote without a TTL; Redis's
-``maxmemory`` (with a ``volatile-*`` eviction policy) is what bounds a sandbox that writes
-much, TTL or not.
+Key deletion scans only the sandbox's own prefix (``SCAN MATCH``), in the background. Only
+the host writes keys there (the sandbox's ACL user has no write command), every one with a
+TTL (``keys.SANDBOX_KEY_TTL_S``), so the scan only speeds up reclaiming memory.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import queue
 import threading
@@ -32,7 +30,6 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.errors import SandboxError
 from rlm_jobs.sandboxes import acl
-from rlm_jobs.sandboxes.per_pool import PerPool
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +37,8 @@ log = logging.getLogger(__name__)
 TEARDOWN_THREADS = 4
 # A liveness key outlives this many missed refreshes, then marks its user as stale.
 ALIVE_REFRESHES_PER_TTL = 4
-# Longest a process waits at exit for queued teardowns; each step has its own timeout.
-DRAIN_AT_EXIT_S = 60.0
+# How long close() waits for queued teardowns; each step has its own timeout.
+CLOSE_DRAIN_S = 60.0
 
 Task = Callable[[], None]
 
@@ -49,7 +46,7 @@ Task = Callable[[], None]
 class Janitor:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._tasks: queue.Queue[Task] = queue.Queue()
+        self._tasks: queue.Queue[Task | None] = queue.Queue()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._pending = 0
@@ -59,18 +56,31 @@ class Janitor:
         self._alive_ttl_s = float("inf")
         self._wake_keeper = threading.Event()
         self._keeper: threading.Thread | None = None
+        self._closed = False
 
     # ---- teardown ------------------------------------------------------------------------
 
     def submit(self, task: Task) -> None:
-        """Run ``task`` on a teardown thread; it must catch and log its own errors."""
+        """Run ``task`` on a teardown thread; it must catch and log its own errors.
+
+        After ``close`` the task runs at once on the caller's thread: nothing is left behind.
+        """
         with self._lock:
-            self._pending += 1
-            if len(self._workers) < TEARDOWN_THREADS and self._pending > len(self._workers):
+            closed = self._closed
+            if not closed:
+                self._pending += 1
+            if (
+                not closed
+                and len(self._workers) < TEARDOWN_THREADS
+                and self._pending > len(self._workers)
+            ):
                 worker = threading.Thread(target=self._work, name="rlm-teardown", daemon=True)
                 self._workers.append(worker)
                 worker.start()
-        self._tasks.put(task)
+        if closed:
+            _run_logged(task)
+        else:
+            self._tasks.put(task)
 
     @property
     def pending(self) -> int:
@@ -88,13 +98,29 @@ class Janitor:
                 self._idle.wait(left)
         return True
 
+    def close(self, timeout_s: float = CLOSE_DRAIN_S) -> None:
+        """Finish the queued teardowns, then stop every thread; safe to call twice."""
+        if not self.drain(timeout_s):
+            log.error("%d sandbox teardowns did not finish in %.0f s", self.pending, timeout_s)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            workers, self._workers = self._workers, []
+            keeper = self._keeper
+        for _ in workers:
+            self._tasks.put(None)
+        self._wake_keeper.set()
+        for thread in [*workers, *([keeper] if keeper is not None else [])]:
+            thread.join(timeout=5)
+
     def _work(self) -> None:
         while True:
             task = self._tasks.get()
+            if task is None:  # close(): every queued teardown before it has run
+                return
             try:
-                task()
-            except Exception:
-                log.exception("a sandbox teardown failed")
+                _run_logged(task)
             finally:
                 with self._idle:
                     self._pending -= 1
@@ -114,6 +140,8 @@ class Janitor:
         except redis.RedisError as exc:
             raise SandboxError(f"could not mark sandbox {sandbox_id} alive: {exc}") from exc
         with self._lock:
+            if self._closed:
+                raise SandboxError("the sandbox janitor is closed: no new sandbox may start")
             self._alive.add(sandbox_id)
             if ttl_s < self._alive_ttl_s:
                 self._alive_ttl_s = ttl_s
@@ -137,6 +165,8 @@ class Janitor:
             self._wake_keeper.clear()
             try:
                 with self._lock:
+                    if self._closed:
+                        return
                     if not self._alive:
                         continue
                     ttl_ms = max(1, int(self._alive_ttl_s * 1000))
@@ -174,22 +204,8 @@ class Janitor:
         return stale
 
 
-_janitors: PerPool[Janitor] = PerPool(Janitor)
-_janitors_started = threading.Event()
-
-
-def janitor_for(client: redis.Redis) -> Janitor:
-    """The process-wide janitor for the Redis server behind ``client``'s connection pool."""
-    if not _janitors_started.is_set():
-        _janitors_started.set()
-        atexit.register(drain_all)  # queued teardowns finish before the process exits
-    return _janitors.get(client)
-
-
-def drain_all(timeout_s: float = DRAIN_AT_EXIT_S) -> None:
-    """Finish every queued teardown of this process (registered with ``atexit``)."""
-    janitors = _janitors.all()
-    deadline = time.monotonic() + timeout_s
-    for janitor in janitors:
-        if not janitor.drain(max(0.0, deadline - time.monotonic())):
-            log.error("%d sandbox teardowns did not finish before exit", janitor.pending)
+def _run_logged(task: Task) -> None:
+    try:
+        task()
+    except Exception:
+        log.exception("a sandbox teardown failed")

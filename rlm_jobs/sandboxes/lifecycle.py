@@ -1,19 +1,17 @@
-"""Starting and ending one sandbox: the steps a session and a pool share.
+"""Starting, waiting on and ending one sandbox: the steps a session and a pool share.
 
-A start is: a start slot (``StartSlots``), liveness key, ACL user, subscription on the hub
-(made *before* launch, so ``Ready`` cannot be missed), the backend's launch with the
-bootstrap, then the ready handshake, which frees the slot. An end is: ask the runtime to
-stop, wait briefly, kill, delete the ACL user, its liveness key and keys, unsubscribe; every
-step runs even if one fails.
+A start is: a start slot (``StartSlots``), liveness key, ACL user, its channel on the hub
+(subscribed *before* launch, so ``Ready`` cannot be missed), the backend's launch with the
+bootstrap, then the ready handshake, which frees the slot. Waiting for a message is one
+loop (``Launcher.await_message``, built on ``poll``) for every wait: ready, context loaded,
+a cell's result. An end is: ask the runtime to stop, wait briefly, kill, delete the ACL
+user, its liveness key and keys, unsubscribe; every step runs even if one fails.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,138 +19,44 @@ import redis
 
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
-from rlm_jobs.errors import ConfigError, SandboxError, SandboxTimeout
+from rlm_jobs.errors import ConfigError, SandboxDied, SandboxError, SandboxTimeout
 from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.base import SandboxBackend, SandboxProcess
-from rlm_jobs.sandboxes.hub import PubSubHub, Subscription, hub_for
-from rlm_jobs.sandboxes.janitor import Janitor, janitor_for
+from rlm_jobs.sandboxes.channel import SandboxChannel
+from rlm_jobs.sandboxes.services import SandboxServices
+from rlm_jobs.sandboxes.start_slots import StartSlot
 from sandbox import wire
 
 log = logging.getLogger(__name__)
 
 # How often a waiting host checks that the runtime is still alive.
 LIVENESS_CHECK_S = 0.5
-# How often a waiting host reads the stored copy of a reply, in case pub/sub lost it.
-STORED_REPLY_POLL_S = 1.0
+# Longest a wait blocks on the channel before it looks at its deadline again.
+POLL_S = 0.25
+# Messages one poll reads at most: a flooding sandbox cannot keep a wait from its deadline.
+MAX_MESSAGES_PER_POLL = 256
 # A runtime asked to shut down gets this long before it is killed.
 SHUTDOWN_WAIT_S = 1.0
 
-
-class StartSlots:
-    """At most ``limit`` sandbox starts at once in this process; jobs before pool refills.
-
-    A start is CPU-bound (a fresh interpreter, or a container, getting going): a burst that
-    starts everything at once slows every start down and the first jobs wait as long as the
-    last. A job queues for a slot in arrival order (``acquire``); a pool refill takes only a
-    slot that is free while no job waits (``try_acquire``), so refills never delay a job. A
-    slot is held from the launch until the runtime says Ready or the start fails; a freed
-    slot goes straight to the oldest waiting job.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._free = limit
-        self._waiting: deque[threading.Event] = deque()
-
-    def acquire(self) -> StartSlot:
-        """Wait for a slot, behind the jobs that asked earlier."""
-        with self._lock:
-            if self._free > 0 and not self._waiting:
-                self._free -= 1
-                return StartSlot(self)
-            handed = threading.Event()
-            self._waiting.append(handed)
-        try:
-            handed.wait()
-        except BaseException:
-            with self._lock:
-                if handed.is_set():
-                    self._hand_on()  # it was ours already: the next in line gets it
-                else:
-                    self._waiting.remove(handed)
-            raise
-        return StartSlot(self)
-
-    @property
-    def waiting(self) -> int:
-        """Jobs queued for a slot right now."""
-        with self._lock:
-            return len(self._waiting)
-
-    def try_acquire(self) -> StartSlot | None:
-        """A slot if one is free and no job is waiting for one (pool refills), else None."""
-        with self._lock:
-            if self._free > 0 and not self._waiting:
-                self._free -= 1
-                return StartSlot(self)
-            return None
-
-    def _release(self, slot: StartSlot) -> None:
-        with self._lock:
-            if slot.held:
-                slot.held = False
-                self._hand_on()
-
-    def _hand_on(self) -> None:
-        """Called with the lock held: a freed slot goes to the oldest waiter, or is free."""
-        if self._waiting:
-            self._waiting.popleft().set()
-        else:
-            self._free += 1
-
-
-class StartSlot:
-    """One start's right to run; ``release`` is safe to call more than once."""
-
-    def __init__(self, slots: StartSlots) -> None:
-        self._slots = slots
-        self.held = True
-
-    def release(self) -> None:
-        self._slots._release(self)
-
-
-_start_slots: dict[int, StartSlots] = {}
-_start_slots_lock = threading.Lock()
-
-
-def start_slots_for(settings: Settings) -> StartSlots:
-    """The process's start slots: shared by every launcher with the same limit.
-
-    A service process has one ``Settings``, hence one limit for all its sessions and pools;
-    keying by the limit lets a test (or an embedding) ask for another one.
-    """
-    limit = settings.sandbox_start_concurrency
-    with _start_slots_lock:
-        slots = _start_slots.get(limit)
-        if slots is None:
-            slots = _start_slots[limit] = StartSlots(limit)
-        return slots
+Accept = Callable[[wire.ToHost], bool]
+OnMessage = Callable[[wire.ToHost], None]
 
 
 @dataclass
 class LiveSandbox:
     id: str
-    sub: Subscription
+    channel: SandboxChannel
     process: SandboxProcess | None = None
     # Set once the runtime said Ready (a pool hands out sandboxes that are still starting).
     ready: bool = False
+    # Set when a wait saw the runtime gone (after reading what it sent before it went).
+    exited: bool = False
     # Held until the start is over (ready or failed); whoever waits for Ready frees it.
     start_slot: StartSlot | None = None
     launched_at: float = field(default_factory=time.monotonic)
-    # Request ids already being served: the runtime re-sends a request it got no answer to.
-    requests_seen: set[str] = field(default_factory=set)
-    prefix: str = field(init=False)
-    channel_in: str = field(init=False)
-    _seq: itertools.count[int] = field(default_factory=itertools.count, repr=False)
-
-    def __post_init__(self) -> None:
-        self.prefix = keys.sandbox_message(self.id, "")
-        self.channel_in = keys.sandbox_to_sandbox(self.id)
 
     def next_seq(self) -> int:
-        return next(self._seq)
+        return self.channel.next_seq()
 
     def describe(self) -> str:
         return "no process" if self.process is None else self.process.describe_exit()
@@ -165,34 +69,24 @@ class LiveSandbox:
 
 
 class Launcher:
-    """Starts and ends sandboxes of one backend against one Redis."""
+    """Starts, waits on and ends sandboxes of one backend."""
 
     def __init__(
-        self,
-        client: redis.Redis,
-        settings: Settings,
-        backend: SandboxBackend,
-        *,
-        hub: PubSubHub | None = None,
-        janitor: Janitor | None = None,
-        heartbeat_s: float = 5.0,
-        start_slots: StartSlots | None = None,
+        self, services: SandboxServices, backend: SandboxBackend, *, heartbeat_s: float = 5.0
     ) -> None:
-        self.client = client
-        self.settings = settings
+        self.services = services
+        self.client = services.client
+        self.settings = services.settings
         self.backend = backend
-        self.hub = hub or hub_for(client)
-        self.janitor = janitor or janitor_for(client)
-        self.start_slots = start_slots or start_slots_for(settings)
         self.heartbeat_s = heartbeat_s
-        self._redis_address = redis_address(client, settings)
+        self._redis_address = redis_address(self.client, self.settings)
 
-    def start(self, context_key: str | None) -> LiveSandbox:
+    def start(self, context_key: str | None, *, seed: int = 0) -> LiveSandbox:
         """Launch and wait until ready; nothing is left behind if that fails.
 
         The wait for a start slot comes first and is not part of ``sandbox_start_timeout_s``.
         """
-        sbx = self.launch(context_key, self.start_slots.acquire())
+        sbx = self.launch(context_key, self.services.start_slots.acquire(), seed=seed)
         try:
             self.await_ready(sbx)
         except BaseException:
@@ -200,17 +94,20 @@ class Launcher:
             raise
         return sbx
 
-    def launch(self, context_key: str | None, slot: StartSlot) -> LiveSandbox:
+    def launch(self, context_key: str | None, slot: StartSlot, *, seed: int = 0) -> LiveSandbox:
         """Start the runtime without waiting for it; ``context_key`` None: no context yet.
 
-        The sandbox holds ``slot`` until its start is over (``LiveSandbox.end_start``).
+        ``seed`` seeds ``random`` once the context is loaded (a pooled sandbox gets its seed
+        with ``LoadContext``). The sandbox holds ``slot`` until its start is over
+        (``LiveSandbox.end_start``).
         """
         sandbox_id = wire.new_id()
         sbx: LiveSandbox | None = None
         try:
-            self.janitor.mark_alive(sandbox_id, self.settings.sandbox_alive_ttl_s)
+            self.services.janitor.mark_alive(sandbox_id, self.settings.sandbox_alive_ttl_s)
             password = acl.create_user(self.client, sandbox_id, context_key)
-            sbx = LiveSandbox(sandbox_id, self.hub.subscribe(keys.sandbox_to_host(sandbox_id)))
+            channel = SandboxChannel(self.client, self.services.hub, sandbox_id)
+            sbx = LiveSandbox(sandbox_id, channel)
             sbx.start_slot = slot
             socket_path, host, port = self._redis_address
             bootstrap = wire.Bootstrap(
@@ -220,10 +117,11 @@ class Launcher:
                 redis_port=port,
                 username=keys.sandbox_user(sandbox_id),
                 password=password,
-                channel_in=sbx.channel_in,
-                channel_out=keys.sandbox_to_host(sandbox_id),
-                message_key_prefix=sbx.prefix,
+                channel_in=sbx.channel.channel_in,
+                channel_out=sbx.channel.channel_out,
+                message_key_prefix=sbx.channel.prefix,
                 context_key=context_key,
+                seed=seed,
                 heartbeat_s=self.heartbeat_s,
             )
             sbx.launched_at = time.monotonic()
@@ -240,67 +138,90 @@ class Launcher:
             if sbx.ready:
                 return
             timeout_s = self.settings.sandbox_start_timeout_s
-            left = timeout_s - (time.monotonic() - sbx.launched_at)
-            self.await_message(
+            msg = self.await_message(
                 sbx,
-                lambda m: isinstance(m, wire.Ready),
-                None,
-                left,
-                f"sandbox was not ready within {timeout_s:g} s (sandbox_start_timeout_s)",
+                lambda m: isinstance(m, (wire.Ready, wire.Fatal)),
+                timeout_s=timeout_s - (time.monotonic() - sbx.launched_at),
+                what=f"sandbox was not ready within {timeout_s:g} s (sandbox_start_timeout_s)",
             )
+            self.raise_if_fatal(sbx, msg)
             sbx.ready = True
+        except SandboxDied as exc:
+            raise SandboxDied(f"sandbox exited before it was ready: {exc}") from exc
         finally:
             sbx.end_start()
+
+    def raise_if_fatal(self, sbx: LiveSandbox, msg: wire.ToHost) -> None:
+        if isinstance(msg, wire.Fatal):
+            self.wait_exit(sbx, SHUTDOWN_WAIT_S)
+            raise SandboxError(f"sandbox failed to start: {msg.message} ({sbx.describe()})")
+
+    # ---- waiting -------------------------------------------------------------------------
+
+    def poll(
+        self,
+        sbx: LiveSandbox,
+        accept: Accept,
+        *,
+        on_other: OnMessage | None = None,
+        timeout_s: float = 0.0,
+    ) -> wire.ToHost | None:
+        """What the runtime has sent (waiting up to ``timeout_s`` for the first message):
+        the first message ``accept`` takes, or None. The others go to ``on_other``."""
+        msg = sbx.channel.receive(timeout_s)
+        for _ in range(MAX_MESSAGES_PER_POLL):
+            if msg is None:
+                return None
+            if accept(msg):
+                return msg
+            if on_other is not None:
+                on_other(msg)
+            msg = sbx.channel.receive(0)
+        return None
 
     def await_message(
         self,
         sbx: LiveSandbox,
-        accept: Callable[[wire.ToHost], bool],
-        reply_to: str | None,
+        accept: Accept,
+        *,
         timeout_s: float,
-        timeout_text: str,
+        what: str,
+        on_other: OnMessage | None = None,
+        stop: Callable[[], str | None] | None = None,
     ) -> wire.ToHost:
-        """The first message ``accept`` takes; Fatal, death and timeout raise SandboxError.
+        """The first message ``accept`` takes; the others go to ``on_other`` meanwhile.
 
-        With ``reply_to``, the stored copy of the reply is polled too (pub/sub may lose it).
+        Raises ``SandboxTimeout`` (saying ``what``) once ``timeout_s`` has passed,
+        ``SandboxDied`` when the runtime ended without sending it, and ``SandboxError``
+        when ``stop`` gives a reason. A runtime that sent it and then ended is not an
+        error: the message is returned and ``sbx.exited`` set.
         """
         deadline = time.monotonic() + timeout_s
         next_liveness = time.monotonic() + LIVENESS_CHECK_S
-        next_poll = time.monotonic() + STORED_REPLY_POLL_S
         while True:
-            raw = sbx.sub.get(0.1)
-            if raw is not None:
-                try:
-                    msg = wire.decode_to_host(self.client, sbx.prefix, raw)
-                except (wire.WireError, redis.RedisError) as exc:
-                    log.warning("sandbox %s sent a malformed message: %s", sbx.id, exc)
-                    continue
-                if accept(msg):
-                    return msg
-                if isinstance(msg, wire.Fatal):
-                    self.wait_exit(sbx, SHUTDOWN_WAIT_S)
-                    raise SandboxError(f"sandbox failed to start: {msg.message} ({sbx.describe()})")
-            now = time.monotonic()
-            if now >= next_liveness:
-                next_liveness = now + LIVENESS_CHECK_S
+            reason = stop() if stop is not None else None
+            if reason:
+                raise SandboxError(reason)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SandboxTimeout(f"{what}; {sbx.describe()}")
+            msg = self.poll(sbx, accept, on_other=on_other, timeout_s=min(POLL_S, left))
+            if msg is not None:
+                return msg
+            if time.monotonic() >= next_liveness:
+                next_liveness = time.monotonic() + LIVENESS_CHECK_S
                 if sbx.process is not None and not sbx.process.alive():
-                    raise SandboxError(f"sandbox exited before it was ready: {sbx.describe()}")
-            if reply_to is not None and now >= next_poll:
-                next_poll = now + STORED_REPLY_POLL_S
-                try:
-                    stored = wire.fetch_reply_to_host(self.client, sbx.prefix, reply_to)
-                except (ValueError, redis.RedisError):
-                    stored = None
-                if stored is not None and accept(stored):
-                    return stored
-            if now >= deadline:
-                raise SandboxTimeout(f"{timeout_text}; {sbx.describe()}")
+                    sbx.exited = True
+                    # What it published before it went is still on its way or queued.
+                    last = self.poll(sbx, accept, on_other=on_other, timeout_s=POLL_S)
+                    if last is not None:
+                        return last
+                    raise SandboxDied(sbx.describe())
+
+    # ---- sending and ending --------------------------------------------------------------
 
     def send(self, sbx: LiveSandbox, msg: wire.Message) -> None:
-        try:
-            wire.send(self.client, sbx.channel_in, sbx.prefix, msg)
-        except redis.RedisError as exc:
-            raise SandboxError(f"could not send to sandbox {sbx.id}: {exc}") from exc
+        sbx.channel.send(msg)
 
     def shutdown(self, sbx: LiveSandbox) -> None:
         """Ask the runtime to stop, give it a moment, then tear everything down."""
@@ -315,13 +236,14 @@ class Launcher:
 
     def teardown(self, sandbox_id: str, sbx: LiveSandbox | None) -> None:
         """Kill, then remove user, keys and subscription; every step runs even if one fails."""
+        janitor = self.services.janitor
         steps: list[tuple[str, Callable[[], object]]] = [
             ("free its start slot", lambda: sbx.end_start() if sbx else None),
             ("kill the process", lambda: sbx.process.kill() if sbx and sbx.process else None),
             ("delete the ACL user", lambda: acl.delete_user(self.client, sandbox_id)),
-            ("drop its liveness key", lambda: self.janitor.mark_gone(sandbox_id)),
+            ("drop its liveness key", lambda: janitor.mark_gone(sandbox_id)),
             ("delete its keys", lambda: acl.delete_keys(self.client, sandbox_id)),
-            ("unsubscribe", lambda: sbx.sub.close() if sbx else None),
+            ("unsubscribe", lambda: sbx.channel.close() if sbx else None),
         ]
         for what, step in steps:
             try:
@@ -330,7 +252,7 @@ class Launcher:
                 log.exception("sandbox %s: could not %s", sandbox_id, what)
 
     def teardown_later(self, sbx: LiveSandbox) -> None:
-        self.janitor.submit(lambda: self.shutdown(sbx))
+        self.services.janitor.submit(lambda: self.shutdown(sbx))
 
     @staticmethod
     def wait_exit(sbx: LiveSandbox, timeout_s: float) -> None:

@@ -1,4 +1,4 @@
-"""A few sandboxes started ahead of demand, so a job does not wait ~0.7-1.1 s for one.
+"""A few sandboxes started ahead of demand, so a job does not wait for a start.
 
 Each pooled sandbox is an ordinary sandbox (own id, own ACL user, own channels and keys)
 started *without* a context: its user can read no context at all. ``take()`` hands one to
@@ -8,7 +8,7 @@ ends it as usual, so no state can cross from one job to the next.
 
 One refill thread keeps ``size`` sandboxes idle or starting: it launches without waiting
 (so several starts overlap, but never more than the pool is short of, and each only with a
-start slot no job is waiting for: ``lifecycle.StartSlots``), watches for ``Ready``, and
+start slot no job is waiting for: ``start_slots.StartSlots``), watches for ``Ready``, and
 discards sandboxes that died, failed to start or sat idle longer than ``max_idle_s`` (old
 ones are replaced so a pool does not hold a stale process for hours).
 When the pool is empty, ``take()`` hands out one that is still starting (the session waits
@@ -29,12 +29,10 @@ from collections import deque
 
 import redis
 
-from rlm_jobs.config import Settings
 from rlm_jobs.errors import RLMJobsError, SandboxError
 from rlm_jobs.sandboxes.base import SandboxBackend
-from rlm_jobs.sandboxes.hub import PubSubHub
-from rlm_jobs.sandboxes.janitor import Janitor
 from rlm_jobs.sandboxes.lifecycle import Launcher, LiveSandbox
+from rlm_jobs.sandboxes.services import SandboxServices
 from sandbox import wire
 
 log = logging.getLogger(__name__)
@@ -56,24 +54,20 @@ CLOSE_JOIN_S = 60.0
 class SandboxPool:
     def __init__(
         self,
-        client: redis.Redis,
-        settings: Settings,
+        services: SandboxServices,
         backend: SandboxBackend,
         *,
         size: int | None = None,
         max_idle_s: float = DEFAULT_MAX_IDLE_S,
-        hub: PubSubHub | None = None,
-        janitor: Janitor | None = None,
         heartbeat_s: float = 5.0,
     ) -> None:
+        self.services = services
         self.backend = backend
-        self.size = settings.sandbox_pool_size if size is None else size
+        self.size = services.settings.sandbox_pool_size if size is None else size
         self.max_idle_s = max_idle_s
         self.heartbeat_s = heartbeat_s
-        self._launcher = Launcher(
-            client, settings, backend, hub=hub, janitor=janitor, heartbeat_s=heartbeat_s
-        )
-        self._start_timeout_s = settings.sandbox_start_timeout_s
+        self._launcher = Launcher(services, backend, heartbeat_s=heartbeat_s)
+        self._start_timeout_s = services.settings.sandbox_start_timeout_s
         self._cond = threading.Condition()
         self._idle: deque[LiveSandbox] = deque()
         self._starting: list[LiveSandbox] = []
@@ -136,7 +130,7 @@ class SandboxPool:
         for sbx in victims:
             # Synchronously: this may run at exit, when new threads cannot start.
             self._launcher.teardown(sbx.id, sbx)
-        self._launcher.janitor.drain(CLOSE_JOIN_S)
+        self.services.janitor.drain(CLOSE_JOIN_S)
 
     def __enter__(self) -> SandboxPool:
         return self
@@ -148,7 +142,7 @@ class SandboxPool:
 
     def _run(self) -> None:
         try:
-            self._launcher.janitor.sweep_stale_users()
+            self.services.janitor.sweep_stale_users()
         except (redis.RedisError, RLMJobsError) as exc:
             log.warning("could not sweep stale sandbox ACL users: %s", exc)
         failures = 0
@@ -167,7 +161,7 @@ class SandboxPool:
                     self._cond.wait(STARTING_POLL_S if self._starting else IDLE_CHECK_S)
                     continue
                 # Never blocks: this thread must keep freeing the slots of its own starts.
-                slot = self._launcher.start_slots.try_acquire()
+                slot = self.services.start_slots.try_acquire()
                 if slot is None:
                     self._cond.wait(STARTING_POLL_S)
                     continue
@@ -195,13 +189,12 @@ class SandboxPool:
         for sbx in list(self._starting):
             problem = None
             try:
-                while (raw := sbx.sub.get(0)) is not None:
-                    msg = self._decode(sbx, raw)
-                    if isinstance(msg, wire.Ready):
-                        sbx.ready = True
-                    elif isinstance(msg, wire.Fatal):
-                        problem = f"failed to start: {msg.message}"
-            except SandboxError as exc:  # the hub lost its connection
+                msg = self._launcher.poll(sbx, lambda m: isinstance(m, (wire.Ready, wire.Fatal)))
+                if isinstance(msg, wire.Ready):
+                    sbx.ready = True
+                elif isinstance(msg, wire.Fatal):
+                    problem = f"failed to start: {msg.message}"
+            except SandboxError as exc:  # the hub lost its connection for good
                 problem = f"lost its channel: {exc}"
             if problem is None and not sbx.ready:
                 if now - sbx.launched_at > self._start_timeout_s:
@@ -229,13 +222,6 @@ class SandboxPool:
                 continue
             self._idle.remove(sbx)
             self._discard(sbx, problem)
-
-    def _decode(self, sbx: LiveSandbox, raw: str | bytes) -> wire.ToHost | None:
-        try:
-            return wire.decode_to_host(self._launcher.client, sbx.prefix, raw)
-        except (wire.WireError, redis.RedisError) as exc:
-            log.warning("pooled sandbox %s sent a malformed message: %s", sbx.id, exc)
-            return None
 
     def _discard(self, sbx: LiveSandbox, why: str) -> None:
         log.info("pooled sandbox %s %s; replacing it", sbx.id, why)

@@ -12,21 +12,16 @@ BackendFactory = Callable[[Settings], SandboxBackend]
 
 
 def _process(settings: Settings) -> SandboxBackend:
-    from rlm_jobs.sandboxes.process import ProcessBackend
+    from rlm_jobs.sandboxes.backends.process import ProcessBackend
 
     return ProcessBackend(settings, cpus=settings.sandbox_cpus)
 
 
 def _docker(settings: Settings) -> SandboxBackend:
-    try:
-        from rlm_jobs.sandboxes.docker import DockerBackend  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        raise ConfigError(
-            f"the docker sandbox backend is unavailable ({exc}); install it with "
-            "pip install 'docker>=7' and build the sandbox image"
-        ) from exc
-    backend: SandboxBackend = DockerBackend(settings, cpus=settings.sandbox_cpus)
-    return backend
+    # The Docker SDK itself is imported when the backend is made (ConfigError with a hint).
+    from rlm_jobs.sandboxes.backends.docker import DockerBackend
+
+    return DockerBackend(settings, cpus=settings.sandbox_cpus)
 
 
 BACKENDS: dict[str, BackendFactory] = {"process": _process, "docker": _docker}

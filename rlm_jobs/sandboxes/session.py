@@ -1,56 +1,47 @@
 """The host side of the sandbox wire: a ``Repl`` backed by a runtime in a sandbox.
 
-One ``SandboxSession`` owns one sandbox at a time: its ACL user, its subscription on the
-shared hub, its process (started and ended by ``lifecycle.Launcher``). With a
+One ``SandboxSession`` owns one sandbox at a time: its ACL user, its channel on the shared
+hub, its process (started, waited on and ended by ``lifecycle.Launcher``). With a
 ``SandboxPool`` it takes a pre-started sandbox and has it load the job's context; otherwise,
 or when the pool is empty, it starts one. While a cell runs, sub-call requests are answered
 from a thread pool so several can be in flight and the channel keeps being read. A cell that
 outlives its timeout plus a grace period, or a runtime that dies, costs the sandbox: it is
 killed and a fresh one (new id, new ACL user, context reloaded, variables gone) takes its
-place, and the outcome says so. ``close()`` returns at once; the sandbox is ended in the
+place, and the result says so. ``close()`` returns at once; the sandbox is ended in the
 background (``rlm_jobs.sandboxes.janitor``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import redis
-
 from rlm_jobs import keys
-from rlm_jobs.config import Settings
-from rlm_jobs.errors import SandboxError
+from rlm_jobs.errors import SandboxDied, SandboxError, SandboxTimeout
 from rlm_jobs.models import ContextRef
 from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.base import (
-    CellOutcome,
     Repl,
     ReplFactory,
     SandboxBackend,
     SandboxProcess,
     SubcallHandler,
 )
-from rlm_jobs.sandboxes.hub import PubSubHub
-from rlm_jobs.sandboxes.janitor import Janitor
 from rlm_jobs.sandboxes.lifecycle import Launcher, LiveSandbox
 from rlm_jobs.sandboxes.pool import SandboxPool
+from rlm_jobs.sandboxes.services import SandboxServices
 from sandbox import wire
+from sandbox.records import CellResult, SubcallResult
 
 log = logging.getLogger(__name__)
 
 # A runtime that ignores its own interrupt gets this long before it is killed.
 HARD_DEADLINE_GRACE_S = 5.0
-# How often a waiting host checks that the runtime is still alive.
-LIVENESS_CHECK_S = 0.5
-# How often a waiting host reads the stored copy of the result, in case pub/sub lost it.
-STORED_REPLY_POLL_S = 1.0
 # Sub-call requests of one sandbox served at once; a batch is one request.
 SUBCALL_THREADS = 16
-
-_checked_default_user: set[int] = set()
 
 REPLACED_NOTE = (
     "The sandbox was replaced by a fresh one. `context`, llm_query, rlm_query, SHOW_VARS, "
@@ -64,25 +55,23 @@ class SandboxSession:
 
     def __init__(
         self,
-        client: redis.Redis,
-        settings: Settings,
+        services: SandboxServices,
         backend: SandboxBackend,
         context: ContextRef,
         handler: SubcallHandler,
         *,
-        hub: PubSubHub | None = None,
-        janitor: Janitor | None = None,
         pool: SandboxPool | None = None,
+        seed: int = 0,
         grace_s: float = HARD_DEADLINE_GRACE_S,
         heartbeat_s: float = 5.0,
     ) -> None:
-        self._client = client
-        self._settings = settings
+        self._client = services.client
+        self._settings = services.settings
         self._context = context
         self._handler = handler
-        self._launcher = Launcher(
-            client, settings, backend, hub=hub, janitor=janitor, heartbeat_s=heartbeat_s
-        )
+        # random.seed() of every sandbox of this session, replacements included.
+        self.seed = seed
+        self._launcher = Launcher(services, backend, heartbeat_s=heartbeat_s)
         # A pooled sandbox heartbeats at the pool's rate; a session asking for another
         # rate (tests do) starts its own.
         usable = pool is not None and pool.backend is backend and pool.heartbeat_s == heartbeat_s
@@ -91,7 +80,6 @@ class SandboxSession:
         self._closed = False
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(SUBCALL_THREADS, thread_name_prefix="rlm-subcall")
-        _warn_if_default_user_open(client)
         self.start_duration_s = 0.0
         # Whether the current sandbox came ready-made from the pool.
         self.from_pool = False
@@ -114,7 +102,7 @@ class SandboxSession:
         sbx = self._sbx
         return None if sbx is None else sbx.process
 
-    def run_cell(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellOutcome:
+    def run_cell(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellResult:
         sbx = self._sbx
         if self._closed or sbx is None:
             raise SandboxError("the sandbox session is closed or has no live sandbox")
@@ -126,43 +114,41 @@ class SandboxSession:
             max_output_chars=max(100, max_output_chars),
         )
         started = time.monotonic()
-        self._send(sbx, request)
-        deadline = started + timeout_s + self.grace_s
-        next_liveness = started + LIVENESS_CHECK_S
-        next_poll = started + STORED_REPLY_POLL_S
+        self._launcher.send(sbx, request)
         notes: list[str] = []
-        while True:
-            if self._closed:
-                raise SandboxError("the sandbox session was closed while a cell was running")
-            now = time.monotonic()
-            if now >= deadline:
-                return self._replace_after_timeout(sbx, timeout_s, started)
-            raw = self._receive(sbx, min(0.25, deadline - now))
-            if raw is not None:
-                result = self._handle(sbx, raw, request.id, notes)
-                if result is not None:
-                    return _outcome(result, notes)
-            now = time.monotonic()
-            if now >= next_liveness:
-                next_liveness = now + LIVENESS_CHECK_S
-                if sbx.process is not None and not sbx.process.alive():
-                    stored = self._stored_result(sbx, request.id)
-                    if stored is not None:  # it answered, then died: keep the answer
-                        self._replace(sbx)
-                        return _outcome(stored, [*notes, REPLACED_NOTE], replaced=True)
-                    return self._replace_after_death(sbx, started)
-            if now >= next_poll:
-                next_poll = now + STORED_REPLY_POLL_S
-                stored = self._stored_result(sbx, request.id)
-                if stored is not None:
-                    return _outcome(stored, notes)
+
+        def on_other(msg: wire.ToHost) -> None:
+            if isinstance(msg, wire.SubcallRequest):
+                self._pool.submit(self._serve_subcall, sbx, msg)
+            elif isinstance(msg, wire.Fatal):
+                notes.append(f"[host] the sandbox reported a fatal error: {msg.message}")
+
+        try:
+            done = self._launcher.await_message(
+                sbx,
+                lambda m: isinstance(m, wire.CellDone) and m.reply_to == request.id,
+                timeout_s=timeout_s + self.grace_s,
+                what="the cell ignored its interrupt",
+                on_other=on_other,
+                stop=self._stop_reason,
+            )
+        except SandboxTimeout:
+            return self._replace_after_timeout(sbx, timeout_s, started)
+        except SandboxDied:
+            return self._replace_after_death(sbx, started)
+        assert isinstance(done, wire.CellDone)
+        notes[:0] = sbx.channel.take_problems()
+        if sbx.exited:  # it answered, then died: keep the answer
+            self._replace(sbx)
+            return _result(done, [*notes, REPLACED_NOTE], replaced=True)
+        return _result(done, notes)
 
     def close(self) -> None:
         """End the session at once; safe to call twice.
 
         The sandbox is shut down and everything it had removed on the janitor's threads
-        (see ``rlm_jobs.sandboxes.janitor``): that takes 0.2-1 s of waiting which the job
-        does not need to pay. ``Janitor.drain()`` waits for it.
+        (see ``rlm_jobs.sandboxes.janitor``): that is mostly waiting, which the job does
+        not need to pay. ``Janitor.drain()`` waits for it.
         """
         with self._lock:
             if self._closed:
@@ -183,6 +169,9 @@ class SandboxSession:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
+    def _stop_reason(self) -> str | None:
+        return "the sandbox session was closed while a cell was running" if self._closed else None
+
     def _start(self) -> LiveSandbox:
         if self._closed:
             raise SandboxError("the sandbox session is closed")
@@ -191,7 +180,7 @@ class SandboxSession:
         sbx = self._from_pool(context_key)
         self.from_pool = sbx is not None
         if sbx is None:
-            sbx = self._launcher.start(context_key)
+            sbx = self._launcher.start(context_key, seed=self.seed)
         self.start_duration_s = time.monotonic() - started
         log.debug("sandbox %s ready in %.3f s", sbx.id, self.start_duration_s)
         return sbx
@@ -208,16 +197,20 @@ class SandboxSession:
             # Only now, and only for this sandbox, does any context become readable.
             acl.grant_context(self._client, sbx.id, context_key)
             request = wire.LoadContext(
-                seq=sbx.next_seq(), id=wire.new_id(), context_key=context_key
+                seq=sbx.next_seq(), id=wire.new_id(), context_key=context_key, seed=self.seed
             )
             self._launcher.send(sbx, request)
-            self._launcher.await_message(
+            loaded = self._launcher.await_message(
                 sbx,
-                lambda m: isinstance(m, wire.ContextLoaded) and m.reply_to == request.id,
-                request.id,
-                self._settings.sandbox_start_timeout_s,
-                "the pooled sandbox did not load its context in time (sandbox_start_timeout_s)",
+                lambda m: (
+                    isinstance(m, wire.Fatal)
+                    or (isinstance(m, wire.ContextLoaded) and m.reply_to == request.id)
+                ),
+                timeout_s=self._settings.sandbox_start_timeout_s,
+                what="the pooled sandbox did not load its context in time "
+                "(sandbox_start_timeout_s)",
             )
+            self._launcher.raise_if_fatal(sbx, loaded)
         except SandboxError as exc:
             # A fresh start reports a real problem (a missing context) in the usual words.
             log.warning("pooled sandbox %s unusable (%s); starting a fresh one", sbx.id, exc)
@@ -239,7 +232,7 @@ class SandboxSession:
 
     def _replace_after_timeout(
         self, sbx: LiveSandbox, timeout_s: float, started: float
-    ) -> CellOutcome:
+    ) -> CellResult:
         if sbx.process is not None:
             sbx.process.kill()
         error = (
@@ -248,7 +241,7 @@ class SandboxSession:
             "killed."
         )
         self._replace(sbx)
-        return CellOutcome(
+        return CellResult(
             stdout="",
             stderr="",
             error=error,
@@ -258,14 +251,14 @@ class SandboxSession:
             duration_s=time.monotonic() - started,
         )
 
-    def _replace_after_death(self, sbx: LiveSandbox, started: float) -> CellOutcome:
+    def _replace_after_death(self, sbx: LiveSandbox, started: float) -> CellResult:
         how = sbx.describe()
         error = (
             f"The sandbox process died while running this cell ({how}). Typical causes: "
             "running out of memory, too many processes, or calling os._exit/kill on itself."
         )
         self._replace(sbx)
-        return CellOutcome(
+        return CellResult(
             stdout="",
             stderr="",
             error=error,
@@ -274,99 +267,37 @@ class SandboxSession:
             duration_s=time.monotonic() - started,
         )
 
-    # ---- messages ------------------------------------------------------------------------
-
-    def _send(self, sbx: LiveSandbox, msg: wire.Message) -> None:
-        self._launcher.send(sbx, msg)
-
-    def _receive(self, sbx: LiveSandbox, timeout_s: float) -> str | bytes | None:
-        try:
-            return sbx.sub.get(timeout_s)
-        except SandboxError as exc:
-            # The hub lost its connection; resubscribe and rely on stored copies meanwhile.
-            log.warning("sandbox %s: %s; resubscribing", sbx.id, exc)
-            sbx.sub = self._launcher.hub.subscribe(keys.sandbox_to_host(sbx.id))
-            return None
-
-    def _stored_result(self, sbx: LiveSandbox, request_id: str) -> wire.CellResult | None:
-        try:
-            stored = wire.fetch_reply_to_host(self._client, sbx.prefix, request_id)
-        except (wire.WireError, redis.RedisError) as exc:
-            log.warning("sandbox %s: unreadable stored result: %s", sbx.id, exc)
-            return None
-        return stored if isinstance(stored, wire.CellResult) else None
-
-    def _handle(
-        self, sbx: LiveSandbox, raw: str | bytes, request_id: str, notes: list[str]
-    ) -> wire.CellResult | None:
-        try:
-            msg = wire.decode_to_host(self._client, sbx.prefix, raw)
-        except (wire.WireError, redis.RedisError) as exc:
-            log.warning("sandbox %s sent a malformed message: %s", sbx.id, exc)
-            if len(notes) < 5:
-                notes.append(f"[host] ignored a malformed message from the sandbox: {exc}")
-            return None
-        if isinstance(msg, wire.CellResult):
-            return msg if msg.reply_to == request_id else None
-        if isinstance(msg, wire.SubcallRequest) and msg.id not in sbx.requests_seen:
-            sbx.requests_seen.add(msg.id)
-            self._pool.submit(self._serve_subcall, sbx, msg)
-        elif isinstance(msg, wire.Fatal):
-            notes.append(f"[host] the sandbox reported a fatal error: {msg.message}")
-        return None
+    # ---- sub-calls -----------------------------------------------------------------------
 
     def _serve_subcall(self, sbx: LiveSandbox, request: wire.SubcallRequest) -> None:
         n = len(request.prompts)
         try:
-            outcomes = self._handler(request)
-            slots = [wire.Slot(ok=o.ok, text=o.text) for o in outcomes[:n]]
-            missing = n - len(slots)
-            slots += [wire.Slot(ok=False, text="Error: no answer for this prompt")] * missing
+            # The sandbox gets ok and text only: usage and worker names stay on the host.
+            results = [SubcallResult(ok=r.ok, text=r.text) for r in self._handler(request)[:n]]
+            missing = n - len(results)
+            results += [SubcallResult(ok=False, text="Error: no answer for this prompt")] * missing
         except Exception as exc:
             log.exception("sub-call handler failed for sandbox %s", sbx.id)
             text = f"Error: the sub-call failed: {type(exc).__name__}: {exc}"
-            slots = [wire.Slot(ok=False, text=text)] * n
+            results = [SubcallResult(ok=False, text=text)] * n
         if self._sbx is not sbx:
             return  # the sandbox that asked is gone; its keys must not be recreated
         reply = wire.SubcallReply(
-            seq=sbx.next_seq(), id=wire.new_id(), reply_to=request.id, results=slots
+            seq=sbx.next_seq(), id=wire.new_id(), reply_to=request.id, results=results
         )
         try:
-            self._send(sbx, reply)
+            self._launcher.send(sbx, reply)
         except SandboxError as exc:
             log.warning("%s", exc)
 
 
-def _outcome(result: wire.CellResult, notes: list[str], *, replaced: bool = False) -> CellOutcome:
-    return CellOutcome(
-        stdout=result.stdout,
-        stderr=result.stderr,
-        error=result.error,
-        final=result.final,
-        partial=result.partial,
-        timed_out=result.timed_out,
-        sandbox_replaced=replaced,
-        note="\n".join(notes),
-        duration_s=result.duration_s,
-    )
-
-
-def _warn_if_default_user_open(client: redis.Redis) -> None:
-    pool_id = id(client.connection_pool)
-    if pool_id in _checked_default_user:
-        return
-    _checked_default_user.add(pool_id)
-    if acl.default_user_is_open(client):
-        log.warning(
-            "SANDBOX ACL BYPASS: Redis's default user needs no password, so model code can "
-            "connect through the sandbox's socket as 'default' and read or change every key. "
-            "Give it a password (requirepass, or ACL SETUSER default >...) or switch it off."
-        )
+def _result(done: wire.CellDone, notes: list[str], *, replaced: bool = False) -> CellResult:
+    # Host-only facts come from the host, whatever the sandbox put in them.
+    return dataclasses.replace(done.result, sandbox_replaced=replaced, note="\n".join(notes))
 
 
 def open_repl_factory(
-    client: redis.Redis,
-    settings: Settings,
+    services: SandboxServices,
     backend: SandboxBackend | None = None,
     *,
     pool: SandboxPool | None = None,
@@ -374,12 +305,13 @@ def open_repl_factory(
     """What the loop calls to get a REPL: one ``SandboxSession`` per call, same backend.
 
     With a ``pool``, sessions take pre-started sandboxes from it (and use its backend).
+    ``seed`` seeds ``random`` in the sandbox (``sandbox.determinism``); 0 unless given.
     """
     from rlm_jobs.sandboxes.registry import create_backend
 
-    chosen = pool.backend if pool is not None else backend or create_backend(settings)
+    chosen = pool.backend if pool is not None else backend or create_backend(services.settings)
 
-    def open_repl(context: ContextRef, handler: SubcallHandler) -> Repl:
-        return SandboxSession(client, settings, chosen, context, handler, pool=pool)
+    def open_repl(context: ContextRef, handler: SubcallHandler, *, seed: int = 0) -> Repl:
+        return SandboxSession(services, chosen, context, handler, pool=pool, seed=seed)
 
     return open_repl

@@ -164,17 +164,19 @@ def test_cancelling_a_running_job_stops_it(
     from rlm_jobs.engine import Engine, JobControl
     from rlm_jobs.journal import JournalStore
     from rlm_jobs.loop import run_loop
+    from rlm_jobs.sandboxes.services import SandboxServices
     from rlm_jobs.sandboxes.session import open_repl_factory
 
     router = LLMRouter(settings)
     journals = JournalStore(redis_client)
     dispatcher = InProcessDispatcher(router, journals.calls, concurrency=4)
+    services = SandboxServices(redis_client, settings)
     engine = Engine.build(
         settings,
         redis_client,
         router=router,
         dispatcher=dispatcher,
-        repl_factory=open_repl_factory(redis_client, settings),
+        repl_factory=open_repl_factory(services),
         journals=journals,
     )
     spec = JobSpec(
@@ -197,6 +199,7 @@ def test_cancelling_a_running_job_stops_it(
     thread.join(timeout=30)
     assert box == [JobStatus.CANCELLED]
     wait_for(lambda: not sandbox_pids(marker), 15, "the sandbox to be gone")
+    services.close()
     dispatcher.close()
     router.close()
 

@@ -14,9 +14,9 @@ from rlm_jobs import keys
 from rlm_jobs.engine import JobControl
 from rlm_jobs.models import JobStatus, Limits, UsageMeter
 from rlm_jobs.redis_server import RedisServer
-from rlm_jobs.sandboxes.base import CellOutcome
 from rlm_jobs.store import Store
 from rlm_jobs.testing.provider import ScriptedProvider
+from sandbox.records import CellResult
 from tests.workerstack import Cluster, wait_for
 from workers.leases import KEEPER_THREAD_NAME, JobLease, LeaseKeeper
 from workers.names import ORCHESTRATE_QUEUE
@@ -33,8 +33,8 @@ class RecordingRepl:
     def __init__(self) -> None:
         self.closed = threading.Event()
 
-    def run_cell(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellOutcome:
-        return CellOutcome(stdout="", stderr="")
+    def run_cell(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellResult:
+        return CellResult(stdout="", stderr="")
 
     def close(self) -> None:
         self.closed.set()

@@ -23,11 +23,11 @@ from rlm_jobs import keys
 from rlm_jobs.calls import CallStore
 from rlm_jobs.config import Settings
 from rlm_jobs.dispatch import Stop, SubcallBatch
-from rlm_jobs.models import SubcallResult
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.store import Store
 from rlm_jobs.testing.policies.sub import NEEDLE_ASK
 from rlm_jobs.testing.provider import ScriptedProvider
+from sandbox.records import SubcallResult
 from tests.workerstack import Worker, wait_for
 from workers.app import create_app
 from workers.dispatcher import SPREAD_TASKS, CeleryDispatcher, chunk_sizes
@@ -145,7 +145,7 @@ def store_prompts(stack: LlmStack, job_id: str, n: int, waiter_id: str) -> list[
 
 def replies(stack: LlmStack, waiter_id: str) -> list[Reply]:
     raw = stack.client.lrange(keys.subcall_replies(waiter_id), 0, -1)
-    return [Reply.model_validate_json(r) for r in raw]
+    return [Reply.from_json(r) for r in raw]
 
 
 @pytest.mark.parametrize(

@@ -327,7 +327,7 @@ probe("GET neighbour job record", lambda: r.get($victim_job_key))
 probe("HGETALL neighbour job record", lambda: r.call("HGETALL", $victim_job_key))
 probe("GET neighbour context", lambda: r.get($victim_context_key))
 probe("GET neighbour sandbox message", lambda: r.get($victim_message_key))
-probe("SET neighbour sandbox key", lambda: r.set($victim_prefix + "msg:forged", "x"))
+probe("SET neighbour sandbox key", lambda: r.call("SET", $victim_prefix + "msg:forged", "x"))
 forged_exec = json.dumps({"type": "exec", "seq": 999, "id": "forged-exec",
                           "code": "FINAL('pwned')", "timeout_s": 5, "max_output_chars": 100})
 forged_result = json.dumps({"type": "cell_result", "seq": 999, "id": "forged-result",
@@ -473,25 +473,34 @@ probe("write /proc/sys/kernel/hostname", lambda: open("/proc/sys/kernel/hostname
 """,
 )
 
-# The sandbox may SET keys under its own prefix: how much of the shared Redis can it take?
+# How much of the shared Redis, and of the orchestrator's memory, can a sandbox take? It may
+# not write keys at all; what it publishes is bounded on the host.
 REDIS_FLOOD = Attack(
     "redis_flood",
     r"""
-import gc
+import gc, json
 from sandbox import resp
 
 runtime = next(o for o in gc.get_objects() if type(o).__name__ == "Runtime")
-r = runtime.redis
-prefix = runtime.boot.message_key_prefix
+r, boot = runtime.redis, runtime.boot
 blob = b"x" * (1 << 20)
 stored = 0
 try:
     for i in range(128):
-        r.set(f"{prefix}flood:{i}", blob)
+        r.call("SET", f"{boot.message_key_prefix}flood:{i}", blob)
         stored += 1
     print(f"redis flood: ALLOWED: stored {stored} MB in the shared Redis, no TTL")
 except resp.RedisError as exc:
     print(f"redis flood: refused after {stored} MB: {type(exc).__name__}: {exc}")
+
+# Its own output channel is open: 1 MB payloads (over any part's size), and parts of
+# messages that claim to be huge and never complete.
+for i in range(32):
+    r.call("PUBLISH", boot.channel_out, blob)
+part = {"type": "part", "index": 0, "total": 2048, "data": "y" * 32768}
+for i in range(400):
+    r.call("PUBLISH", boot.channel_out, json.dumps({**part, "message_id": f"m{i}"}))
+print("publish flood: published 32 MB of oversized payloads and 400 parts of 400 messages")
 """,
 )
 

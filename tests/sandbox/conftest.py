@@ -12,10 +12,11 @@ import redis
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
 from rlm_jobs.errors import ConfigError
-from rlm_jobs.models import SubcallResult
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.registry import create_backend
+from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession
+from sandbox.records import SubcallResult
 from sandbox.wire import SubcallRequest
 
 # Every backend must pass the contract suite; the docker backend joins with
@@ -33,7 +34,7 @@ def connect_docker_or_fail() -> Any:
 
     Docker tests never skip quietly: a missing engine or image is a failure with a hint.
     """
-    from rlm_jobs.sandboxes import docker as docker_backend
+    from rlm_jobs.sandboxes.backends import docker as docker_backend
 
     settings = Settings()
     try:
@@ -89,6 +90,29 @@ def settings(redis_server: RedisServer) -> Settings:
     )
 
 
+MakeServices = Callable[[Settings], SandboxServices]
+
+
+@pytest.fixture
+def make_services(redis_client: redis.Redis) -> Iterator[MakeServices]:
+    """Builds what a process's sandboxes share, for given settings; closes them at the end."""
+    made: list[SandboxServices] = []
+
+    def make(settings: Settings) -> SandboxServices:
+        services = SandboxServices(redis_client, settings)
+        made.append(services)
+        return services
+
+    yield make
+    for services in made:
+        services.close()
+
+
+@pytest.fixture
+def services(make_services: MakeServices, settings: Settings) -> SandboxServices:
+    return make_services(settings)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -99,7 +123,7 @@ OpenSession = Callable[..., SandboxSession]
 
 @pytest.fixture
 def open_session(
-    redis_client: redis.Redis, settings: Settings, backend_name: str
+    redis_client: redis.Redis, services: SandboxServices, settings: Settings, backend_name: str
 ) -> Iterator[OpenSession]:
     """Opens sessions over a context; closes them all at the end of the test."""
     backend = create_backend(settings, backend_name)
@@ -109,7 +133,7 @@ def open_session(
         context: Any = "hello world", handler: Any = answer_from_text, **kw: Any
     ) -> SandboxSession:
         ref = put_context(redis_client, context)
-        session = SandboxSession(redis_client, settings, backend, ref, handler, **kw)
+        session = SandboxSession(services, backend, ref, handler, **kw)
         opened.append(session)
         return session
 

@@ -11,7 +11,7 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes import acl
-from rlm_jobs.sandboxes.janitor import janitor_for
+from rlm_jobs.sandboxes.services import SandboxServices
 from tests.sandbox.conftest import OpenSession
 
 CONTEXT_KEY = keys.context_blob("c" * 64)
@@ -42,9 +42,11 @@ def sandbox_client(redis_client: redis.Redis, redis_server: RedisServer) -> Iter
     client.close()
 
 
-def test_a_sandbox_user_may_use_its_own_channels_and_keys(sandbox_client: redis.Redis) -> None:
+def test_a_sandbox_user_may_use_its_own_channels_and_read_its_keys(
+    sandbox_client: redis.Redis, redis_client: redis.Redis
+) -> None:
     own_key = keys.sandbox_message("a", "m1")
-    assert sandbox_client.set(own_key, "x", ex=60)
+    redis_client.set(own_key, "x", ex=60)  # the host is the only writer
     assert sandbox_client.get(own_key) == "x"
     assert sandbox_client.get(CONTEXT_KEY) == '"the context"'
     sandbox_client.publish(keys.sandbox_to_host("a"), "hello")
@@ -60,6 +62,12 @@ def test_a_sandbox_user_may_use_its_own_channels_and_keys(sandbox_client: redis.
         ("GET", "rlm:job:someone-else"),
         ("GET", keys.sandbox_message("b", "m1")),
         ("SET", CONTEXT_KEY, "overwritten"),  # the context is read-only
+        ("SET", keys.sandbox_message("a", "m1"), "x"),  # so are its own keys (gap 1)
+        ("SET", keys.sandbox_message("a", "m1"), "x", "EX", "60"),
+        ("APPEND", keys.sandbox_message("a", "m1"), "x"),
+        ("SETRANGE", keys.sandbox_message("a", "m1"), "0", "x"),
+        ("RPUSH", keys.sandbox_prefix("a") + "list", "x"),
+        ("HSET", keys.sandbox_prefix("a") + "hash", "f", "x"),
         ("SET", "rlm:job:someone-else", "x"),
         ("PUBLISH", keys.sandbox_to_host("b"), "spoof"),
         ("PUBLISH", "rlm:other", "x"),
@@ -84,6 +92,29 @@ def test_a_sandbox_user_is_refused_everything_else(
     assert redis_client.get(CONTEXT_KEY) == '"the context"'
 
 
+def test_the_sandbox_commands_include_no_write_command(redis_client: redis.Redis) -> None:
+    # Redis's own word on what writes: the @write category and each command's flags.
+    writers = {str(c).lower() for c in run_command(redis_client, "ACL", "CAT", "write")}
+    assert "set" in writers  # the question is asked right
+    assert not set(acl.SANDBOX_COMMANDS) & writers, acl.SANDBOX_COMMANDS
+    infos = run_command(redis_client, "COMMAND", "INFO", *acl.SANDBOX_COMMANDS)
+    assert set(infos) == set(acl.SANDBOX_COMMANDS)
+    for command, info in infos.items():
+        flags = {str(f) for f in info["flags"]}
+        assert not flags & {"write", "denyoom", "admin"}, (command, flags)
+
+
+def test_a_sandbox_user_has_exactly_the_sandbox_commands(
+    sandbox_client: redis.Redis, redis_client: redis.Redis
+) -> None:
+    user = redis_client.acl_getuser(keys.sandbox_user("a"))
+    assert user["categories"] == ["-@all"]
+    assert sorted(user["commands"]) == sorted(f"+{c}" for c in acl.SANDBOX_COMMANDS)
+    # Its own keys and its context, as read-only patterns; its own channels.
+    assert sorted(user["keys"]) == sorted([f"%R~{keys.sandbox_prefix('a')}*", f"%R~{CONTEXT_KEY}"])
+    assert user["channels"] == [f"&{keys.sandbox_prefix('a')}*"]
+
+
 def test_a_sandbox_user_cannot_subscribe_to_another_sandbox(sandbox_client: redis.Redis) -> None:
     pubsub = open_pubsub(sandbox_client)
     with pytest.raises(redis.exceptions.NoPermissionError):
@@ -93,14 +124,14 @@ def test_a_sandbox_user_cannot_subscribe_to_another_sandbox(sandbox_client: redi
 
 
 def test_the_runtime_needs_no_command_outside_its_acl(
-    open_session: OpenSession, redis_client: redis.Redis
+    open_session: OpenSession, redis_client: redis.Redis, services: SandboxServices
 ) -> None:
     run_command(redis_client, "ACL", "LOG", "RESET")
     session = open_session()
     out = session.run_cell("print(llm_query('q'))\nFINAL('x')", timeout_s=20, max_output_chars=1000)
     assert out.final == "x"
     session.close()
-    janitor_for(redis_client).drain(30)
+    services.janitor.drain(30)
     denied = run_command(redis_client, "ACL", "LOG")
     assert denied == [], denied
 
@@ -111,7 +142,7 @@ from sandbox import resp
 r = next(o for o in gc.get_objects() if type(o).__name__ == "Runtime").redis
 attempts = {
     "get other key": lambda: r.get("rlm:job:someone-else"),
-    "overwrite context": lambda: r.set(CONTEXT, "x"),
+    "overwrite context": lambda: r.call("SET", CONTEXT, "x"),
     "publish elsewhere": lambda: r.publish("rlm:sbx:other:in", "x"),
     "keys": lambda: r.call("KEYS", "*"),
     "config": lambda: r.call("CONFIG", "GET", "*"),

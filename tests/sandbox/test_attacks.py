@@ -49,7 +49,7 @@ from rlm_jobs.keys import SANDBOX_USER_PREFIX
 from rlm_jobs.models import JobStatus, Limits
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes import acl
-from rlm_jobs.sandboxes.docker import OWNER_LABEL, SANDBOX_LABEL
+from rlm_jobs.sandboxes.backends.docker import OWNER_LABEL, SANDBOX_LABEL
 from rlm_jobs.sandboxes.session import REPLACED_NOTE
 from rlm_jobs.store import JobRecord
 from rlm_jobs.submitter import JobHandle, Submitter
@@ -611,8 +611,9 @@ def check_secrets(stack: Stack, run: AttackRun, neighbour: Neighbour) -> None:
     (names,) = run.lines("env names:")
     allowed = {
         "process": "['HOME', 'LANG', 'LD_LIBRARY_PATH', 'PATH', 'PWD', "
-        "'PYTHONDONTWRITEBYTECODE', 'PYTHONNOUSERSITE', 'PYTHONPATH', 'TMPDIR']",
-        "docker": "['HOME', 'HOSTNAME', 'LANG', 'PATH', 'TMPDIR']",
+        "'PYTHONDONTWRITEBYTECODE', 'PYTHONHASHSEED', 'PYTHONNOUSERSITE', 'PYTHONPATH', "
+        "'TMPDIR']",
+        "docker": "['HOME', 'HOSTNAME', 'LANG', 'PATH', 'PYTHONHASHSEED', 'TMPDIR']",
     }
     assert names == f"env names: {allowed[stack.backend]}"
     (pids,) = run.lines("visible pids:")
@@ -702,7 +703,9 @@ def check_privilege_escalation(stack: Stack, run: AttackRun, neighbour: Neighbou
 
 def check_redis_flood(stack: Stack, run: AttackRun, neighbour: Neighbour) -> None:
     (line,) = run.lines("redis flood: ")
-    assert "redis flood: refused" in line, line
+    assert line.startswith("redis flood: refused after 0 MB: ReplyError: NOPERM"), line
+    assert run.lines("publish flood: published 32 MB")
+    assert not run.replaced
 
 
 CHECKS = {
@@ -723,10 +726,7 @@ CHECKS = {
 }
 
 # Attacks that are not contained yet: each names its gap (see docs/security.md).
-GAPS = {
-    "redis_flood": "gap: a sandbox may SET any number of keys of any size under its own "
-    "prefix, so one job can fill the shared Redis's memory (no quota; see docs/security.md)",
-}
+GAPS: dict[str, str] = {}
 ATTACKS = [
     pytest.param(
         attack,

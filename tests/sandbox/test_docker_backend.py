@@ -26,9 +26,14 @@ import redis
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import ConfigError
 from rlm_jobs.redis_server import RedisServer
-from rlm_jobs.sandboxes import docker as docker_backend
-from rlm_jobs.sandboxes.docker import DockerBackend, DockerSandbox, reap_orphans
+from rlm_jobs.sandboxes.backends import docker as docker_backend
+from rlm_jobs.sandboxes.backends.docker import DockerBackend, DockerSandbox, reap_orphans
+from rlm_jobs.sandboxes.backends.docker.socket_mount import answers_without_auth
+from rlm_jobs.sandboxes.channel import SandboxChannel
+from rlm_jobs.sandboxes.hub import PubSubHub
+from rlm_jobs.sandboxes.services import SandboxServices
 from sandbox import wire
+from sandbox.records import CellResult
 from tests.sandbox.conftest import connect_docker_or_fail
 
 pytestmark = pytest.mark.docker
@@ -59,16 +64,12 @@ def docker_settings(redis_server: RedisServer) -> Settings:
 
 
 class Peer:
-    """The orchestrator's side of one sandbox, over raw pub/sub."""
+    """The orchestrator's side of one sandbox: the host's channel, without a session."""
 
-    def __init__(self, client: redis.Redis, sandbox_id: str) -> None:
+    def __init__(self, client: redis.Redis, hub: PubSubHub, sandbox_id: str) -> None:
         self.client = client
         self.sandbox_id = sandbox_id
-        self.prefix = f"test:docker:{sandbox_id}:msg:"
-        self.channel_in = f"test:docker:{sandbox_id}:in"
-        self.channel_out = f"test:docker:{sandbox_id}:out"
-        self.pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        self.pubsub.subscribe(self.channel_out)  # before launch: Ready cannot be missed
+        self.channel = SandboxChannel(client, hub, sandbox_id)  # before launch
         self._seq = 0
         # A user of its own (Redis's default user may need a password the sandbox lacks);
         # the ACL itself is the session's business, tested elsewhere.
@@ -87,9 +88,9 @@ class Peer:
         return wire.Bootstrap(
             sandbox_id=self.sandbox_id,
             redis_unix_socket=socket_path,
-            channel_in=self.channel_in,
-            channel_out=self.channel_out,
-            message_key_prefix=self.prefix,
+            channel_in=self.channel.channel_in,
+            channel_out=self.channel.channel_out,
+            message_key_prefix=self.channel.prefix,
             context_key=CONTEXT_KEY,
             username=self.username,
             password=self.password,
@@ -99,16 +100,13 @@ class Peer:
     def receive(self, kind: type[Any], timeout_s: float = READY_TIMEOUT_S) -> Any:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            raw = self.pubsub.get_message(timeout=0.2)
-            if raw is None:
-                continue
-            msg = wire.decode_to_host(self.client, self.prefix, raw["data"])
+            msg = self.channel.receive(0.2)
             if isinstance(msg, kind):
                 return msg
             assert not isinstance(msg, wire.Fatal), msg.message
         raise AssertionError(f"no {kind.__name__} from sandbox {self.sandbox_id}")
 
-    def run(self, code: str, timeout_s: float = 20.0) -> wire.CellResult:
+    def send_cell(self, code: str, timeout_s: float = 20.0) -> wire.ExecCell:
         self._seq += 1
         cell = wire.ExecCell(
             seq=self._seq,
@@ -117,12 +115,16 @@ class Peer:
             timeout_s=timeout_s,
             max_output_chars=20_000,
         )
-        wire.send(self.client, self.channel_in, self.prefix, cell)
-        result: wire.CellResult = self.receive(wire.CellResult, timeout_s + 10)
-        return result
+        self.channel.send(cell)
+        return cell
+
+    def run(self, code: str, timeout_s: float = 20.0) -> CellResult:
+        self.send_cell(code, timeout_s)
+        done: wire.CellDone = self.receive(wire.CellDone, timeout_s + 10)
+        return done.result
 
     def close(self) -> None:
-        self.pubsub.close()
+        self.channel.close()
 
 
 Launch = Callable[..., tuple[DockerSandbox, Peer]]
@@ -130,7 +132,10 @@ Launch = Callable[..., tuple[DockerSandbox, Peer]]
 
 @pytest.fixture
 def launch(
-    docker_client: Any, docker_settings: Settings, redis_client: redis.Redis
+    docker_client: Any,
+    docker_settings: Settings,
+    redis_client: redis.Redis,
+    services: SandboxServices,
 ) -> Iterator[Launch]:
     """Launches sandboxes that are ready; kills them all at the end of the test."""
     redis_client.set(CONTEXT_KEY, json.dumps("hello from the host"))
@@ -138,7 +143,7 @@ def launch(
     started: list[tuple[DockerSandbox, Peer]] = []
 
     def launch_(**extra: Any) -> tuple[DockerSandbox, Peer]:
-        peer = Peer(redis_client, wire.new_id())
+        peer = Peer(redis_client, services.hub, wire.new_id())
         assert docker_settings.sandbox_redis_socket is not None
         sandbox = backend.launch(peer.bootstrap(docker_settings.sandbox_redis_socket, **extra))
         started.append((sandbox, peer))
@@ -187,7 +192,8 @@ def test_bootstrap_secrets_stay_out_of_inspect_env_and_logs(
     assert peer.password not in attrs and "Bootstrap" not in attrs
     env = peer.run("import os, json\nprint(json.dumps(dict(os.environ)))").stdout
     assert peer.password not in env
-    assert set(json.loads(env)) <= {"PATH", "HOME", "TMPDIR", "LANG", "HOSTNAME"}
+    allowed = {"PATH", "HOME", "TMPDIR", "LANG", "HOSTNAME", "PYTHONHASHSEED"}
+    assert set(json.loads(env)) <= allowed
     logs = docker_client.api.logs(sandbox.container_id).decode()
     assert peer.password not in logs
 
@@ -263,10 +269,7 @@ def test_scratch_and_process_limits_hold(launch: Launch) -> None:
 
 def test_out_of_memory_kills_the_sandbox_and_says_so(launch: Launch) -> None:
     sandbox, peer = launch()
-    cell = wire.ExecCell(
-        seq=1, id=wire.new_id(), code="x = b'x' * (512 * 2**20)", timeout_s=20, max_output_chars=100
-    )
-    wire.send(peer.client, peer.channel_in, peer.prefix, cell)
+    peer.send_cell("x = b'x' * (512 * 2**20)")
     deadline = time.monotonic() + 20
     while sandbox.alive() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -276,10 +279,7 @@ def test_out_of_memory_kills_the_sandbox_and_says_so(launch: Launch) -> None:
 
 def test_exit_code_is_described(launch: Launch) -> None:
     sandbox, peer = launch()
-    cell = wire.ExecCell(
-        seq=1, id=wire.new_id(), code="import os\nos._exit(7)", timeout_s=5, max_output_chars=100
-    )
-    wire.send(peer.client, peer.channel_in, peer.prefix, cell)
+    peer.send_cell("import os\nos._exit(7)", timeout_s=5)
     deadline = time.monotonic() + 10
     while sandbox.alive() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -305,17 +305,21 @@ def test_kill_removes_the_container_and_is_idempotent(launch: Launch, docker_cli
 
 
 def test_reap_orphans_removes_sandboxes_of_dead_owners_only(
-    launch: Launch, docker_client: Any, docker_settings: Settings, redis_client: redis.Redis
+    launch: Launch,
+    docker_client: Any,
+    docker_settings: Settings,
+    redis_client: redis.Redis,
+    services: SandboxServices,
 ) -> None:
     # Given a sandbox whose launching process exited without cleaning up
     orphan_id = wire.new_id()
-    peer = Peer(redis_client, orphan_id)
+    peer = Peer(redis_client, services.hub, orphan_id)
     assert docker_settings.sandbox_redis_socket is not None
     boot = peer.bootstrap(docker_settings.sandbox_redis_socket)
     script = (
         "import sys\n"
         "from rlm_jobs.config import Settings\n"
-        "from rlm_jobs.sandboxes.docker import DockerBackend\n"
+        "from rlm_jobs.sandboxes.backends.docker import DockerBackend\n"
         "from sandbox.wire import Bootstrap\n"
         "settings = Settings.model_validate_json(sys.argv[1])\n"
         "DockerBackend(settings).launch(Bootstrap.from_json(sys.argv[2]))\n"
@@ -382,7 +386,7 @@ def open_redis_socket(tmp_path: Any) -> Iterator[str]:
 def test_a_redis_socket_open_without_a_password_is_refused(
     docker_client: Any, docker_settings: Settings, open_redis_socket: str
 ) -> None:
-    assert docker_backend._answers_without_auth(open_redis_socket)
+    assert answers_without_auth(open_redis_socket)
     backend = DockerBackend(docker_settings, client=docker_client)
     bootstrap = wire.Bootstrap(
         sandbox_id=wire.new_id(),

@@ -10,9 +10,9 @@ import redis
 
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
-from rlm_jobs.sandboxes.janitor import janitor_for
-from rlm_jobs.sandboxes.process import LOG_TAIL_BYTES
+from rlm_jobs.sandboxes.backends.process.output import LOG_TAIL_BYTES
 from rlm_jobs.sandboxes.registry import create_backend
+from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession
 from tests.sandbox.conftest import answer_from_text
 
@@ -24,16 +24,16 @@ def threads_named(name: str) -> int:
 
 
 @pytest.fixture
-def sessions(redis_client: redis.Redis, settings: Settings) -> Iterator[list[SandboxSession]]:
+def sessions(
+    redis_client: redis.Redis, services: SandboxServices, settings: Settings
+) -> Iterator[list[SandboxSession]]:
     backend = create_backend(settings, "process")
     ref = put_context(redis_client, "ctx")
-    opened = [
-        SandboxSession(redis_client, settings, backend, ref, answer_from_text) for _ in range(3)
-    ]
+    opened = [SandboxSession(services, backend, ref, answer_from_text) for _ in range(3)]
     yield opened
     for session in opened:
         session.close()
-    janitor_for(redis_client).drain(30)
+    services.janitor.drain(30)
 
 
 def test_one_thread_keeps_the_last_words_of_every_sandbox(

@@ -13,9 +13,9 @@ from rlm_jobs import keys
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
 from rlm_jobs.sandboxes import acl
-from rlm_jobs.sandboxes.janitor import janitor_for
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
+from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession
 from tests.sandbox.conftest import answer_from_text, wait_for
 
@@ -32,40 +32,38 @@ def sandbox_users(client: redis.Redis) -> set[str]:
 
 @pytest.fixture
 def make_pool(
-    redis_client: redis.Redis, settings: Settings, backend_name: str
+    services: SandboxServices, settings: Settings, backend_name: str
 ) -> Iterator[Callable[..., SandboxPool]]:
     backend = create_backend(settings, backend_name)
     pools: list[SandboxPool] = []
 
     def make(size: int = 2, **kw: Any) -> SandboxPool:
-        pool = SandboxPool(redis_client, settings, backend, size=size, **kw)
+        pool = SandboxPool(services, backend, size=size, **kw)
         pools.append(pool)
         return pool
 
     yield make
     for pool in pools:
         pool.close()
-    janitor_for(redis_client).drain(30)
+    services.janitor.drain(30)
 
 
 @pytest.fixture
 def open_pooled(
-    redis_client: redis.Redis, settings: Settings
+    redis_client: redis.Redis, services: SandboxServices
 ) -> Iterator[Callable[..., SandboxSession]]:
     sessions: list[SandboxSession] = []
 
     def open_(pool: SandboxPool, context: Any) -> SandboxSession:
         ref = put_context(redis_client, context)
-        session = SandboxSession(
-            redis_client, settings, pool.backend, ref, answer_from_text, pool=pool
-        )
+        session = SandboxSession(services, pool.backend, ref, answer_from_text, pool=pool)
         sessions.append(session)
         return session
 
     yield open_
     for session in sessions:
         session.close()
-    janitor_for(redis_client).drain(30)
+    services.janitor.drain(30)
 
 
 def test_a_pooled_sandbox_serves_its_job_with_context_and_persistence(

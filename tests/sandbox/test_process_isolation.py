@@ -18,9 +18,9 @@ from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
 from rlm_jobs.errors import ConfigError
 from rlm_jobs.redis_server import RedisServer
-from rlm_jobs.sandboxes.process import ProcessBackend
+from rlm_jobs.sandboxes.backends.process import ProcessBackend
 from rlm_jobs.sandboxes.session import SandboxSession
-from tests.sandbox.conftest import OpenSession, answer_from_text, wait_for
+from tests.sandbox.conftest import MakeServices, OpenSession, answer_from_text, wait_for
 
 
 @pytest.fixture
@@ -264,6 +264,7 @@ def test_without_bubblewrap_the_backend_refuses_to_start(settings: Settings) -> 
 
 def test_unsafe_mode_must_be_asked_for_and_is_logged(
     settings: Settings,
+    make_services: MakeServices,
     redis_client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
@@ -274,7 +275,7 @@ def test_unsafe_mode_must_be_asked_for_and_is_logged(
     assert not backend.isolated
     assert "UNSAFE SANDBOX" in caplog.text
     ref = put_context(redis_client, "plain")
-    with SandboxSession(redis_client, unsafe, backend, ref, answer_from_text) as session:
+    with SandboxSession(make_services(unsafe), backend, ref, answer_from_text) as session:
         out = run(
             session, "import os\nprint(context, llm_query('q'), 'OPENAI_API_KEY' in os.environ)"
         )
@@ -330,16 +331,16 @@ import json, sys
 import redis
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
-from rlm_jobs.contexts import put_context
-from rlm_jobs.sandboxes.process import ProcessBackend
-from rlm_jobs.sandboxes.session import SandboxSession
+from rlm_jobs.sandboxes.backends.process import ProcessBackend
+from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession
 from tests.sandbox.conftest import answer_from_text
 
 client = redis.Redis.from_url(sys.argv[1])
 settings = Settings(sandbox_redis_socket=sys.argv[2])
 ref = put_context(client, "x")
-session = SandboxSession(client, settings, ProcessBackend(settings), ref, answer_from_text)
+services = SandboxServices(client, settings)
+session = SandboxSession(services, ProcessBackend(settings), ref, answer_from_text)
 print(json.dumps({"id": session.sandbox_id}), flush=True)
 sys.stdin.read()
 """

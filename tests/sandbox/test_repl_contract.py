@@ -1,4 +1,4 @@
-"""The REPL contract (docs/architecture.md) that every sandbox backend must keep."""
+"""The REPL contract (names, output, errors, limits) that every sandbox backend must keep."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rlm_jobs.models import SubcallResult
+from sandbox.records import SubcallResult
 from sandbox.wire import SubcallRequest
 from tests.sandbox.conftest import OpenSession
 

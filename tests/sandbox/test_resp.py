@@ -22,7 +22,7 @@ def connect(server: RedisServer, **overrides: object) -> resp.Connection:
 
 def test_commands_replies_and_errors(redis_server: RedisServer, redis_client: redis.Redis) -> None:
     conn = connect(redis_server)
-    assert conn.set("k", "välue", ex=60) == b"OK"
+    assert conn.call("SET", "k", "välue", "EX", 60) == b"OK"
     assert conn.get("k") == "välue".encode()
     assert 0 < redis_client.ttl("k") <= 60
     assert conn.get("missing") is None
@@ -88,7 +88,7 @@ def test_threads_share_one_connection(redis_server: RedisServer) -> None:
         try:
             for i in range(200):
                 key = f"t{n}:{i}"
-                conn.set(key, key)
+                conn.call("SET", key, key)
                 assert conn.get(key) == key.encode()
         except BaseException as exc:  # reported below
             errors.append(exc)

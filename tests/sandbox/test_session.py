@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,14 +13,15 @@ import redis
 
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
+from rlm_jobs.contexts import put_context
 from rlm_jobs.errors import SandboxError
 from rlm_jobs.models import ContextRef
 from rlm_jobs.sandboxes import acl
-from rlm_jobs.sandboxes.hub import hub_for
 from rlm_jobs.sandboxes.registry import create_backend
+from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession, open_repl_factory
 from sandbox import wire
-from tests.sandbox.conftest import OpenSession, answer_from_text, wait_for
+from tests.sandbox.conftest import MakeServices, OpenSession, answer_from_text, wait_for
 
 
 def run(session: Any, code: str, timeout_s: float = 20.0) -> Any:
@@ -88,15 +90,26 @@ def test_non_json_and_schema_violating_input_is_reported_without_hanging(
     session = open_session()
     sandbox_id = session.sandbox_id or ""
     channel_in = keys.sandbox_to_sandbox(sandbox_id)
-    prefix = keys.sandbox_message(sandbox_id, "")
+    watcher = redis_client.pubsub()  # type: ignore[no-untyped-call]
+    watcher.subscribe(keys.sandbox_to_host(sandbox_id))
     redis_client.publish(channel_in, "this is not json")
     redis_client.publish(channel_in, json.dumps({"type": "exec", "seq": 0, "id": "bad-exec"}))
     redis_client.publish(channel_in, json.dumps({"type": "nonsense", "seq": 0, "id": "n"}))
     # The malformed exec is answered with an error, so a waiter would not hang.
-    assert wait_for(lambda: wire.fetch_reply_to_host(redis_client, prefix, "bad-exec") is not None)
-    reply = wire.fetch_reply_to_host(redis_client, prefix, "bad-exec")
-    assert isinstance(reply, wire.CellResult)
-    assert reply.error is not None and "malformed exec message" in reply.error
+    replies: list[wire.CellDone] = []
+
+    def answered() -> bool:
+        msg = watcher.get_message(timeout=0.1)
+        if msg is not None and msg["type"] == "message":
+            decoded = wire.decode_to_host(msg["data"])
+            if isinstance(decoded, wire.CellDone) and decoded.reply_to == "bad-exec":
+                replies.append(decoded)
+        return bool(replies)
+
+    assert wait_for(answered)
+    watcher.close()
+    assert replies[0].result.error is not None
+    assert "malformed exec message" in replies[0].result.error
     out = run(session, "print('still serving')")
     assert out.stdout == "still serving\n"
     assert "ignored malformed messages" in out.stderr and "not JSON" in out.stderr
@@ -126,23 +139,23 @@ def test_a_50_mb_context_loads(open_session: OpenSession) -> None:
 
 
 def test_a_missing_context_fails_the_start_clearly(
-    redis_client: redis.Redis, settings: Settings, backend_name: str
+    redis_client: redis.Redis, services: SandboxServices, settings: Settings, backend_name: str
 ) -> None:
     ref = ContextRef(sha256="0" * 64, kind="str", length=1, total_chars=1)
     backend = create_backend(settings, backend_name)
     with pytest.raises(SandboxError, match="could not load the context"):
-        SandboxSession(redis_client, settings, backend, ref, answer_from_text)
+        SandboxSession(services, backend, ref, answer_from_text)
     # Teardown runs in the background (janitor): wait for it rather than race it.
     assert wait_for(lambda: sandbox_leftovers(redis_client) == ([], []))
 
 
 def test_open_repl_factory_opens_working_sessions(
-    redis_client: redis.Redis, settings: Settings, backend_name: str
+    redis_client: redis.Redis, make_services: MakeServices, settings: Settings, backend_name: str
 ) -> None:
     from rlm_jobs.contexts import put_context
 
     settings = settings.model_copy(update={"sandbox_backend": backend_name})
-    factory = open_repl_factory(redis_client, settings)
+    factory = open_repl_factory(make_services(settings))
     repl = factory(put_context(redis_client, ["a", "b"]), answer_from_text)
     try:
         out = repl.run_cell("print(context, llm_query('q'))", timeout_s=10, max_output_chars=500)
@@ -165,13 +178,13 @@ def test_the_runtime_exits_when_it_loses_redis(
 
 
 def test_concurrent_sessions_share_one_pubsub_connection(
-    open_session: OpenSession, redis_client: redis.Redis
+    open_session: OpenSession, redis_client: redis.Redis, services: SandboxServices
 ) -> None:
     with ThreadPoolExecutor(6) as pool:
         sessions = list(pool.map(lambda i: open_session(f"context {i}"), range(6)))
         outs = list(pool.map(lambda s: run(s, "print(context, llm_query('x'))"), sessions))
     assert [o.stdout for o in outs] == [f"context {i} llm/default: X\n" for i in range(6)]
-    assert hub_for(redis_client).subscriptions == 6
+    assert services.hub.subscriptions == 6
     listeners = [
         c for c in redis_client.client_list() if c["user"] == "default" and int(c["sub"]) > 0
     ]
@@ -179,7 +192,7 @@ def test_concurrent_sessions_share_one_pubsub_connection(
     for session in sessions:
         session.close()
     # Teardown (which unsubscribes) runs in the background after close().
-    assert wait_for(lambda: hub_for(redis_client).subscriptions == 0)
+    assert wait_for(lambda: services.hub.subscriptions == 0)
 
 
 def test_a_dropped_hub_connection_is_survived(
@@ -192,3 +205,22 @@ def test_a_dropped_hub_connection_is_survived(
     assert killed == 1
     out = run(session, "print(x, llm_query('after'))")
     assert out.stdout == "1 llm/default: AFTER\n"
+
+
+def test_closing_the_services_ends_their_teardowns_and_threads(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    before = set(threading.enumerate())
+    services = SandboxServices(redis_client, settings)
+    ref = put_context(redis_client, "ctx")
+    session = SandboxSession(services, create_backend(settings, "process"), ref, answer_from_text)
+    assert run(session, "print(context)").stdout == "ctx\n"
+    session.close()  # its teardown is queued on the janitor
+    started = {t for t in threading.enumerate() if t.name.startswith("rlm-")} - before
+    assert {t.name for t in started} >= {"rlm-pubsub-hub", "rlm-teardown", "rlm-sandbox-alive"}
+    services.close()
+    # The queued teardown finished first, then every thread the services started ended.
+    assert sandbox_leftovers(redis_client) == ([], [])
+    assert not [t.name for t in started if t.is_alive() and t.name != "rlm-sandbox-output"]
+    with pytest.raises(SandboxError, match="closed"):
+        SandboxSession(services, create_backend(settings, "process"), ref, answer_from_text)

@@ -19,13 +19,13 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
-from rlm_jobs.sandboxes.janitor import janitor_for
-from rlm_jobs.sandboxes.lifecycle import start_slots_for
+from rlm_jobs.sandboxes.base import SandboxBackend
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
+from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession
 from sandbox import wire
-from tests.sandbox.conftest import answer_from_text, wait_for
+from tests.sandbox.conftest import MakeServices, answer_from_text, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -62,9 +62,7 @@ class StartWatch:
                     self._record("start", sandbox_id)
                 continue
             sandbox_id = channel.removeprefix(self._out_head).removesuffix(self._out_tail)
-            decoded = wire.decode_to_host(
-                self._client, keys.sandbox_message(sandbox_id, ""), msg["data"]
-            )
+            decoded = wire.decode_to_host(msg["data"])
             if isinstance(decoded, wire.Ready):
                 self._record("ready", sandbox_id)
 
@@ -107,19 +105,22 @@ def watch(redis_client: redis.Redis) -> Iterator[StartWatch]:
     start_watch.close()
 
 
+OpenSessions = Callable[..., list[SandboxSession]]
+
+
 @pytest.fixture
-def open_sessions(
-    redis_client: redis.Redis,
-) -> Iterator[Callable[[Settings, int], list[SandboxSession]]]:
+def open_sessions(redis_client: redis.Redis) -> Iterator[OpenSessions]:
     """Opens sessions on the process backend; several at once, each from its own thread."""
     opened: list[SandboxSession] = []
 
-    def open_(settings: Settings, n: int) -> list[SandboxSession]:
-        backend = create_backend(settings, "process")
+    def open_(
+        services: SandboxServices, n: int, backend: SandboxBackend | None = None
+    ) -> list[SandboxSession]:
+        backend = backend or create_backend(services.settings, "process")
         ref = put_context(redis_client, "ctx")
 
         def one(_: int) -> SandboxSession:
-            return SandboxSession(redis_client, settings, backend, ref, answer_from_text)
+            return SandboxSession(services, backend, ref, answer_from_text)
 
         if n == 1:
             sessions = [one(0)]
@@ -132,17 +133,17 @@ def open_sessions(
     yield open_
     for session in opened:
         session.close()
-    janitor_for(redis_client).drain(30)
 
 
 @pytest.mark.parametrize("limit", [1, 2])
 def test_no_more_than_the_limit_of_sandboxes_start_at_once(
     settings: Settings,
+    make_services: MakeServices,
     watch: StartWatch,
-    open_sessions: Callable[[Settings, int], list[SandboxSession]],
+    open_sessions: OpenSessions,
     limit: int,
 ) -> None:
-    limited = settings.model_copy(update={"sandbox_start_concurrency": limit})
+    limited = make_services(settings.model_copy(update={"sandbox_start_concurrency": limit}))
     sessions = open_sessions(limited, 2 * limit + 2)
     ids = [s.sandbox_id for s in sessions]
     assert wait_for(lambda: set(ids) <= watch.ready(), 10)
@@ -153,14 +154,16 @@ def test_no_more_than_the_limit_of_sandboxes_start_at_once(
 
 def test_waiting_for_a_slot_does_not_count_against_the_start_timeout(
     settings: Settings,
-    redis_client: redis.Redis,
-    open_sessions: Callable[[Settings, int], list[SandboxSession]],
+    make_services: MakeServices,
+    open_sessions: OpenSessions,
 ) -> None:
     timeout_s = 5.0
-    limited = settings.model_copy(
-        update={"sandbox_start_concurrency": 1, "sandbox_start_timeout_s": timeout_s}
+    limited = make_services(
+        settings.model_copy(
+            update={"sandbox_start_concurrency": 1, "sandbox_start_timeout_s": timeout_s}
+        )
     )
-    slots = start_slots_for(limited)
+    slots = limited.start_slots
     held = slots.acquire()  # as if another start were taking its time
     outputs: list[str] = []
 
@@ -185,16 +188,19 @@ def test_waiting_for_a_slot_does_not_count_against_the_start_timeout(
 
 def test_a_job_starts_before_pool_refills_and_a_closed_pool_stops_waiting(
     settings: Settings,
-    redis_client: redis.Redis,
+    make_services: MakeServices,
     watch: StartWatch,
-    open_sessions: Callable[[Settings, int], list[SandboxSession]],
+    open_sessions: OpenSessions,
 ) -> None:
-    limited = settings.model_copy(update={"sandbox_start_concurrency": 1})
-    pool = SandboxPool(redis_client, limited, create_backend(limited, "process"), size=4)
+    limited = make_services(settings.model_copy(update={"sandbox_start_concurrency": 1}))
+    backend = create_backend(limited.settings, "process")
+    pool = SandboxPool(limited, backend, size=4)
     try:
         assert wait_for(lambda: pool.started >= 1, START_S)
         refills_before = pool.started
-        (session,) = open_sessions(limited, 1)
+        # The pool's backend: making another one checks bubblewrap first, and the pool
+        # would start more while it does.
+        (session,) = open_sessions(limited, 1, backend)
         # The job waited for at most the refill already under way (and one that got its
         # slot as the job asked), not for the three more the pool still wanted.
         position = watch.started().index(session.sandbox_id)
@@ -204,9 +210,8 @@ def test_a_job_starts_before_pool_refills_and_a_closed_pool_stops_waiting(
     finally:
         pool.close()
     # A pool closed while it waits for a slot gives up at once and starts nothing more.
-    slots = start_slots_for(limited)
-    held = slots.acquire()
-    waiting = SandboxPool(redis_client, limited, create_backend(limited, "process"), size=2)
+    held = limited.start_slots.acquire()
+    waiting = SandboxPool(limited, backend, size=2)
     try:
         started = time.monotonic()
         waiting.close()

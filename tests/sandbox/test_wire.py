@@ -1,4 +1,4 @@
-"""The wire schema: strict checks on both sides, round trips, references to stored copies."""
+"""The wire: strict checks on both sides, round trips, parts, references to stored copies."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from sandbox import wire
+from sandbox.records import CellResult, SubcallResult
 
 
 def exec_cell(**overrides: Any) -> dict[str, Any]:
@@ -34,15 +35,15 @@ class _NoRedis:
     def get(self, name: str) -> Any:
         raise AssertionError(f"unexpected GET {name}")
 
-    def pipeline(self, transaction: bool = False) -> Any:
-        raise AssertionError("unexpected pipeline")
-
 
 def test_every_message_round_trips_through_json() -> None:
     to_host = [
         wire.Ready(seq=0, id="a", pid=7),
-        wire.CellResult(
-            seq=1, id="b", reply_to="c", stdout="out \ud800 ü", stderr="", final="x", timed_out=True
+        wire.CellDone(
+            seq=1,
+            id="b",
+            reply_to="c",
+            result=CellResult(stdout="out \ud800 ü", stderr="", final="x", timed_out=True),
         ),
         wire.ContextLoaded(seq=2, id="d", reply_to="e", size_bytes=0),
         wire.SubcallRequest(seq=3, id="f", kind="rlm", prompts=["p1", "p2"], model="m"),
@@ -50,24 +51,29 @@ def test_every_message_round_trips_through_json() -> None:
         wire.Fatal(seq=5, id="h", message="boom"),
     ]
     for msg in to_host:
-        decoded = wire.decode_to_host(_NoRedis(), "p:", msg.to_json())
-        if isinstance(msg, wire.CellResult):
+        decoded = wire.decode_to_host(msg.to_json())
+        if isinstance(msg, wire.CellDone):
             # A lone surrogate cannot be encoded anywhere downstream: it is replaced.
-            assert decoded == dataclasses.replace(msg, stdout="out \ufffd\ufffd\ufffd ü")
+            fixed = dataclasses.replace(msg.result, stdout="out \ufffd\ufffd\ufffd ü")
+            assert decoded == dataclasses.replace(msg, result=fixed)
         else:
             assert decoded == msg
     to_sandbox = [
         wire.ExecCell(seq=0, id="a", code="x = 1", timeout_s=0.5, max_output_chars=100),
-        wire.SubcallReply(seq=1, id="b", reply_to="c", results=[wire.Slot(ok=True, text="t")] * 2),
+        wire.SubcallReply(
+            seq=1, id="b", reply_to="c", results=[SubcallResult(ok=True, text="t")] * 2
+        ),
         wire.Shutdown(seq=2, id="c"),
-        wire.LoadContext(seq=3, id="d", context_key="rlm:ctx:1"),
+        wire.LoadContext(seq=3, id="d", context_key="rlm:ctx:1", seed=2**63 - 1),
+        wire.Ack(seq=4, id="e", reply_to="f"),
     ]
     for msg in to_sandbox:
         assert wire.decode_to_sandbox(_NoRedis(), "p:", msg.to_json()) == msg
 
 
 def test_serialised_messages_are_ascii_so_lone_surrogates_survive() -> None:
-    body = wire.CellResult(seq=1, id="b", reply_to="c", stdout="\ud800", stderr="").to_json()
+    result = CellResult(stdout="\ud800", stderr="")
+    body = wire.CellDone(seq=1, id="b", reply_to="c", result=result).to_json()
     assert body.isascii()
     body.encode()  # would raise for an unescaped surrogate
 
@@ -91,13 +97,19 @@ def test_serialised_messages_are_ascii_so_lone_surrogates_survive() -> None:
         ([1, 2], "not a JSON object"),
         (
             {"type": "subcall_reply", "seq": 1, "id": "a", "reply_to": "b", "results": [{}]},
-            "Slot",
+            "SubcallResult",
         ),
         (
             {"type": "subcall_reply", "seq": 1, "id": "a", "reply_to": "b", "results": [1]},
             "must be a JSON object",
         ),
-        ({"type": "load_context", "seq": 1, "id": "a", "context_key": ""}, "context_key"),
+        (
+            {"type": "load_context", "seq": 1, "id": "a", "context_key": "", "seed": 0},
+            "context_key",
+        ),
+        ({"type": "load_context", "seq": 1, "id": "a", "context_key": "k"}, "seed"),
+        ({"type": "load_context", "seq": 1, "id": "a", "context_key": "k", "seed": -1}, "seed"),
+        ({"type": "load_context", "seq": 1, "id": "a", "context_key": "k", "seed": 2**63}, "seed"),
         ({"type": "ready", "seq": 1, "id": "a", "pid": 1}, "unknown type 'ready'"),
     ],
 )
@@ -112,23 +124,23 @@ def test_host_side_checks_are_as_strict() -> None:
         {"type": "subcall_request", "seq": 1, "id": "a", "kind": "llm", "prompts": []},
         {"type": "subcall_request", "seq": 1, "id": "a", "kind": "sql", "prompts": ["p"]},
         {"type": "subcall_request", "seq": 1, "id": "a", "kind": "llm", "prompts": [1]},
-        {"type": "cell_result", "seq": 1, "id": "a", "reply_to": "b", "stdout": "", "stderr": "",
-         "duration_s": float("nan")},
+        {"type": "cell_result", "seq": 1, "id": "a", "reply_to": "b",
+         "result": {"stdout": "", "stderr": "", "duration_s": float("nan")}},
         {"type": "exec", "seq": 1, "id": "a", "code": "", "timeout_s": 1, "max_output_chars": 100},
     ]  # fmt: skip
     for data in bad:
         with pytest.raises(wire.WireError):
-            wire.decode_to_host(_NoRedis(), "p:", json.dumps(data))
-    huge = {"type": "cell_result", "seq": 1, "id": "a", "reply_to": "b", "stdout": "",
-            "stderr": "", "duration_s": 10**400}  # fmt: skip
+            wire.decode_to_host(json.dumps(data))
+    huge = {"type": "cell_result", "seq": 1, "id": "a", "reply_to": "b",
+            "result": {"stdout": "", "stderr": "", "duration_s": 10**400}}  # fmt: skip
     with pytest.raises(wire.WireError, match="finite number"):
-        wire.decode_to_host(_NoRedis(), "p:", json.dumps(huge))
+        wire.decode_to_host(json.dumps(huge))
     with pytest.raises(wire.WireError) as raised:
-        wire.decode_to_host(_NoRedis(), "p:", json.dumps({"type": "x" * 100_000}))
+        wire.decode_to_host(json.dumps({"type": "x" * 100_000}))
     assert len(str(raised.value)) < 200  # what a sandbox sends is never echoed in full
     for raw in ("not json", "[" * 100_000, "1" * 5000):
         with pytest.raises(wire.WireError):
-            wire.decode_to_host(_NoRedis(), "p:", raw)
+            wire.decode_to_host(raw)
 
 
 def test_messages_are_checked_when_built_too() -> None:
@@ -149,25 +161,145 @@ def test_bootstrap_round_trips_and_rejects_unknown_fields() -> None:
         wire.Bootstrap.from_json(json.dumps({**json.loads(boot.to_json()), "heartbeat_s": 0}))
 
 
-def test_large_messages_travel_by_reference_in_one_pipeline(redis_client: redis.Redis) -> None:
-    sub = redis_client.pubsub()
-    sub.subscribe("chan")
-    assert sub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
-    big = wire.CellResult(seq=1, id="big", reply_to="req", stdout="x" * 100_000, stderr="")
+def big_result(n: int, message_id: str = "big") -> wire.CellDone:
+    text = 'x"\\ü' * (n // 4)  # quotes, backslashes and non-ASCII grow when escaped
+    return wire.CellDone(
+        seq=1, id=message_id, reply_to="req", result=CellResult(stdout=text, stderr="")
+    )
+
+
+def parts_of(msg: wire.Message) -> list[wire.Part]:
+    decoded = [wire.decode_to_host(p) for p in wire.payloads_to_host(msg)]
+    assert all(isinstance(p, wire.Part) for p in decoded)
+    return decoded  # type: ignore[return-value]
+
+
+def test_small_messages_go_whole_and_large_ones_in_parts_that_fit_a_payload() -> None:
     small = wire.Heartbeat(seq=2, id="small")
-    wire.send(redis_client, "chan", "p:", big)
-    wire.send(redis_client, "chan", "p:", small)
-    received = []
-    while len(received) < 2:
-        msg = sub.get_message(timeout=5)
-        assert msg is not None
-        received.append(msg["data"])
-    assert json.loads(received[0]) == {"ref": "big"}
-    assert wire.decode_to_host(redis_client, "p:", received[0]) == big
-    assert wire.decode_to_host(redis_client, "p:", received[1]) == small
-    assert wire.fetch_reply_to_host(redis_client, "p:", "req") == big
-    assert 0 < redis_client.ttl("p:big") <= wire.MESSAGE_TTL_S
-    redis_client.delete("p:big")
+    assert wire.payloads_to_host(small) == [small.to_json()]
+    big = big_result(300_000)
+    payloads = wire.payloads_to_host(big)
+    assert len(payloads) > 2
+    assert all(len(p) <= wire.MAX_PAYLOAD_BYTES for p in payloads)
+    buffer = wire.PartBuffer()
+    bodies = [buffer.add(part) for part in parts_of(big)]
+    assert bodies[:-1] == [None] * (len(bodies) - 1)
+    assert bodies[-1] is not None and wire.decode_whole_to_host(bodies[-1]) == big
+    assert buffer.held_bytes == 0 and buffer.partial_messages == 0
+
+
+def test_parts_arriving_twice_or_interleaved_still_make_each_message_once() -> None:
+    first, second = parts_of(big_result(100_000, "one")), parts_of(big_result(90_000, "two"))
+    buffer = wire.PartBuffer()
+    done = []
+    # Interleaved, and the first part of each published again (a re-publish).
+    for a, b in zip(first, second, strict=False):
+        for part in (a, b, first[0], second[0]):
+            body = buffer.add(part)
+            if body is not None:
+                done.append(wire.decode_whole_to_host(body).id)
+    for part in first[len(second) :]:
+        body = buffer.add(part)
+        if body is not None:
+            done.append(wire.decode_whole_to_host(body).id)
+    assert sorted(done) == ["one", "two"]
+    # A copy that comes after its message was whole starts it over (the host then drops
+    # the repeated id); at most that one part is held.
+    assert buffer.held_bytes <= wire.PART_DATA_CHARS
+
+
+def hostile_part(message_id: str, index: int, total: int = wire.MAX_PARTS) -> wire.Part:
+    return wire.Part(
+        message_id=message_id, index=index, total=total, data="y" * wire.PART_DATA_CHARS
+    )
+
+
+def test_never_finished_part_streams_are_dropped_and_memory_stays_bounded() -> None:
+    buffer = wire.PartBuffer(max_bytes=20 * wire.PART_DATA_CHARS, max_messages=3)
+    most = 0
+    # A hostile sender: many messages that claim to be huge, none ever complete.
+    for m in range(50):
+        for i in range(7):
+            # Each claims to be as large as the whole buffer.
+            assert buffer.add(hostile_part(f"m{m}", i, total=20)) is None
+            most = max(most, buffer.held_bytes)
+    assert most <= buffer.max_bytes
+    assert buffer.partial_messages <= 3
+    assert buffer.dropped >= 47
+    # An honest message still gets through afterwards.
+    honest = parts_of(big_result(200_000, "honest"))
+    bodies = [buffer.add(part) for part in honest]
+    assert bodies[-1] is not None and wire.decode_whole_to_host(bodies[-1]).id == "honest"
+
+
+def test_one_message_larger_than_the_buffer_is_refused() -> None:
+    buffer = wire.PartBuffer(max_bytes=4 * wire.PART_DATA_CHARS)
+    with pytest.raises(wire.WireError, match="too many"):
+        buffer.add(hostile_part("huge", 0, total=10))
+    for i in range(4):
+        assert buffer.add(hostile_part("sly", i, total=5)) is None
+    with pytest.raises(wire.WireError, match="too large"):
+        buffer.add(
+            hostile_part("sly", 4, total=5).__class__(message_id="sly", index=4, total=5, data="z")
+        )
+    assert buffer.held_bytes == 0 and buffer.partial_messages == 0
+
+
+def test_malformed_parts_are_refused() -> None:
+    buffer = wire.PartBuffer()
+    for bad in (
+        {"type": "part", "message_id": "a", "index": 0, "total": 1, "data": "x"},
+        {"type": "part", "message_id": "a", "index": 0, "total": wire.MAX_PARTS + 1, "data": "x"},
+        {"type": "part", "message_id": "a", "index": 0, "total": 2, "data": ""},
+        {"type": "part", "message_id": "a", "index": 0, "total": 2, "data": "x", "more": 1},
+    ):
+        with pytest.raises(wire.WireError):
+            wire.decode_to_host(json.dumps(bad))
+    with pytest.raises(wire.WireError, match="index"):
+        buffer.add(wire.Part(message_id="a", index=5, total=2, data="x"))
+    with pytest.raises(wire.WireError, match="ASCII"):
+        buffer.add(wire.Part(message_id="a", index=0, total=2, data="é"))
+    buffer.add(wire.Part(message_id="b", index=0, total=2, data="x"))
+    with pytest.raises(wire.WireError, match="changed its size"):
+        buffer.add(wire.Part(message_id="b", index=1, total=3, data="x"))
+    assert buffer.partial_messages == 0
+    with pytest.raises(wire.WireError, match="part inside a part"):
+        wire.decode_whole_to_host(wire.Part(message_id="c", index=0, total=2, data="x").to_json())
+    with pytest.raises(wire.WireError, match="payload of"):
+        wire.decode_to_host("x" * (wire.MAX_PAYLOAD_BYTES + 1))
+
+
+def test_a_message_larger_than_the_wire_carries_is_refused_when_sent() -> None:
+    huge = wire.SubcallRequest(
+        seq=1, id="h", kind="llm", prompts=["p" * (wire.MAX_MESSAGE_BYTES // 2)] * 3
+    )
+    with pytest.raises(wire.WireError, match="more than the"):
+        wire.payloads_to_host(huge)
+    reply = wire.SubcallReply(
+        seq=1,
+        id="r",
+        reply_to="q",
+        results=[SubcallResult(ok=True, text="t" * wire.MAX_MESSAGE_BYTES)],
+    )
+    with pytest.raises(wire.WireError, match="more than the"):
+        wire.payload_to_sandbox(reply)
+
+
+def test_large_messages_to_the_sandbox_travel_by_reference(redis_client: redis.Redis) -> None:
+    cell = wire.ExecCell(seq=1, id="big", code="x" * 100_000, timeout_s=5, max_output_chars=100)
+    body, payload = wire.payload_to_sandbox(cell)
+    assert json.loads(payload) == {"ref": "big"}
+    small = wire.Shutdown(seq=2, id="s")
+    assert wire.payload_to_sandbox(small) == (small.to_json(), small.to_json())
+    # The host stores the copy; the sandbox GETs it by the reference.
+    redis_client.set(wire.message_key("p:", "big"), body)
+    assert wire.decode_to_sandbox(redis_client, "p:", payload) == cell
+    redis_client.delete(wire.message_key("p:", "big"))
     with pytest.raises(wire.WireError, match="expired"):
-        wire.decode_to_host(redis_client, "p:", received[0])
-    sub.close()
+        wire.decode_to_sandbox(redis_client, "p:", payload)
+    reply = wire.SubcallReply(
+        seq=3, id="r", reply_to="q", results=[SubcallResult(ok=True, text="t")]
+    )
+    redis_client.set(wire.reply_key("p:", "q"), reply.to_json())
+    assert wire.fetch_reply_to_sandbox(redis_client, "p:", "q") == reply
+    assert wire.fetch_reply_to_sandbox(redis_client, "p:", "unknown") is None

@@ -20,7 +20,8 @@ from rlm_jobs.errors import ProviderError, SandboxError
 from rlm_jobs.journal import MemoryJournals
 from rlm_jobs.loop import run_loop, run_loop_with_trajectory
 from rlm_jobs.models import ContextRef, JobSpec, JobStatus, Limits, UsageMeter
-from rlm_jobs.sandboxes.base import CellOutcome, SubcallHandler
+from rlm_jobs.sandboxes.base import SubcallHandler
+from sandbox.records import CellResult
 
 CONTEXT = ContextRef(sha256="0" * 64, kind="str", length=11, total_chars=11)
 
@@ -67,11 +68,11 @@ class ScriptedCompleter:
 class FakeRepl:
     """Runs each cell through ``cell`` (code -> outcome) and records what it was given."""
 
-    cell: Callable[[str], CellOutcome]
+    cell: Callable[[str], CellResult]
     codes: list[str] = field(default_factory=list)
     closed: bool = False
 
-    def run_cell(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellOutcome:
+    def run_cell(self, code: str, *, timeout_s: float, max_output_chars: int) -> CellResult:
         self.codes.append(code)
         return self.cell(code)
 
@@ -79,8 +80,8 @@ class FakeRepl:
         self.closed = True
 
 
-def printed(text: str) -> CellOutcome:
-    return CellOutcome(stdout=text, stderr="")
+def printed(text: str) -> CellResult:
+    return CellResult(stdout=text, stderr="")
 
 
 def block(code: str) -> str:
@@ -106,7 +107,7 @@ def run(
     engine = Engine(
         router=completer,
         dispatcher=InProcessDispatcher(completer, journals.calls, concurrency=1),
-        repl_factory=lambda context, handler: repl,
+        repl_factory=lambda context, handler, seed=0: repl,
         store_context=lambda value: CONTEXT,
         journals=journals,
     )
@@ -121,7 +122,7 @@ def run(
 
 def test_the_answer_dict_ends_the_job() -> None:
     # Given a model that sets answer["ready"] in its first cell
-    repl = FakeRepl(lambda code: CellOutcome(stdout="", stderr="", final="42", partial="42"))
+    repl = FakeRepl(lambda code: CellResult(stdout="", stderr="", final="42", partial="42"))
     completer = ScriptedCompleter([block('answer["content"] = "42"; answer["ready"] = True')])
     # When the job runs
     result, entries = run(completer, repl, spec())
@@ -142,9 +143,9 @@ def test_final_in_prose_ends_the_job_without_running_code() -> None:
 
 def test_final_var_in_prose_is_resolved_by_the_repl() -> None:
     # Given a model that names a variable in prose after computing it in a cell
-    def cell(code: str) -> CellOutcome:
+    def cell(code: str) -> CellResult:
         if code == "FINAL_VAR('found')":
-            return CellOutcome(stdout="", stderr="", final="blue")
+            return CellResult(stdout="", stderr="", final="blue")
         return printed("computed")
 
     repl = FakeRepl(cell)
@@ -156,7 +157,7 @@ def test_final_var_in_prose_is_resolved_by_the_repl() -> None:
 
 
 def test_running_out_of_iterations_asks_once_more_as_a_user_message() -> None:
-    repl = FakeRepl(lambda code: CellOutcome(stdout="still looking", stderr="", partial="maybe"))
+    repl = FakeRepl(lambda code: CellResult(stdout="still looking", stderr="", partial="maybe"))
     completer = ScriptedCompleter([block("look()"), block("look()"), "FINAL(probably 3)"])
     result, entries = run(completer, repl, spec(max_iterations=2))
     assert result.status is JobStatus.MAX_ITERATIONS
@@ -170,14 +171,14 @@ def test_running_out_of_iterations_asks_once_more_as_a_user_message() -> None:
 
 def test_a_last_reply_without_prose_keeps_the_partial_answer() -> None:
     # Our own prompt text is never an answer: a code-only last reply yields the partial one
-    repl = FakeRepl(lambda code: CellOutcome(stdout="", stderr="", partial="half done"))
+    repl = FakeRepl(lambda code: CellResult(stdout="", stderr="", partial="half done"))
     completer = ScriptedCompleter([block("work()"), "```repl\nmore()\n```"])
     result, _ = run(completer, repl, spec(max_iterations=1))
     assert (result.status, result.answer) == (JobStatus.MAX_ITERATIONS, "half done")
 
 
 def test_consecutive_failing_cells_end_the_job() -> None:
-    repl = FakeRepl(lambda code: CellOutcome(stdout="", stderr="", error="NameError: x"))
+    repl = FakeRepl(lambda code: CellResult(stdout="", stderr="", error="NameError: x"))
     completer = ScriptedCompleter([block("x")] * 3)
     result, _ = run(completer, repl, spec(max_consecutive_errors=3))
     assert result.status is JobStatus.ERROR_LIMIT
@@ -188,10 +189,10 @@ def test_consecutive_failing_cells_end_the_job() -> None:
 def test_a_good_cell_resets_the_error_count() -> None:
     outcomes = iter(
         [
-            CellOutcome(stdout="", stderr="", error="boom"),
+            CellResult(stdout="", stderr="", error="boom"),
             printed("ok"),
-            CellOutcome(stdout="", stderr="", error="boom"),
-            CellOutcome(stdout="", stderr="", final="done"),
+            CellResult(stdout="", stderr="", error="boom"),
+            CellResult(stdout="", stderr="", final="done"),
         ]
     )
     repl = FakeRepl(lambda code: next(outcomes))
@@ -201,14 +202,14 @@ def test_a_good_cell_resets_the_error_count() -> None:
 
 
 def test_a_timed_out_cell_counts_as_an_error() -> None:
-    repl = FakeRepl(lambda code: CellOutcome(stdout="", stderr="", timed_out=True))
+    repl = FakeRepl(lambda code: CellResult(stdout="", stderr="", timed_out=True))
     completer = ScriptedCompleter([block("while True: pass")])
     result, _ = run(completer, repl, spec(max_consecutive_errors=1))
     assert result.status is JobStatus.ERROR_LIMIT
 
 
 def test_the_token_cap_stops_the_job_with_its_partial_answer() -> None:
-    repl = FakeRepl(lambda code: CellOutcome(stdout="", stderr="", partial="draft"))
+    repl = FakeRepl(lambda code: CellResult(stdout="", stderr="", partial="draft"))
     completer = ScriptedCompleter([block("a()")] * 5, usage=(600, 100, 0.0))
     result, _ = run(completer, repl, spec(max_tokens=1000))
     # 700 tokens after the first call, 1,400 after the second: the check before the third stops
@@ -253,7 +254,7 @@ def test_a_provider_failure_fails_the_job_with_its_message() -> None:
 
 
 def test_a_sandbox_failure_fails_the_job() -> None:
-    def broken(code: str) -> CellOutcome:
+    def broken(code: str) -> CellResult:
         raise SandboxError("runtime died")
 
     result, _ = run(ScriptedCompleter([block("a()")]), FakeRepl(broken), spec())
@@ -263,7 +264,7 @@ def test_a_sandbox_failure_fails_the_job() -> None:
 def test_a_sandbox_closed_by_a_cancel_reads_as_cancelled() -> None:
     state = {"cancelled": None}
 
-    def closed(code: str) -> CellOutcome:
+    def closed(code: str) -> CellResult:
         state["cancelled"] = "cancelled by user"
         raise SandboxError("the sandbox session was closed while a cell was running")
 
@@ -317,11 +318,11 @@ def test_sub_calls_reach_the_dispatcher_through_the_handler() -> None:
 
     repl = SubRepl(lambda code: printed(""))
 
-    def cell(code: str) -> CellOutcome:
+    def cell(code: str) -> CellResult:
         assert repl.handler is not None
         request = SubcallRequest(seq=0, id="r1", kind="llm", prompts=["a", "b"], model=None)
         outcomes = repl.handler(request)
-        return CellOutcome(stdout="", stderr="", final="|".join(o.text for o in outcomes))
+        return CellResult(stdout="", stderr="", final="|".join(o.text for o in outcomes))
 
     repl.cell = cell
     completer = ScriptedCompleter([block("llm_query_batched(['a', 'b'])"), "sub a", "sub b"])
@@ -329,7 +330,7 @@ def test_sub_calls_reach_the_dispatcher_through_the_handler() -> None:
     engine = Engine(
         router=completer,
         dispatcher=InProcessDispatcher(completer, journals.calls, concurrency=1),
-        repl_factory=lambda context, handler: (setattr(repl, "handler", handler), repl)[1],
+        repl_factory=lambda context, handler, seed=0: (setattr(repl, "handler", handler), repl)[1],
         store_context=lambda value: CONTEXT,
         journals=journals,
     )
@@ -356,7 +357,7 @@ def asking_engine(
 ) -> Engine:
     from sandbox.wire import SubcallRequest
 
-    def cell(code: str) -> CellOutcome:
+    def cell(code: str) -> CellResult:
         if code != "ask()":
             return printed(f"ran {code}")
         assert repl.handler is not None
@@ -365,7 +366,7 @@ def asking_engine(
 
     repl.cell = cell
 
-    def open_repl(context: ContextRef, handler: SubcallHandler) -> AskingRepl:
+    def open_repl(context: ContextRef, handler: SubcallHandler, seed: int = 0) -> AskingRepl:
         repl.handler = handler
         return repl
 

@@ -29,6 +29,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox import determinism
+
 INSIDE_PYTHON = "/opt/python"
 INSIDE_SITE = "/opt/site-packages"
 INSIDE_APP = "/opt/rlm"
@@ -195,6 +197,7 @@ def command(
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONNOUSERSITE": "1",
         "LD_LIBRARY_PATH": f"{INSIDE_PYTHON}/lib",
+        **determinism.ENVIRONMENT,
     }
     for key, value in env.items():
         args += ["--setenv", key, value]

@@ -90,19 +90,6 @@ class SandboxCgroups:
             pass
         return 0
 
-    def pids_refused(self) -> int:
-        """How many forks the pids limit refused (pids.events ``max``)."""
-        path = self.dirs.get("pids")
-        try:
-            text = (path / "pids.events").read_text() if path else ""
-        except OSError:
-            return 0
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "max":
-                return int(value)
-        return 0
-
     def destroy(self) -> None:
         """Kill every process still inside, then remove the directories."""
         deadline = time.monotonic() + DESTROY_TIMEOUT_S

@@ -12,6 +12,7 @@ Only x86-64 is described; elsewhere ``build`` returns None and the sandbox runs 
 from __future__ import annotations
 
 import errno
+import os
 import platform
 import struct
 
@@ -67,3 +68,14 @@ def build() -> bytes | None:
             ("enosys", (RET_K, 0, 0, RET_ERRNO | errno.ENOSYS)),
         ]
     )
+
+
+def filter_fd() -> int | None:
+    """A fresh descriptor holding the filter; bwrap reads it to the end, so one per use."""
+    program = build()
+    if program is None:
+        return None
+    fd = os.memfd_create("rlm-seccomp", os.MFD_CLOEXEC)
+    os.write(fd, program)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd

@@ -1,0 +1,97 @@
+"""One started runtime process: liveness, kill (which releases everything), how it ended."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from rlm_jobs.sandboxes.backends.process import cgroups
+from rlm_jobs.sandboxes.backends.process.output import OutputTail
+
+log = logging.getLogger(__name__)
+
+WAIT_AFTER_KILL_S = 10.0
+
+
+class ProcessSandbox:
+    """A started runtime process; ``kill`` reaps it and releases everything it held."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        output: OutputTail,
+        workdir: Path | None,
+        *,
+        isolated: bool,
+        groups: cgroups.SandboxCgroups | None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
+        self._popen = popen
+        self._output = output
+        self._workdir = workdir
+        self._isolated = isolated
+        self._groups = groups
+        self._release = release
+        self._lock = threading.Lock()
+        self._killed_by_us = False
+        self._oom_kills = 0
+        self._log_tail = ""
+        self._released = False
+
+    def alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def kill(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            if self._popen.poll() is None:
+                self._killed_by_us = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._popen.pid, signal.SIGKILL)
+            try:
+                self._popen.wait(timeout=WAIT_AFTER_KILL_S)
+            except subprocess.TimeoutExpired:
+                log.error("sandbox process %d did not die after SIGKILL", self._popen.pid)
+            if self._groups is not None:
+                # Catches anything that left the process group (setsid) before it could run on.
+                self._oom_kills = self._groups.oom_kills()
+                self._groups.destroy()
+            self._log_tail = self._output.text(wait_s=1.0)
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+            if self._release is not None:
+                self._release()
+            self._released = True
+
+    def describe_exit(self) -> str:
+        code = self._popen.poll()
+        if code is None:
+            return f"process {self._popen.pid} is still running"
+        # bwrap reports a child killed by signal N as exit status 128 + N.
+        signum = -code if code < 0 else code - 128 if self._isolated and code > 128 else 0
+        oom = self._oom_kills if self._released else self._current_oom_kills()
+        if signum and signum in signal.valid_signals():
+            how = f"killed by {signal.Signals(signum).name}"
+            if oom:
+                how += " (the sandbox ran out of memory: its cgroup memory limit was hit)"
+            elif self._killed_by_us:
+                how += " (sent by the orchestrator)"
+            elif signum == signal.SIGKILL:
+                how += " (out of memory, or killed from outside)"
+            elif signum == signal.SIGXCPU:
+                how += " (its CPU-time limit ran out)"
+        else:
+            how = f"exited with code {code}"
+        tail = (self._log_tail if self._released else self._output.text(wait_s=0.5)).strip()
+        return f"{how}; runtime log: {tail!r}" if tail else how
+
+    def _current_oom_kills(self) -> int:
+        return self._groups.oom_kills() if self._groups is not None else 0
