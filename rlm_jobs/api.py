@@ -210,7 +210,6 @@ class RLM:
         engine = Engine.build(
             self.settings,
             client,
-            router=self._router,
             dispatcher=self._dispatcher,
             repl_factory=open_repl_factory(self._sandbox_services, pool=self._sandbox_pool),
             journals=self._journals,

@@ -23,6 +23,7 @@ import redis
 from pydantic import ValidationError
 
 from rlm_jobs import keys
+from rlm_jobs.clients.base import ChatMessage
 from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.errors import StorageError
 from rlm_jobs.models import Usage
@@ -61,17 +62,12 @@ class StoredCall:
 
 @dataclass(frozen=True)
 class Taken:
-    """A call an llm worker has claimed: what to ask, and for which batch."""
+    """A call an llm worker has claimed: what to ask, and for whom."""
 
     job_id: str
     model: str
-    prompt: str
-    batch_id: str | None = None
-    # The job's cache choice; None follows the deployment's (RLM_JOBS_CACHE).
-    cache: bool | None = None
-
-    def context(self) -> CallContext:
-        return CallContext(job_id=self.job_id, batch_id=self.batch_id, kind="sub", cache=self.cache)
+    messages: list[ChatMessage]
+    context: CallContext
 
 
 # What ``check`` says of a call still awaited.
@@ -129,14 +125,13 @@ class CallStore:
         model: str,
         waiter_id: str,
         call_ids: Sequence[str],
-        prompts: Sequence[str],
-        context: CallContext | None = None,
+        requests: Sequence[Sequence[ChatMessage]],
+        context: CallContext,
     ) -> dict[str, StoredCall]:
         """Record the calls to send; returns those answered already (a resumed job's)."""
         if not call_ids:
             return {}
-        cache = "" if context is None or context.cache is None else str(int(context.cache))
-        batch = "" if context is None or context.batch_id is None else context.batch_id
+        cache = "" if context.cache is None else str(int(context.cache))
         raw = self._prepare(
             keys=[keys.job_calls(job_id), *(keys.subcall(c) for c in call_ids)],
             args=[
@@ -144,10 +139,11 @@ class CallStore:
                 model,
                 waiter_id,
                 keys.SANDBOX_KEY_TTL_S,
-                batch,
+                context.batch_id or "",
                 cache,
+                context.kind,
                 *call_ids,
-                *prompts,
+                *(json.dumps(list(r), ensure_ascii=False) for r in requests),
             ],
         )
         return {c: StoredCall.from_json(v) for c, v in zip(call_ids, raw, strict=True) if v}
@@ -198,13 +194,7 @@ class CallStore:
         taken: dict[str, Taken | Literal["gone", "busy", "malformed"]] = {}
         for call_id, value in zip(call_ids, raw[1:], strict=True):
             if isinstance(value, list):
-                job, model, prompt, batch, cache = (None if v is None else _text(v) for v in value)
-                if job is None or model is None or prompt is None:
-                    taken[call_id] = "malformed"
-                else:
-                    taken[call_id] = Taken(
-                        job, model, prompt, batch or None, None if not cache else cache == "1"
-                    )
+                taken[call_id] = _taken(*(None if v is None else _text(v) for v in value))
             else:
                 taken[call_id] = "gone" if _text(value) == "gone" else "busy"
         return cancelled, taken
@@ -229,6 +219,41 @@ class CallStore:
             ],
         )
         return bool(done)
+
+
+def _taken(
+    job: str | None,
+    model: str | None,
+    messages: str | None,
+    batch: str | None,
+    cache: str | None,
+    kind: str | None,
+) -> Taken | Literal["malformed"]:
+    """A claimed record as a call to make; "malformed" if it cannot be one."""
+    if job is None or model is None or messages is None or kind not in ("root", "sub"):
+        return "malformed"
+    try:
+        parsed = json.loads(messages)
+    except ValueError:
+        return "malformed"
+    if not isinstance(parsed, list) or not all(_is_message(m) for m in parsed) or not parsed:
+        return "malformed"
+    context = CallContext(
+        job_id=job,
+        batch_id=batch or None,
+        kind="root" if kind == "root" else "sub",
+        cache=None if not cache else cache == "1",
+    )
+    return Taken(job, model, parsed, context)
+
+
+def _is_message(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and set(value) == {"role", "content"}
+        and value["role"] in ("system", "user", "assistant")
+        and isinstance(value["content"], str)
+    )
 
 
 def renew_keys(script: Any, holders: Mapping[str, str], ttl_s: float) -> list[str]:

@@ -1,11 +1,12 @@
-"""Sub-call dispatchers: how a batch of llm_query prompts reaches a model.
+"""Dispatchers: how a job's model calls reach a model, root calls and sub-calls alike.
 
-The handler gives a dispatcher one ``SubcallBatch`` (the prompts of one sandbox request,
-each named by the job's journal) and gets one result per prompt, in order, each also
-streamed to ``on_result`` as it arrives. A prompt answered before (a resumed job's) is
-answered from the job's stored results and never reaches a model again.
-``InProcessDispatcher`` runs the rest on a bounded thread pool (library mode); the Celery
-dispatcher in ``workers/`` sends them to the ``rlm.llm`` queue in chunks.
+The handler gives a dispatcher one ``CallBatch`` (the root model's request, or the
+prompts of one sandbox request, each named by the job's journal) and gets one result per
+call, in order, each also streamed to ``on_result`` as it arrives. A call answered before
+(a resumed job's) is answered from the job's stored results and never reaches a model
+again. ``InProcessDispatcher`` runs the rest on a bounded thread pool (library mode); the
+Celery dispatcher in ``workers/`` sends them to the ``rlm.llm`` queue in chunks, so a
+call in flight outlives the orchestrator that asked it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from rlm_jobs.calls import ResultStore, StoredCall
@@ -26,15 +27,32 @@ from sandbox.records import SubcallResult, not_run
 
 
 @dataclass(frozen=True)
-class SubcallBatch:
-    """One request's prompts for one model, with the call id the journal gave each."""
+class CallBatch:
+    """Calls to one model (each a list of messages), with the call id the journal gave each."""
 
     job_id: str
     model: str
-    prompts: Sequence[str]
+    requests: Sequence[Sequence[ChatMessage]]
     call_ids: Sequence[str]
-    # The job's batch and cache choice, for the router (budgets, the response cache).
-    context: CallContext | None = None
+    # Root call or sub-calls, and the job's batch and cache choice, for the router.
+    context: CallContext
+
+    @classmethod
+    def of_prompts(
+        cls,
+        job_id: str,
+        model: str,
+        prompts: Sequence[str],
+        call_ids: Sequence[str],
+        context: CallContext,
+    ) -> CallBatch:
+        """Sub-calls: each prompt is one user message."""
+        requests = [[user_message(p)] for p in prompts]
+        return cls(job_id, model, requests, call_ids, context)
+
+
+def user_message(prompt: str) -> ChatMessage:
+    return {"role": "user", "content": prompt}
 
 
 @dataclass(frozen=True)
@@ -47,16 +65,16 @@ class Stop:
     keep_calls: bool = False
 
 
-# Called once per prompt as its result arrives (index into the batch, result), so usage is
+# Called once per call as its result arrives (index into the batch, result), so usage is
 # accounted and caps are checked while the rest of the batch is still running.
 ResultCallback = Callable[[int, SubcallResult], None]
-# Says when the job must stop; prompts not yet answered then fail with its reason.
+# Says when the job must stop; calls not yet answered then fail with its reason.
 StopCheck = Callable[[], Stop | None]
 
 
 class Dispatcher(Protocol):
     def run_batch(
-        self, batch: SubcallBatch, *, on_result: ResultCallback, stop: StopCheck
+        self, batch: CallBatch, *, on_result: ResultCallback, stop: StopCheck
     ) -> list[SubcallResult]: ...
 
     def close(self) -> None: ...
@@ -96,17 +114,18 @@ class _Priced(Protocol):
 def complete_one(
     router: Completer,
     model: str,
-    prompt: str,
+    messages: Sequence[ChatMessage],
     *,
     context: CallContext | None = None,
     worker: str = "",
 ) -> SubcallResult:
-    """One sub-call, with every failure turned into an error slot the model can read."""
+    """One call, with every failure turned into a result saying so (for a sub-call, the
+    error slot the model reads; for a root call, what the loop raises)."""
     started = time.monotonic()
     try:
-        done = router.complete(model, [{"role": "user", "content": prompt}], context=context)
+        done = router.complete(model, messages, context=context)
     except JobStopped as exc:  # refused before it started (the batch's budget is spent)
-        return not_run(exc.reason)
+        return replace(not_run(exc.reason), refusal=exc.status.value, worker=worker)
     except RLMJobsError as exc:
         return SubcallResult(
             ok=False, text=f"Error: {exc}", latency_s=time.monotonic() - started, worker=worker
@@ -126,7 +145,7 @@ def complete_one(
 
 
 class InProcessDispatcher:
-    """Runs sub-calls on a bounded thread pool shared by every job of the process, and keeps
+    """Runs calls on a bounded thread pool shared by every job of the process, and keeps
     each answer in its job's stored results."""
 
     def __init__(self, router: Completer, calls: ResultStore, *, concurrency: int) -> None:
@@ -135,7 +154,7 @@ class InProcessDispatcher:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rlm-subcall")
 
     def run_batch(
-        self, batch: SubcallBatch, *, on_result: ResultCallback, stop: StopCheck
+        self, batch: CallBatch, *, on_result: ResultCallback, stop: StopCheck
     ) -> list[SubcallResult]:
         answered = self._calls.lookup(batch.job_id, batch.call_ids)
 
@@ -150,7 +169,7 @@ class InProcessDispatcher:
                     result = not_run(halt.reason)
                 else:
                     result = complete_one(
-                        self._router, batch.model, batch.prompts[index], context=batch.context
+                        self._router, batch.model, batch.requests[index], context=batch.context
                     )
                     self._calls.store(batch.job_id, call_id, StoredCall(result))
             on_result(index, result)

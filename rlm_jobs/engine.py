@@ -1,8 +1,9 @@
 """What a running job tree needs, passed in rather than looked up.
 
-``Engine`` holds the process-wide parts (model router, sub-call dispatcher, sandbox
-factory, context store); ``JobControl`` the per-tree state (usage meter, deadline,
-cancellation, observer). The loop receives both; nothing here imports Celery.
+``Engine`` holds the process-wide parts (the dispatcher every model call goes through,
+the sandbox factory, the context store, the journals); ``JobControl`` the per-tree state
+(usage meter, deadline, cancellation, hand-over, observer). The loop receives both;
+nothing here imports Celery.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import redis
 
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
-from rlm_jobs.dispatch import Completer, Dispatcher
+from rlm_jobs.dispatch import Dispatcher
 from rlm_jobs.journal import Journals, JournalStore
 from rlm_jobs.models import ContextRef, JobResult, JobSpec, UsageMeter
 from rlm_jobs.sandboxes.base import Repl, ReplFactory
@@ -42,12 +43,11 @@ class LoopObserver:
 
 @dataclass
 class Engine:
-    router: Completer
+    # Every model call of a job, root and sub-calls alike, goes through the dispatcher.
     dispatcher: Dispatcher
     repl_factory: ReplFactory
     store_context: Callable[[str], ContextRef]
     journals: Journals
-    max_output_tokens: int = 4096
     child_concurrency: int = 4
     default_sub_model: str | None = None
 
@@ -57,19 +57,16 @@ class Engine:
         settings: Settings,
         client: redis.Redis,
         *,
-        router: Completer,
         dispatcher: Dispatcher,
         repl_factory: ReplFactory,
         journals: Journals | None = None,
     ) -> Engine:
         """The one way an engine is assembled (library mode and orchestrator workers)."""
         return cls(
-            router=router,
             dispatcher=dispatcher,
             repl_factory=repl_factory,
             store_context=lambda value: put_context(client, value),
             journals=journals or JournalStore(client),
-            max_output_tokens=settings.max_output_tokens,
             child_concurrency=settings.child_concurrency,
             default_sub_model=settings.sub_model,
         )

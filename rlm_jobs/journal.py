@@ -1,22 +1,19 @@
 """A job's journal: what its progress depends on, recorded as it happens, so a job taken over
 after its worker died resumes by replay instead of starting again.
 
-What is recorded (``keys.job_journal``, one JSON entry per step, in order):
+What is recorded (``keys.job_journal``, one JSON entry per step, in order): every root
+model call, with the hash of its request (model and messages), and every sub-call request
+a cell made (``llm_query``, a batch, ``rlm_query``), with the hash of its prompts. Their
+answers are stored apart, by call id, in ``keys.job_calls``: the llm worker that answers a
+call writes it there itself, so an answer that arrives after the orchestrator died is
+still kept (``rlm_jobs.calls``), and a call in flight when it died is not paid again.
 
-- every root model reply, with the hash of its request (model and messages) and its usage;
-- every sub-call request a cell made (``llm_query``, a batch, ``rlm_query``), with the hash
-  of its prompts. Its answers are stored apart, by call id, in ``keys.job_calls``: the llm
-  worker that answers a prompt writes it there itself, so an answer that arrives after the
-  orchestrator died is still kept (``rlm_jobs.calls``).
-
-A resumed job opens its journal and replays it: the loop asks ``root()`` before calling
-the model and gets the journaled reply while the request is the same; cells run again in
-a fresh sandbox, and ``request()`` gives each sub-call request the same call ids as before
-when it asks the same thing at the same position, so its answers come from the stored
-results. The first request that differs (the code is not deterministic: it depends on time,
-say) ends the replay: the entries after it are dropped and the job goes on live from
-there. Usage is counted once: a replayed step adds its journaled usage to the meter, a
-live one adds what it spent.
+A resumed job opens its journal and replays it: ``root()`` and ``request()`` give each step
+the same call ids as before when it asks the same thing at the same position, so its
+answers come from the stored results (cells run again in a fresh sandbox). The first step
+that differs (the code is not deterministic: it depends on time, say) ends the replay: the
+entries after it are dropped and the job goes on live from there. Usage is counted once:
+a replayed answer adds its stored usage to the meter, a live one what it spent.
 
 Entries carry their position (``seq``): a write repeated by a client retry is dropped on
 load, and a lost one ends the replay there.
@@ -46,20 +43,6 @@ RequestKind = Literal["llm", "rlm"]
 def _digest(*parts: Any) -> str:
     data = json.dumps(parts, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-@dataclass(frozen=True)
-class RootReply:
-    """A root model reply as journaled: what it said and what it cost."""
-
-    text: str
-    model: str
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float
-    # Answered from the response cache: it cost nothing, ``cached_cost_usd`` is what it saved.
-    cached: bool = False
-    cached_cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +81,6 @@ class Journal:
         self._divergence: str | None = None
         self._note: str | None = None
         self._live = False
-        self._pending_root = ""
 
     @property
     def seed(self) -> int:
@@ -110,50 +92,43 @@ class Journal:
         with self._lock:
             return self._cursor < len(self._entries)
 
-    def root(self, model: str, messages: Sequence[ChatMessage]) -> RootReply | None:
-        """The journaled reply to this request, while replaying and the request matches."""
-        digest = _digest(model, [(m["role"], m["content"]) for m in messages])
-        with self._lock:
-            entry = self._next()
-            if entry is not None and entry.get("kind") == "root" and entry.get("hash") == digest:
-                self._cursor += 1
-                self.replayed_steps += 1
-                return RootReply(
-                    text=entry["text"],
-                    model=entry["model"],
-                    input_tokens=int(entry["input_tokens"]),
-                    output_tokens=int(entry["output_tokens"]),
-                    cost_usd=float(entry["cost_usd"]),
-                    cached=bool(entry.get("cached", False)),
-                    cached_cost_usd=float(entry.get("cached_cost_usd", 0.0)),
-                )
-            if entry is not None:
-                self._diverge("the root model's request differs from the journaled one")
-            self._pending_root = digest
-            self._going_live()
-            return None
-
-    def record_root(self, reply: RootReply) -> None:
-        """Journal the live reply to the request ``root()`` just declined."""
-        with self._lock:
-            digest = self._pending_root
-            self._append(
-                {
-                    "kind": "root",
-                    "hash": digest,
-                    "text": reply.text,
-                    "model": reply.model,
-                    "input_tokens": reply.input_tokens,
-                    "output_tokens": reply.output_tokens,
-                    "cost_usd": reply.cost_usd,
-                    "cached": reply.cached,
-                    "cached_cost_usd": reply.cached_cost_usd,
-                }
-            )
+    def root(self, model: str, messages: Sequence[ChatMessage]) -> Request:
+        """Place a root model call: the same id as last time if its request is the same."""
+        pairs = [(m["role"], m["content"]) for m in messages]
+        digest = _digest("root", model, pairs)
+        index, replayed = self._place("root", digest, 1, "the root model's request")
+        return Request(
+            index=index, call_ids=[f"{self.job_id}:{index}.r.{digest[:10]}"], replayed=replayed
+        )
 
     def request(self, kind: RequestKind, model: str, prompts: Sequence[str]) -> Request:
         """Place a sub-call request: the same ids as last time if it asks the same thing."""
         digest = _digest(kind, model, list(prompts))
+        what = f"a sub-call request ({kind}_query, {len(prompts)} prompts)"
+        index, replayed = self._place(kind, digest, len(prompts), what)
+        return Request(
+            index=index,
+            call_ids=[self._call_id(kind, index, i, model, p) for i, p in enumerate(prompts)],
+            replayed=replayed,
+        )
+
+    def unanswered(self) -> None:
+        """A step the journal held has no stored answer (its worker died with it): it is
+        made live after all, not replayed."""
+        with self._lock:
+            self.replayed_steps -= 1
+            self._going_live()
+
+    def take_note(self) -> str | None:
+        """What the trajectory should say at the turn where live execution resumed, once."""
+        with self._lock:
+            note, self._note = self._note, None
+            return note
+
+    # ---- internals (called with the lock held) ------------------------------------------
+
+    def _place(self, kind: str, digest: str, count: int, what: str) -> tuple[int, bool]:
+        """The step's position, and whether the journal held this very step there."""
         with self._lock:
             index = self._requests
             self._requests += 1
@@ -166,25 +141,10 @@ class Journal:
                 self.replayed_steps += 1
             else:
                 if entry is not None:
-                    self._diverge(
-                        f"sub-call request {index + 1} ({kind}_query, {len(prompts)} prompts) "
-                        "differs from the journaled one"
-                    )
+                    self._diverge(f"{what} differs from the journaled one")
                 self._going_live()
-                self._append({"kind": kind, "hash": digest, "count": len(prompts)})
-        return Request(
-            index=index,
-            call_ids=[self._call_id(kind, index, i, model, p) for i, p in enumerate(prompts)],
-            replayed=replayed,
-        )
-
-    def take_note(self) -> str | None:
-        """What the trajectory should say at the turn where live execution resumed, once."""
-        with self._lock:
-            note, self._note = self._note, None
-            return note
-
-    # ---- internals (called with the lock held) ------------------------------------------
+                self._append({"kind": kind, "hash": digest, "count": count})
+            return index, replayed
 
     def _call_id(self, kind: RequestKind, index: int, i: int, model: str, prompt: str) -> str:
         # Position and content: the same question at the same place gets the same id (and

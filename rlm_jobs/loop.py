@@ -16,15 +16,13 @@ from typing import Any
 from rlm_jobs import parsing, prompts
 from rlm_jobs.answers import AnswerGate
 from rlm_jobs.clients.base import ChatMessage
-from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.errors import JobHandedOver, JobStopped, ProviderError, RLMJobsError, SandboxError
-from rlm_jobs.journal import RootReply
 from rlm_jobs.models import JobResult, JobSpec, JobStatus, split_model_name
 from rlm_jobs.sandboxes.base import Repl
 from rlm_jobs.subcalls import SubcallHandlerForJob
 from rlm_jobs.trajectory import Trajectory, code_block_entry
-from sandbox.records import CellResult
+from sandbox.records import NOT_RUN_PREFIX, CellResult
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +54,6 @@ class _State:
     messages: list[ChatMessage] = field(default_factory=list)
     # The last root reply came from the response cache.
     cached: bool = False
-    # A root call is waiting for its rate-limit slot (shown in progress as waiting_for).
-    waiting: bool = False
 
 
 class _Loop:
@@ -121,52 +117,24 @@ class _Loop:
                 "cached_calls": usage.cached_calls,
                 "subcalls_refused": self.handler.counters.refused,
                 "rate_limited_s": round(self.handler.counters.rate_limited_s, 3),
-                "waiting_for": "rate limit" if self.state.waiting else "",
             },
         )
-
-    def rate_limit_wait(self, seconds: float) -> None:
-        """The root call waits ``seconds`` more for its slot: not a failure, but shown."""
-        self.check()  # a cancel or the deadline gives the wait up
-        self.state.waiting = True
-        self.handler.counters.waited(seconds)
-        self.report()
 
     # ---- model and cells ------------------------------------------------------------
 
     def ask_model(self) -> str:
         """The root model's reply: from the journal while replaying the same requests."""
         self.check()
-        model = self.spec.model
-        reply = self.journal.root(model, self.state.messages)
-        self.replayed_turn = reply is not None
-        if reply is None:
-            try:
-                done = self.engine.router.complete(
-                    model,
-                    self.state.messages,
-                    max_output_tokens=self.engine.max_output_tokens,
-                    context=CallContext.of_job(self.job_id, self.spec, "root"),
-                    on_wait=self.rate_limit_wait,
+        result, self.replayed_turn = self.handler.ask_root(self.state.messages)
+        self.state.cached = result.cached
+        if not result.ok:
+            if result.refusal:  # refused before it started: the job must stop
+                raise JobStopped(
+                    JobStatus(result.refusal), result.text.removeprefix(NOT_RUN_PREFIX)
                 )
-            finally:
-                self.state.waiting = False
-            reply = RootReply(
-                done.text,
-                model,
-                done.input_tokens,
-                done.output_tokens,
-                done.cost_usd,
-                cached=done.cached,
-                cached_cost_usd=done.cached_cost_usd,
-            )
-            self.journal.record_root(reply)
-        if reply.cached:
-            self.control.meter.add_cached(model, reply.cached_cost_usd)
-        else:
-            self.control.meter.add(model, reply.input_tokens, reply.output_tokens, reply.cost_usd)
-        self.state.cached = reply.cached
-        return reply.text
+            self.check()  # stopped while it waited (a cancel, a limit, a hand-over)
+            raise ProviderError(result.text.removeprefix("Error: "))
+        return result.text
 
     def run_cell(self, repl: Repl, code: str) -> CellResult:
         self.check()

@@ -1,9 +1,10 @@
-"""Answering a sandbox's llm_query / rlm_query requests for one job.
+"""A job's model calls: the root model's, and its sandbox's llm_query / rlm_query requests.
 
-Every request is first placed in the job's journal, which names its prompts: a resumed job
-asking what it asked before gets the same call ids, and with them the answers already paid
-for. ``llm`` prompts go to the dispatcher; ``rlm`` prompts start child loops in this
-process (each with its own sandbox and journal, its sub-calls on the shared dispatcher),
+Every call is first placed in the job's journal, which names it: a resumed job asking what
+it asked before gets the same call ids, and with them the answers already paid for. Root
+calls and ``llm`` prompts go to the dispatcher (in the service, the llm worker pool, so a
+call in flight outlives its orchestrator); ``rlm`` prompts start child loops in this
+process (each with its own sandbox and journal, its calls on the shared dispatcher),
 which cannot deadlock a worker pool: the parent's slot is never needed by its children.
 Past ``max_depth``, ``rlm_query`` degrades to ``llm_query`` as in the reference.
 
@@ -19,8 +20,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from rlm_jobs.calls import StoredCall
+from rlm_jobs.clients.base import ChatMessage
 from rlm_jobs.clients.calls import CallContext
-from rlm_jobs.dispatch import Stop, SubcallBatch
+from rlm_jobs.dispatch import CallBatch, Stop
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.journal import Journal
 from rlm_jobs.models import JobResult, JobSpec, JobStatus
@@ -99,6 +101,36 @@ class SubcallHandlerForJob:
         over = self._control.meter.exceeded()
         return Stop(over[1]) if over else None
 
+    def ask_root(self, messages: Sequence[ChatMessage]) -> tuple[SubcallResult, bool]:
+        """The root model's reply to ``messages``, and whether it came from the journal."""
+        model = self._spec.model
+        placed = self._journal.root(model, messages)
+        if placed.replayed:
+            stored = self._engine.journals.calls.lookup(self._job_id, placed.call_ids)
+            if stored:
+                (answer,) = stored.values()
+                self._meter(model, answer.result)
+                return answer.result, True
+            self._journal.unanswered()  # asked before, never answered: its worker died
+        context = CallContext.of_job(self._job_id, self._spec, "root")
+        batch = CallBatch(self._job_id, model, [list(messages)], placed.call_ids, context)
+
+        def on_result(index: int, result: SubcallResult) -> None:
+            self._meter(model, result)
+
+        (result,) = self._engine.dispatcher.run_batch(batch, on_result=on_result, stop=self.stop)
+        return result, False
+
+    def _meter(self, model: str, result: SubcallResult) -> None:
+        if result.cached:
+            self._control.meter.add_cached(model, result.cached_cost_usd)
+        elif result.input_tokens or result.output_tokens or result.cost_usd:
+            self._control.meter.add(
+                model, result.input_tokens, result.output_tokens, result.cost_usd
+            )
+        if result.rate_limited_s:
+            self.counters.waited(result.rate_limited_s)
+
     def __call__(self, request: SubcallRequest) -> list[SubcallResult]:
         cap = self._spec.limits.max_subcalls
         granted = self.counters.grant(len(request.prompts), cap)
@@ -143,19 +175,12 @@ class SubcallHandlerForJob:
         model = self._sub_model(requested)
         placed = self._journal.request("llm", model, prompts)
         context = CallContext.of_job(self._job_id, self._spec, "sub")
-        batch = SubcallBatch(self._job_id, model, prompts, placed.call_ids, context)
+        batch = CallBatch.of_prompts(self._job_id, model, prompts, placed.call_ids, context)
         self.counters.started(len(prompts))
         self._report()
 
         def on_result(index: int, result: SubcallResult) -> None:
-            if result.cached:
-                self._control.meter.add_cached(model, result.cached_cost_usd)
-            elif result.input_tokens or result.output_tokens or result.cost_usd:
-                self._control.meter.add(
-                    model, result.input_tokens, result.output_tokens, result.cost_usd
-                )
-            if result.rate_limited_s:
-                self.counters.waited(result.rate_limited_s)
+            self._meter(model, result)
             self._trajectory.add_subcall(
                 subcall_entry(
                     model=model,

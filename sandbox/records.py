@@ -109,11 +109,18 @@ class SubcallResult(Record):
     cached_cost_usd: float = 0.0
     # Seconds it waited for rate-limit slots.
     rate_limited_s: float = 0.0
+    # Set when the call was refused because its job must stop: the status it ends with
+    # (a spent batch budget: "BUDGET_EXCEEDED"). Host side only.
+    refusal: str = ""
+
+
+# How the text of a call that was never made begins.
+NOT_RUN_PREFIX = "Error: not run: "
 
 
 def not_run(reason: str) -> SubcallResult:
     """The result of a prompt that was never sent to a model (the job stopped first)."""
-    return SubcallResult(ok=False, text=f"Error: not run: {reason}")
+    return SubcallResult(ok=False, text=f"{NOT_RUN_PREFIX}{reason}")
 
 
 # ---- checking ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from celery import Celery
 from kombu.messaging import Producer
 
 from rlm_jobs.calls import CallStore, StoredCall
-from rlm_jobs.dispatch import ResultCallback, StopCheck, SubcallBatch
+from rlm_jobs.dispatch import CallBatch, ResultCallback, StopCheck
 from sandbox.records import SubcallResult, not_run
 from workers.names import LLM_QUEUE, LLM_TASK
 from workers.replies import ReplyCollector
@@ -78,7 +78,7 @@ class CeleryDispatcher:
         self._spread_tasks = spread_tasks
 
     def run_batch(
-        self, batch: SubcallBatch, *, on_result: ResultCallback, stop: StopCheck
+        self, batch: CallBatch, *, on_result: ResultCallback, stop: StopCheck
     ) -> list[SubcallResult]:
         halt = stop()
         if halt:
@@ -94,7 +94,7 @@ class CeleryDispatcher:
             batch.model,
             self._collector.waiter_id,
             batch.call_ids,
-            batch.prompts,
+            batch.requests,
             batch.context,
         )
         results: list[SubcallResult | None] = [None] * len(batch.call_ids)
@@ -166,7 +166,7 @@ class CeleryDispatcher:
 class _Waiting:
     """The calls of one batch still awaited, looked at every ``_CALL_CHECK_S``."""
 
-    def __init__(self, dispatcher: CeleryDispatcher, batch: SubcallBatch, call_ids: list[str]):
+    def __init__(self, dispatcher: CeleryDispatcher, batch: CallBatch, call_ids: list[str]):
         self._dispatcher = dispatcher
         self._batch = batch
         self.call_ids = call_ids
@@ -201,14 +201,14 @@ class _Waiting:
                 self._unclaimed_since.pop(call_id, None)
         if lost:  # its record is gone (Redis lost it): record it again
             position = {c: i for i, c in enumerate(self._batch.call_ids)}
-            prompts = [self._batch.prompts[position[c]] for c in lost]
+            requests = [self._batch.requests[position[c]] for c in lost]
             found.update(
                 calls.prepare(
                     self._batch.job_id,
                     self._batch.model,
                     self._dispatcher._collector.waiter_id,
                     lost,
-                    prompts,
+                    requests,
                     self._batch.context,
                 )
             )

@@ -124,8 +124,8 @@ class LlmChunk:
             result = complete_one(
                 self._runtime.router,
                 call.model,
-                call.prompt,
-                context=call.context(),
+                call.messages,
+                context=call.context,
                 worker=self.worker,
             )
             outcome = "ok" if result.ok else "error"

@@ -70,7 +70,6 @@ class WorkerRuntime:
                 self._engine = Engine.build(
                     self.settings,
                     client,
-                    router=self.router,
                     dispatcher=CeleryDispatcher(
                         self.app,
                         self.calls,

@@ -2,7 +2,7 @@
 -- KEYS[1]: the cancel flag of the job's root; KEYS[2i], KEYS[2i + 1]: call i's record, claim
 -- ARGV[1]: the claim token, ARGV[2]: the claim's TTL (ms)
 -- Returns {cancel reason or false, then per call: 'gone' (answered or given up), 'busy'
--- (another live worker runs it), or {job, model, prompt, batch, cache}}.
+-- (another live worker runs it), or {job, model, messages, batch, cache, kind}}.
 local out = {redis.call('GET', KEYS[1])}
 local n = (#KEYS - 1) / 2
 for i = 1, n do
@@ -11,7 +11,8 @@ for i = 1, n do
     out[i + 1] = 'gone'
   elseif redis.call('SET', claim, ARGV[1], 'NX', 'PX', ARGV[2]) then
     redis.call('HSET', record, 'claimed', '1')
-    out[i + 1] = redis.call('HMGET', record, 'job', 'model', 'prompt', 'batch', 'cache')
+    out[i + 1] = redis.call('HMGET', record, 'job', 'model', 'messages', 'batch', 'cache',
+                            'kind')
   else
     out[i + 1] = 'busy'
   end

@@ -174,7 +174,6 @@ def test_cancelling_a_running_job_stops_it(
     engine = Engine.build(
         settings,
         redis_client,
-        router=router,
         dispatcher=dispatcher,
         repl_factory=open_repl_factory(services),
         journals=journals,

@@ -21,8 +21,9 @@ import redis
 
 from rlm_jobs import keys
 from rlm_jobs.calls import CallStore
+from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.config import Settings
-from rlm_jobs.dispatch import Stop, SubcallBatch
+from rlm_jobs.dispatch import CallBatch, Stop, user_message
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.store import Store
 from rlm_jobs.testing.policies.sub import NEEDLE_ASK
@@ -84,11 +85,12 @@ class LlmStack:
         on_result: Callable[[int, SubcallResult], None] | None = None,
         stop: Callable[[], Stop | None] = lambda: None,
     ) -> list[SubcallResult]:
-        batch = SubcallBatch(
-            job_id=job_id,
-            model=MODEL,
-            prompts=[prompt(i) for i in range(n)],
-            call_ids=[f"{job_id}:{uuid.uuid4().hex}" for _ in range(n)],
+        batch = CallBatch.of_prompts(
+            job_id,
+            MODEL,
+            [prompt(i) for i in range(n)],
+            [f"{job_id}:{uuid.uuid4().hex}" for _ in range(n)],
+            CallContext(job_id=job_id, kind="sub"),
         )
         return self.dispatcher.run_batch(
             batch, on_result=on_result or (lambda i, r: None), stop=stop
@@ -139,7 +141,10 @@ def stack(
 def store_prompts(stack: LlmStack, job_id: str, n: int, waiter_id: str) -> list[str]:
     """Prompts recorded as the dispatcher records them; their call ids."""
     call_ids = [uuid.uuid4().hex for _ in range(n)]
-    stack.calls.prepare(job_id, MODEL, waiter_id, call_ids, [prompt(i) for i in range(n)])
+    requests = [[user_message(prompt(i))] for i in range(n)]
+    stack.calls.prepare(
+        job_id, MODEL, waiter_id, call_ids, requests, CallContext(job_id=job_id, kind="sub")
+    )
     return call_ids
 
 

@@ -5,25 +5,20 @@ from __future__ import annotations
 import json
 
 from rlm_jobs.clients.base import ChatMessage
-from rlm_jobs.journal import MemoryJournals, RootReply, _load
+from rlm_jobs.journal import MemoryJournals, _load
 
 FIRST: list[ChatMessage] = [{"role": "user", "content": "What is the code?"}]
 SECOND: list[ChatMessage] = [*FIRST, {"role": "assistant", "content": "looking"}]
 
 
-def reply(text: str) -> RootReply:
-    return RootReply(text, "scripted/test", 10, 5, 0.001)
-
-
 def record_run(journals: MemoryJournals) -> list[str]:
-    """A first run: a root reply, a batch of two prompts, a second reply; its call ids."""
+    """A first run: a root call, a batch of two prompts, a second root call; their ids."""
     journal = journals.open("job")
-    assert journal.root("scripted/test", FIRST) is None
-    journal.record_root(reply("first"))
+    first = journal.root("scripted/test", FIRST)
     request = journal.request("llm", "scripted/sub", ["a", "b"])
-    assert journal.root("scripted/test", SECOND) is None
-    journal.record_root(reply("second"))
-    return request.call_ids
+    second = journal.root("scripted/test", SECOND)
+    assert not (first.replayed or request.replayed or second.replayed)
+    return [*first.call_ids, *request.call_ids, *second.call_ids]
 
 
 def test_a_new_journal_replays_nothing_and_records_everything() -> None:
@@ -31,7 +26,8 @@ def test_a_new_journal_replays_nothing_and_records_everything() -> None:
     call_ids = record_run(journals)
     assert [e["kind"] for e in journals.logs["job"]] == ["root", "llm", "root"]
     assert [e["seq"] for e in journals.logs["job"]] == [0, 1, 2]
-    assert len(set(call_ids)) == 2 and all(c.startswith("job:0.") for c in call_ids)
+    assert len(set(call_ids)) == 4
+    assert [c.split(":")[1].split(".")[0] for c in call_ids] == ["0", "1", "1", "2"]
 
 
 def test_a_reopened_journal_replays_the_same_steps_with_the_same_ids() -> None:
@@ -44,13 +40,13 @@ def test_a_reopened_journal_replays_the_same_steps_with_the_same_ids() -> None:
     first = journal.root("scripted/test", FIRST)
     request = journal.request("llm", "scripted/sub", ["a", "b"])
     second = journal.root("scripted/test", SECOND)
-    # Then every answer comes from the journal, and nothing new is written
-    assert first == reply("first") and second == reply("second")
-    assert request.replayed and request.call_ids == call_ids
+    # Then every step is the journal's, under the same ids, and nothing new is written
+    assert first.replayed and request.replayed and second.replayed
+    assert [*first.call_ids, *request.call_ids, *second.call_ids] == call_ids
     assert not journal.replaying
     assert len(journals.logs["job"]) == 3
     # The first live step after the replay is noted once
-    assert journal.root("scripted/test", [*SECOND, {"role": "user", "content": "x"}]) is None
+    assert not journal.root("scripted/test", [*SECOND, {"role": "user", "content": "x"}]).replayed
     note = journal.take_note()
     assert note is not None and "3 steps replayed" in note and "live from here" in note
     assert journal.take_note() is None
@@ -60,18 +56,18 @@ def test_a_request_that_differs_ends_the_replay_and_drops_what_followed() -> Non
     journals = MemoryJournals()
     old_ids = record_run(journals)
     journal = journals.open("job")
-    assert journal.root("scripted/test", FIRST) == reply("first")
+    assert journal.root("scripted/test", FIRST).replayed
     # The cell asks something else this time (its prompt depends on the time, say)
     request = journal.request("llm", "scripted/sub", ["a", "c"])
     assert not request.replayed
     # The prompt that is the same question at the same place keeps its id (its answer is
     # still good); the new one gets a new id, so it can never get the old answer.
-    assert request.call_ids[0] == old_ids[0]
-    assert request.call_ids[1] != old_ids[1]
+    assert request.call_ids[0] == old_ids[1]
+    assert request.call_ids[1] != old_ids[2]
     assert not journal.replaying
-    # The journal now holds the replayed step and the new request; the old second reply is gone
+    # The journal now holds the replayed step and the new request; the old second call is gone
     assert [e["kind"] for e in journals.logs["job"]] == ["root", "llm"]
-    assert journal.root("scripted/test", SECOND) is None
+    assert not journal.root("scripted/test", SECOND).replayed
     note = journal.take_note()
     assert note is not None and "replay ended at step 2" in note and "1 steps replayed" in note
 

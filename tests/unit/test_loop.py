@@ -64,6 +64,26 @@ class ScriptedCompleter:
         return Priced(reply, tokens_in, tokens_out, cost)
 
 
+@dataclass
+class RootOrSub:
+    """Root calls (they open with our system prompt) to one completer, sub-calls to another."""
+
+    root: ScriptedCompleter
+    sub: ScriptedCompleter
+
+    def complete(
+        self,
+        model_name: str,
+        messages: Sequence[ChatMessage],
+        max_output_tokens: int | None = None,
+        *,
+        context: object = None,
+        on_wait: object = None,
+    ) -> Priced:
+        chosen = self.root if messages[0]["role"] == "system" else self.sub
+        return chosen.complete(model_name, messages, max_output_tokens)
+
+
 @dataclass(eq=False)  # hashable by identity: the loop keeps open REPLs in a set
 class FakeRepl:
     """Runs each cell through ``cell`` (code -> outcome) and records what it was given."""
@@ -105,7 +125,6 @@ def run(
 ) -> tuple[object, list[dict[str, object]]]:
     journals = MemoryJournals()
     engine = Engine(
-        router=completer,
         dispatcher=InProcessDispatcher(completer, journals.calls, concurrency=1),
         repl_factory=lambda context, handler, seed=0: repl,
         store_context=lambda value: CONTEXT,
@@ -328,7 +347,6 @@ def test_sub_calls_reach_the_dispatcher_through_the_handler() -> None:
     completer = ScriptedCompleter([block("llm_query_batched(['a', 'b'])"), "sub a", "sub b"])
     journals = MemoryJournals()
     engine = Engine(
-        router=completer,
         dispatcher=InProcessDispatcher(completer, journals.calls, concurrency=1),
         repl_factory=lambda context, handler, seed=0: (setattr(repl, "handler", handler), repl)[1],
         store_context=lambda value: CONTEXT,
@@ -371,8 +389,7 @@ def asking_engine(
         return repl
 
     return Engine(
-        router=root,
-        dispatcher=InProcessDispatcher(sub, journals.calls, concurrency=1),
+        dispatcher=InProcessDispatcher(RootOrSub(root, sub), journals.calls, concurrency=1),
         repl_factory=open_repl,
         store_context=lambda value: CONTEXT,
         journals=journals,
