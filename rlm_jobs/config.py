@@ -147,6 +147,15 @@ class Settings(BaseSettings):
     # Flower progress events per job at most this often (iteration changes always report).
     progress_interval_s: float = Field(default=0.5, ge=0)
 
+    # A worker serves Prometheus metrics on this port (/metrics); None: no metrics server.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Ports from metrics_port a worker may take, the first free one, so several worker
+    # processes on one host share one setting (9100 and 8: 9100-9107); 1: that port or fail.
+    metrics_port_range: int = Field(default=1, ge=1, le=1000)
+    # Loopback keeps the metrics (model names, spend) on the host; compose listens on its
+    # private network (0.0.0.0 inside the container, no port published).
+    metrics_host: str = "127.0.0.1"
+
     def resolved_model(self) -> str:
         if self.model:
             return self.model

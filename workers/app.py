@@ -10,9 +10,17 @@ ORCHESTRATE_QUEUE = "rlm.orchestrate"
 LLM_QUEUE = "rlm.llm"
 RUN_JOB_TASK = "rlm.orchestrate.run_job"
 LLM_TASK = "rlm.llm.complete"
+# Producer connections per worker and submitter process (task sends and progress events): a
+# send takes a fraction of a millisecond, so two serve hundreds of job threads (they wait
+# for one), and each is a Redis client (bench scenario 7: 19 connections in all for 200
+# jobs). Worker processes get it at start (workers/monitoring.py), whatever they loaded.
+WORKER_POOL_LIMIT = 2
 
 
-def celery_config(settings: Settings) -> dict[str, object]:
+def celery_config(
+    settings: Settings, *, broker_pool_limit: int | None = WORKER_POOL_LIMIT
+) -> dict[str, object]:
+    """The app's configuration; ``broker_pool_limit`` None: no pool (workers/celeryconfig.py)."""
     if not settings.redis_url:
         raise RuntimeError("RLM_JOBS_REDIS_URL must be set for the Celery workers and submitter")
     return {
@@ -37,10 +45,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": _transport_options(settings),
         "broker_connection_retry_on_startup": True,
-        # Producer connections per process (task sends and progress events): a send takes a
-        # fraction of a millisecond, so two serve hundreds of job threads (they wait for one),
-        # and each is a Redis client (bench scenario 7: 19 connections in all for 200 jobs).
-        "broker_pool_limit": 2,
+        "broker_pool_limit": broker_pool_limit,
         # Flower shows tasks from events: send them without needing `-E`. ``task-sent`` lets
         # it show jobs still queued; llm tasks are sent without one (workers/dispatcher.py).
         "worker_send_task_events": True,
@@ -60,10 +65,13 @@ def _transport_options(settings: Settings) -> dict[str, object]:
 def create_app(settings: Settings | None = None) -> Celery:
     """An app configured from ``settings`` (the CLI, tests and the local stack use this)."""
     from workers.credit import PromptCreditStep  # imports this module's task names
+    from workers.monitoring import MonitoringStep
 
     celery_app = Celery("rlm_jobs", include=["workers.tasks", "workers.signals"])
     # llm workers reserve chunk tasks by the prompts they carry (workers/credit.py).
     celery_app.steps["consumer"].add(PromptCreditStep)
+    # The worker's own broker pool, its Prometheus metrics (workers/monitoring.py).
+    celery_app.steps["worker"].add(MonitoringStep)
     if settings is not None:
         celery_app.conf.update(celery_config(settings))
         celery_app.rlm_settings = settings

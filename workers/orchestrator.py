@@ -21,6 +21,7 @@ from rlm_jobs.errors import StorageError
 from rlm_jobs.loop import run_loop
 from rlm_jobs.models import JobResult, JobSpec, JobStatus
 from rlm_jobs.store import Store
+from workers import monitoring
 
 if TYPE_CHECKING:  # the runtime owns the keeper, so it imports this module
     from workers.runtime import WorkerRuntime
@@ -64,7 +65,7 @@ class ServiceObserver(LoopObserver):
                 return
             self._last[job_id] = (now, iteration)
         self._store.set_progress(job_id, counters)
-        self._emit("task-progress", {"state": "PROGRESS", "job_id": job_id, **counters})
+        self._emit("task-progress", monitoring.progress_event(job_id, counters))
 
     def job_finished(self, job_id: str, spec: JobSpec, result: JobResult) -> None:
         if spec.depth > 0:
@@ -258,6 +259,8 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
         if lease.lost:
             return f"abandoned: lost the lease of job {job_id}; another worker runs it"
         stored = store.finish(result)
+        if stored:
+            monitoring.job_finished(result.status)
         return (
             f"{result.status.value} (attempt {attempt})" if stored else "duplicate: result existed"
         )
@@ -266,5 +269,6 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
 
 
 def _finish_early(store: Store, job_id: str, status: JobStatus, reason: str) -> str:
-    store.finish(JobResult(job_id=job_id, status=status, reason=reason))
+    if store.finish(JobResult(job_id=job_id, status=status, reason=reason)):
+        monitoring.job_finished(status)
     return f"{status.value}: {reason}"

@@ -17,6 +17,7 @@ from celery import Task, shared_task
 from rlm_jobs import keys
 from rlm_jobs.dispatch import SubcallResult, SubcallSpec, complete_one
 from rlm_jobs.models import JobResult, JobStatus
+from workers import monitoring
 from workers.app import LLM_TASK, RUN_JOB_TASK
 from workers.dispatcher import PromptRecord
 from workers.orchestrator import execute_job
@@ -87,9 +88,11 @@ def run_job(self: Task, job_id: str) -> str:
     except Exception as exc:  # a bug or an outage: the job must end, not stay QUEUED
         log.exception("job %s: orchestrator error", job_id)
         with contextlib.suppress(Exception):
-            runtime.store.finish(
-                JobResult(job_id=job_id, status=JobStatus.FAILED, reason=f"internal error: {exc!r}")
+            failed = JobResult(
+                job_id=job_id, status=JobStatus.FAILED, reason=f"internal error: {exc!r}"
             )
+            if runtime.store.finish(failed):
+                monitoring.job_finished(JobStatus.FAILED)
         return f"failed: {exc!r}"
     log.info("job %s: %s", job_id, outcome)
     return outcome
