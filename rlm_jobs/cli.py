@@ -28,13 +28,13 @@ import redis
 from pydantic import TypeAdapter, ValidationError
 
 from rlm_jobs import progress as fmt
-from rlm_jobs.batchfiles import load_context_file, load_documents
+from rlm_jobs.batchfiles import documents_from_jsonl_lines, load_context_file, load_documents
 from rlm_jobs.clients import check_model
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import ContextValue
 from rlm_jobs.errors import ConfigError, RLMJobsError, SpecError, StorageError
 from rlm_jobs.models import JobStatus, Limits, ModelName, validation_problems
-from rlm_jobs.submitter import BatchHandle, Submitter
+from rlm_jobs.submitter import BatchHandle, Document, Submitter
 from rlm_jobs.trajectory import to_jsonl
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -91,6 +91,20 @@ def _context(args: argparse.Namespace) -> ContextValue:
         return sys.stdin.read()
     text: str = args.context
     return text
+
+
+def _documents(path: str) -> list[Document]:
+    """A batch from a directory, a JSONL file, or JSONL rows on stdin (``-``)."""
+    if path != "-":
+        return load_documents(Path(path))
+    if sys.stdin is None or sys.stdin.isatty():
+        raise SpecError("'-' reads JSONL rows from stdin: pipe them in (... | rlm-jobs batch -)")
+    try:
+        text = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"stdin is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    # split("\n"), as for files: JSON strings may hold raw U+2028 and other separators.
+    return documents_from_jsonl_lines(text.split("\n"), "<stdin>")
 
 
 def _redacted(url: str) -> str:
@@ -243,7 +257,7 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     query = _query(args.query, required=False)
     model, sub_model = _model(args.model), _model(args.sub_model)
     limits = _limits(args)
-    docs = load_documents(Path(args.path))
+    docs = _documents(args.path)
     with _submitter(settings, enqueue=True) as submitter:
         batch, started = submitter.submit_batch(
             docs, query, batch_id=args.batch_id, model=model, sub_model=sub_model, limits=limits
@@ -322,7 +336,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     query = _query(args.query, required=False)
     model, sub_model = _model(args.model), _model(args.sub_model)
     limits = _limits(args)
-    docs = load_documents(Path(args.path))
+    docs = _documents(args.path)
     if query is None and any(d.query is None for d in docs):
         raise SpecError("the query is empty: pass the question with -q/--query")
     wall_started = time.monotonic()
@@ -427,10 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
         "batch",
         help="submit one job per document",
         description="Submit one job per document of a directory (one per file, id = file "
-        'name) or a JSONL file (rows {"id", "context" or "text", "query"?}). Resubmitting '
-        "with the same --batch-id skips documents that completed or are still running.",
+        'name), a JSONL file or JSONL on stdin ("-"; rows {"id", "context" or "text", '
+        '"query"?}). Resubmitting with the same --batch-id skips documents that completed or '
+        "are still running.",
     )
-    p.add_argument("path", metavar="DIR_OR_JSONL")
+    p.add_argument("path", metavar="DIR_OR_JSONL", help="'-' reads JSONL rows from stdin")
     p.add_argument("-q", "--query", help="the question (optional if every row has one)")
     p.add_argument("--batch-id", help="name the batch (default: a new random id)")
     _add_model_args(p)
@@ -473,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
         "offline scripted provider when no API key is set) is started and torn down. "
         "Exits 1 if any job did not complete.",
     )
-    p.add_argument("path", metavar="DOCS", help="a directory or a JSONL file")
+    p.add_argument(
+        "path", metavar="DOCS", help="a directory or a JSONL file; '-' reads JSONL from stdin"
+    )
     p.add_argument("-q", "--query", help="the question (optional if every row has one)")
     p.add_argument("-o", "--output", default="results.jsonl", help="default: results.jsonl")
     p.add_argument(
