@@ -82,8 +82,9 @@ case "$needs_images" in
     1)
         BASE_IMAGE="$("$HERE/detect-base-image.sh")"
         export BASE_IMAGE
-        if ! docker image inspect "${RLM_JOBS_DOCKER_IMAGE:-rlm-jobs-sandbox:latest}" >/dev/null 2>&1; then
-            "$HERE/build-images.sh" sandbox
+        sandbox_image="${RLM_JOBS_DOCKER_IMAGE:-rlm-jobs-sandbox:latest}"
+        if ! docker image inspect "$sandbox_image" >/dev/null 2>&1; then
+            RLM_JOBS_SANDBOX_IMAGE="$sandbox_image" "$HERE/build-images.sh" sandbox
         fi
         # Builds need the network for pip: without buildx the classic builder is used.
         docker buildx version >/dev/null 2>&1 || export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
@@ -110,9 +111,12 @@ fi
 
 for arg in "$@"; do
     if [ "$arg" = up ]; then
-        log "Flower http://127.0.0.1:${RLM_JOBS_FLOWER_PORT:-5555}," \
-            "Prometheus http://127.0.0.1:${RLM_JOBS_PROMETHEUS_PORT:-9090}" \
-            "$([ ${#profiles[@]} -gt 0 ] && echo ", Grafana http://127.0.0.1:${RLM_JOBS_GRAFANA_PORT:-3000}")"
+        urls="Flower http://127.0.0.1:${RLM_JOBS_FLOWER_PORT:-5555}"
+        urls+=", Prometheus http://127.0.0.1:${RLM_JOBS_PROMETHEUS_PORT:-9090}"
+        if [ ${#profiles[@]} -gt 0 ]; then
+            urls+=", Grafana http://127.0.0.1:${RLM_JOBS_GRAFANA_PORT:-3000}"
+        fi
+        log "$urls"
         log "submit from this host: eval \"\$(ops/compose.sh env)\"; rlm-jobs batch DIR -q ..."
         break
     fi
