@@ -39,7 +39,7 @@ from workers.enqueue import celery_enqueuer
 pytestmark = pytest.mark.timeout(240)
 
 # Each root turn takes this long, so a three-turn job runs for several seconds.
-ROOT_LATENCY_S = 3.0
+ROOT_LATENCY_S = 4.0
 PROGRESS_FIELDS = ("iteration", "subcalls_done", "subcalls_in_flight", "tokens", "cost_usd")
 # Headless, and nothing that would reach beyond this machine.
 CHROMIUM_FLAGS = (
