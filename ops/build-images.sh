@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Build the rlm-jobs images: the sandbox (rlm-jobs-sandbox:latest), the worker
-# (rlm-jobs-worker:latest) and Redis for the compose stack (rlm-jobs-redis:latest).
+# (rlm-jobs-worker:latest) and Redis for the compose stack (rlm-jobs-redis:latest); on
+# request, Prometheus from Debian's package for an offline stack (rlm-jobs-prometheus:local).
 #
-#   ops/build-images.sh              # all three
+#   ops/build-images.sh              # sandbox, worker, redis
 #   ops/build-images.sh sandbox      # only the sandbox image (all the tests need)
+#   ops/build-images.sh prometheus   # ops/compose.sh does this when no registry answers
 #
 # Base image: $BASE_IMAGE if set; else python:3.12-slim if present or pullable; else a
 # local Debian base built without any registry (ops/detect-base-image.sh).
@@ -18,6 +20,7 @@
 #   RLM_JOBS_SANDBOX_IMAGE tag of the sandbox image (default rlm-jobs-sandbox:latest)
 #   RLM_JOBS_WORKER_IMAGE  tag of the worker image  (default rlm-jobs-worker:latest)
 #   RLM_JOBS_REDIS_IMAGE   tag of the Redis image   (default rlm-jobs-redis:latest)
+#   RLM_JOBS_PROMETHEUS_LOCAL_IMAGE  tag of the Debian Prometheus (rlm-jobs-prometheus:local)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,8 +34,8 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(sandbox worker redis)
 for t in "${targets[@]}"; do
     case "$t" in
-        sandbox | worker | redis) ;;
-        *) log "unknown target $t (choose sandbox, worker, redis)"; exit 2 ;;
+        sandbox | worker | redis | prometheus) ;;
+        *) log "unknown target $t (choose sandbox, worker, redis, prometheus)"; exit 2 ;;
     esac
 done
 
@@ -65,5 +68,9 @@ for t in "${targets[@]}"; do
         sandbox) build "$SANDBOX_IMAGE" sandbox/Dockerfile ;;
         worker) build "$WORKER_IMAGE" Dockerfile ;;
         redis) build "${RLM_JOBS_REDIS_IMAGE:-rlm-jobs-redis:latest}" ops/redis.Dockerfile ;;
+        prometheus)
+            build "${RLM_JOBS_PROMETHEUS_LOCAL_IMAGE:-rlm-jobs-prometheus:local}" \
+                ops/prometheus.Dockerfile
+            ;;
     esac
 done

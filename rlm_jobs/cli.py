@@ -28,7 +28,12 @@ import redis
 from pydantic import TypeAdapter, ValidationError
 
 from rlm_jobs import progress as fmt
-from rlm_jobs.batchfiles import load_corpus, load_document, load_documents
+from rlm_jobs.batchfiles import (
+    documents_from_jsonl_lines,
+    load_corpus,
+    load_document,
+    load_documents,
+)
 from rlm_jobs.clients import check_model
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import ContextValue
@@ -109,6 +114,8 @@ def _schema(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def _batch_documents(args: argparse.Namespace, settings: Settings) -> list[Document]:
     """The documents of ``batch``/``run``; each unreadable one is named on stderr."""
+    if args.path == "-":
+        return _stdin_documents()
     ingestor = Ingestor.from_settings(settings)
     if getattr(args, "corpus", False):
         return [load_corpus(Path(args.path), ingestor=ingestor)]
@@ -117,6 +124,18 @@ def _batch_documents(args: argparse.Namespace, settings: Settings) -> list[Docum
         if doc.error is not None:
             _note(f"unreadable, recorded as FAILED: {doc.id}: {doc.error}")
     return docs
+
+
+def _stdin_documents() -> list[Document]:
+    """JSONL rows on stdin (``-``)."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise SpecError("'-' reads JSONL rows from stdin: pipe them in (... | rlm-jobs batch -)")
+    try:
+        text = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"stdin is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    # split("\n"), as for files: JSON strings may hold raw U+2028 and other separators.
+    return documents_from_jsonl_lines(text.split("\n"), "<stdin>")
 
 
 def _unreadable_note(docs: list[Document]) -> str:
@@ -541,11 +560,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="submit one job per document",
         description="Submit one job per document of a directory (one per file, id = file "
         "name; PDF, DOCX, HTML, Markdown, text, CSV/TSV, JSON; an unreadable file is "
-        'recorded as FAILED) or a JSONL file (rows {"id", "context" or "text", "query"?}). '
-        "Resubmitting with the same --batch-id skips documents that completed or are still "
-        "running.",
+        'recorded as FAILED), a JSONL file, or JSONL on stdin ("-"; rows {"id", "context" '
+        'or "text", "query"?}). Resubmitting with the same --batch-id skips documents that '
+        "completed or are still running.",
     )
-    p.add_argument("path", metavar="DIR_OR_JSONL")
+    p.add_argument("path", metavar="DIR_OR_JSONL", help="'-' reads JSONL rows from stdin")
     p.add_argument("-q", "--query", help="the question (optional if every row has one)")
     p.add_argument("--batch-id", help="name the batch (default: a new random id)")
     _add_schema_args(p)
@@ -591,7 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
         "offline scripted provider when no API key is set) is started and torn down. "
         "Exits 1 if any job did not complete.",
     )
-    p.add_argument("path", metavar="DOCS", help="a directory or a JSONL file")
+    p.add_argument(
+        "path", metavar="DOCS", help="a directory or a JSONL file; '-' reads JSONL from stdin"
+    )
     p.add_argument("-q", "--query", help="the question (optional if every row has one)")
     p.add_argument("-o", "--output", default="results.jsonl", help="default: results.jsonl")
     _add_format_arg(p)

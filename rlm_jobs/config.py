@@ -208,6 +208,15 @@ class Settings(BaseSettings):
             )
         return value
 
+    # A worker serves Prometheus metrics on this port (/metrics); None: no metrics server.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Ports from metrics_port a worker may take, the first free one, so several worker
+    # processes on one host share one setting (9100 and 8: 9100-9107); 1: that port or fail.
+    metrics_port_range: int = Field(default=1, ge=1, le=1000)
+    # Loopback keeps the metrics (model names, spend) on the host; compose listens on its
+    # private network (0.0.0.0 inside the container, no port published).
+    metrics_host: str = "127.0.0.1"
+
     def resolved_model(self) -> str:
         if self.model:
             return self.model

@@ -197,3 +197,15 @@ def sandbox_user(sandbox_id: str) -> str:
 
 # Every sandbox's ACL user name starts with this; the stale-user sweep looks for it.
 SANDBOX_USER_PREFIX = "rlm-sbx-"
+
+
+# Celery's Redis transport (kombu) keeps a queue's messages at priorities 3, 6 and 9 in
+# lists named ``<queue>\x06\x16<priority>``, beside the list of the queue's own name.
+BROKER_PRIORITY_SEP = "\x06\x16"
+BROKER_PRIORITY_STEPS = (3, 6, 9)
+
+
+def broker_queue_lists(queue: str) -> tuple[str, ...]:
+    """LISTs (the broker's, not ours; they live while messages wait): one queue's messages
+    at each priority step. Read only, for its depth."""
+    return (queue, *(f"{queue}{BROKER_PRIORITY_SEP}{p}" for p in BROKER_PRIORITY_STEPS))

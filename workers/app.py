@@ -5,13 +5,17 @@ from __future__ import annotations
 from rlm_jobs.config import Settings
 from workers.base import RLMCelery
 from workers.credit import PromptCreditStep
+from workers.monitoring import WORKER_POOL_LIMIT, MonitoringStep
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
 # Modules whose tasks and signal handlers every worker registers.
 TASK_MODULES = ["workers.jobs", "workers.llm_chunks", "workers.lifecycle"]
 
 
-def celery_config(settings: Settings) -> dict[str, object]:
+def celery_config(
+    settings: Settings, *, broker_pool_limit: int | None = WORKER_POOL_LIMIT
+) -> dict[str, object]:
+    """The app's configuration; ``broker_pool_limit`` None: no pool (workers/celeryconfig.py)."""
     if not settings.redis_url:
         raise RuntimeError("RLM_JOBS_REDIS_URL must be set for the Celery workers and submitter")
     return {
@@ -36,10 +40,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": _transport_options(settings),
         "broker_connection_retry_on_startup": True,
-        # Producer connections per process (task sends and progress events): a send takes a
-        # fraction of a millisecond, so two serve hundreds of job threads (they wait for one),
-        # and each is a Redis client (docs/benchmarks.md counts a process's connections).
-        "broker_pool_limit": 2,
+        "broker_pool_limit": broker_pool_limit,
         # Flower shows tasks from events: send them without needing `-E`. ``task-sent`` lets
         # it show jobs still queued; llm tasks are sent without one (workers/dispatcher.py).
         "worker_send_task_events": True,
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None) -> RLMCelery:
     celery_app = RLMCelery("rlm_jobs", include=TASK_MODULES, settings=settings)
     # llm workers reserve chunk tasks by the prompts they carry (workers/credit.py).
     celery_app.steps["consumer"].add(PromptCreditStep)
+    # The worker's own broker pool, its Prometheus metrics (workers/monitoring.py).
+    celery_app.steps["worker"].add(MonitoringStep)
     if settings is not None:
         celery_app.conf.update(celery_config(settings))
     else:

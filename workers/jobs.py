@@ -25,6 +25,7 @@ from rlm_jobs.store import Store
 from workers.base import RLMTask
 from workers.leases import JobLease
 from workers.messages import valid_id
+from workers.monitoring import progress_event
 from workers.names import RUN_JOB_TASK
 from workers.runtime import WorkerRuntime
 
@@ -63,7 +64,7 @@ def run_job(self: RLMTask, job_id: str) -> str:
     except Exception as exc:  # a bug or an outage: the job must end, not stay QUEUED
         log.exception("job %s: orchestrator error", job_id)
         with contextlib.suppress(Exception):
-            runtime.store.finish(
+            runtime.finish_job(
                 JobResult(job_id=job_id, status=JobStatus.FAILED, reason=f"internal error: {exc!r}")
             )
         return f"failed: {exc!r}"
@@ -98,7 +99,7 @@ class ServiceObserver(LoopObserver):
                 return
             self._last[job_id] = (now, iteration)
         self._store.set_progress(job_id, counters)
-        self._emit("task-progress", {"state": "PROGRESS", "job_id": job_id, **counters})
+        self._emit("task-progress", progress_event(job_id, counters))
 
     def job_finished(self, job_id: str, spec: JobSpec, result: JobResult) -> None:
         if spec.depth > 0:
@@ -126,20 +127,20 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
             return f"skipped: job {job_id} already finished"
         if attempt > settings.max_attempts:
             return _finish_early(
-                store, job_id, JobStatus.FAILED,
+                runtime, job_id, JobStatus.FAILED,
                 f"gave up after {settings.max_attempts} attempts: its workers kept dying",
             )  # fmt: skip
         try:
             spec = record.spec
         except ValidationError as exc:
-            return _finish_early(store, job_id, JobStatus.FAILED, f"invalid job spec: {exc}")
+            return _finish_early(runtime, job_id, JobStatus.FAILED, f"invalid job spec: {exc}")
         # The keeper polls for cancels from now on; one cancelled while queued stops here.
         reason = lease.cancelled() or store.cancel_reason(job_id)
         if reason:
-            return _finish_early(store, job_id, JobStatus.CANCELLED, reason)
+            return _finish_early(runtime, job_id, JobStatus.CANCELLED, reason)
         spent = runtime.controls.budgets.exhausted(spec.batch_id) if spec.batch_id else None
         if spent:  # its batch's budget ran out while it was queued: it ends without running
-            return _finish_early(store, job_id, JobStatus.BUDGET_EXCEEDED, spent)
+            return _finish_early(runtime, job_id, JobStatus.BUDGET_EXCEEDED, spent)
         store.reset_trajectory(job_id)
         control = JobControl.for_root(
             spec,
@@ -154,7 +155,7 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
             return _hand_back(runtime, job_id, lease, stop.reason)
         if lease.lost:
             return f"abandoned: lost the lease of job {job_id}; another worker runs it"
-        stored = store.finish(result)
+        stored = runtime.finish_job(result)
         return (
             f"{result.status.value} (attempt {attempt})" if stored else "duplicate: result existed"
         )
@@ -173,6 +174,6 @@ def _hand_back(runtime: WorkerRuntime, job_id: str, lease: JobLease, reason: str
     return f"handed over: {reason}; another worker resumes it from its journal"
 
 
-def _finish_early(store: Store, job_id: str, status: JobStatus, reason: str) -> str:
-    store.finish(JobResult(job_id=job_id, status=status, reason=reason))
+def _finish_early(runtime: WorkerRuntime, job_id: str, status: JobStatus, reason: str) -> str:
+    runtime.finish_job(JobResult(job_id=job_id, status=status, reason=reason))
     return f"{status.value}: {reason}"

@@ -20,6 +20,8 @@ from rlm_jobs.clients.router import LLMRouter
 from rlm_jobs.config import Settings, redis_client
 from rlm_jobs.engine import Engine
 from rlm_jobs.journal import JournalStore
+from rlm_jobs.metrics import Metrics
+from rlm_jobs.models import JobResult
 from rlm_jobs.providers import ProviderControls
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
@@ -46,7 +48,9 @@ class WorkerRuntime:
         self.calls = self.journals.calls
         # Rate limits, response cache and batch budgets, shared with the whole cluster.
         self.controls = ProviderControls.from_settings(self.redis, settings)
-        self.router = LLMRouter(settings, controls=self.controls)
+        # This process's Prometheus metrics, served by MonitoringStep when metrics_port is set.
+        self.metrics = Metrics()
+        self.router = LLMRouter(settings, controls=self.controls, observer=self.metrics)
         self._engine: Engine | None = None
         self._collector: ReplyCollector | None = None
         self._sandbox_pool: SandboxPool | None = None
@@ -101,6 +105,13 @@ class WorkerRuntime:
                     renew_s=self.settings.lease_renew_s,
                 )
             return self._lease_keeper
+
+    def finish_job(self, result: JobResult) -> bool:
+        """Store a root job's one result and count it; False if it had one already."""
+        stored = self.store.finish(result)
+        if stored:
+            self.metrics.job_finished(result.status)
+        return stored
 
     def requeue(self, job_id: str) -> None:
         """Send a recorded job's orchestrate task again (a hand-over, a dead worker's job)."""

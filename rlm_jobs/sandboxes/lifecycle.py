@@ -20,6 +20,7 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import ConfigError, SandboxDied, SandboxError, SandboxTimeout
+from rlm_jobs.redis_socket import sandbox_redis_socket
 from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.base import SandboxBackend, SandboxProcess
 from rlm_jobs.sandboxes.channel import SandboxChannel
@@ -271,7 +272,7 @@ def redis_address(
             "sandboxes use Redis database 0 (the bootstrap carries no database number); "
             "point RLM_JOBS_REDIS_URL at /0"
         )
-    socket_path = settings.sandbox_redis_socket or kwargs.get("path")
+    socket_path = sandbox_redis_socket(client, settings)
     host = kwargs.get("host")
     port = kwargs.get("port")
     return socket_path, host, int(port) if port is not None else None

@@ -249,6 +249,45 @@ def test_run_with_a_broker_uses_the_cluster_and_writes_results_to_stdout(
     assert {r["id"]: r["answer"] for r in rows} == codes
 
 
+def test_batch_and_run_read_jsonl_rows_from_stdin(stack: Stack, tmp_path: Path) -> None:
+    # Given JSONL rows that exist only in a pipe
+    codes = {f"row-{i}": f"STD-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)}
+    rows = "".join(
+        json.dumps({"id": doc_id, "text": f"Notes.\nThe secret code is {code}.\nMore notes."})
+        + "\n"
+        for doc_id, code in codes.items()
+    )
+    batch_id = f"cli-{uuid.uuid4().hex[:8]}"
+
+    # When `batch -` reads them from stdin, then the batch is watched and collected
+    submitted = cli(
+        "batch", "-", "-q", QUESTION, "--model", NEEDLE, "--batch-id", batch_id,
+        env=stack.env, stdin=rows,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    assert "3 documents, 3 jobs started" in submitted.stderr
+    assert cli("watch", batch_id, "--interval", "0.5", env=stack.env).returncode == 0
+    out = tmp_path / "results.jsonl"
+    assert cli("results", batch_id, "-o", str(out), env=stack.env).returncode == 0
+    assert {r["id"]: r["answer"] for r in read_jsonl(out)} == codes
+
+    # And `run -` does the same in one command, results on stdout
+    ran = cli("run", "-", "-q", QUESTION, "--model", NEEDLE, "-o", "-", env=stack.env, stdin=rows)
+    assert ran.returncode == 0, ran.stderr
+    assert {r["id"]: r["answer"] for r in map(json.loads, ran.stdout.splitlines())} == codes
+
+
+def test_a_malformed_row_on_stdin_is_named_and_nothing_is_submitted(
+    broker_env: dict[str, str],
+) -> None:
+    batch_id = f"cli-{uuid.uuid4().hex[:8]}"
+    rows = '{"id": "ok", "text": "fine"}\n{"id": "broken", "text": \n'
+    done = cli("batch", "-", "-q", "q", "--batch-id", batch_id, env=broker_env, stdin=rows)
+    assert done.returncode == 2
+    assert "<stdin>:2: invalid JSON" in done.stderr
+    assert "no job or batch" in cli("status", batch_id, env=broker_env).stderr
+
+
 # ---- single jobs ---------------------------------------------------------------------------
 
 
