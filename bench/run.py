@@ -33,6 +33,7 @@ from bench.scenarios import (
     s6_memory,
     s7_concurrency,
     s8_ratelimit,
+    s9_faults,
 )
 
 log = logging.getLogger("bench")
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "6": ("memory", s6_memory.run),
     "7": ("concurrency", s7_concurrency.run),
     "8": ("rate_limited_batch", s8_ratelimit.run),
+    "9": ("faults", s9_faults.run),
 }
 
 

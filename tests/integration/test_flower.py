@@ -26,15 +26,10 @@ from rlm_jobs.redis_server import RedisServer, free_port
 from rlm_jobs.submitter import JobHandle, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
 from tests.workerstack import ROOT, Worker, wait_for
-from workers.app import (
-    LLM_QUEUE,
-    LLM_TASK,
-    ORCHESTRATE_QUEUE,
-    RUN_JOB_TASK,
-    WORKER_POOL_LIMIT,
-    create_app,
-)
+from workers.app import create_app
 from workers.enqueue import celery_enqueuer
+from workers.monitoring import WORKER_POOL_LIMIT
+from workers.names import LLM_QUEUE, LLM_TASK, ORCHESTRATE_QUEUE, RUN_JOB_TASK
 
 pytestmark = pytest.mark.timeout(240)
 

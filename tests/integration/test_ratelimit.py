@@ -88,7 +88,10 @@ def test_callers_that_overslept_their_slots_still_start_smoothly(
     for thread in threads:
         thread.join(timeout=30)
     assert len(starts) == 72
-    assert max_in_any_window(starts) <= smooth_cap(1200) < int(20 * 1.05 + 1)
+    # The promise: rpm / 60 plus 5 % plus one call. The limiter admits one call fewer (its
+    # margin for starts seen late, as these are: timed here, after the threads woke).
+    assert smooth_cap(1200) < int(20 * 1.05 + 1)
+    assert max_in_any_window(starts) <= int(20 * 1.05 + 1)
 
 
 def test_a_provider_entry_covers_its_models_and_a_model_entry_wins(
