@@ -166,7 +166,7 @@ class InProcessDispatcher:
             else:
                 halt = stop()
                 if halt:
-                    result = not_run(halt.reason)
+                    result = not_run(halt.reason)  # the loop's own check says how it ends
                 else:
                     result = complete_one(
                         self._router, batch.model, batch.requests[index], context=batch.context

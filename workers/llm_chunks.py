@@ -7,6 +7,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import CancelledError, Future, wait
+from dataclasses import replace
 
 import redis
 from celery import shared_task
@@ -15,6 +16,7 @@ from rlm_jobs import keys
 from rlm_jobs.calls import StoredCall, Taken
 from rlm_jobs.dispatch import complete_one
 from rlm_jobs.errors import StorageError
+from rlm_jobs.status import JobStatus
 from sandbox.records import SubcallResult, not_run
 from workers.base import RLMTask
 from workers.messages import valid_call_ids, valid_id
@@ -118,8 +120,9 @@ class LlmChunk:
             log.error("llm chunk of job %s: malformed sub-call record %s", self.job_id, call_id)
             result = SubcallResult(ok=False, text="Error: malformed sub-call record")
             outcome = "malformed"
-        elif cancelled:
-            result, outcome = not_run(cancelled), "not run"
+        elif cancelled:  # the job ends CANCELLED, whoever reads this result first
+            result = replace(not_run(cancelled), refusal=JobStatus.CANCELLED.value)
+            outcome = "not run"
         else:
             result = complete_one(
                 self._runtime.router,
