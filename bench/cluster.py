@@ -1,7 +1,7 @@
 """What every scenario runs on: a private redis-server, the scripted provider, workers.
 
 Workers are real ``celery -A workers worker`` subprocesses started with the tests' own
-``tests.workerstack.Worker``; the echo baseline's worker is the same class pointed at
+``tests.support.Worker``; the echo baseline's worker is the same class pointed at
 ``bench.echo``. The provider runs in this process (so bench policies can be registered),
 the private Redis's default user has a password, so sandboxes are as isolated as in
 production.
@@ -27,7 +27,7 @@ from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.store import JobRecord
 from rlm_jobs.submitter import JobHandle, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.workerstack import Worker, wait_for
+from tests.support import Worker, wait_for
 from workers.app import create_app
 from workers.enqueue import celery_enqueuer
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
@@ -48,7 +48,7 @@ WORKER_START_TIMEOUT_S = 90.0
 def echo_worker(
     env: Mapping[str, str], logdir: Path, *, concurrency: int = 8, queues: str = ""
 ) -> Worker:
-    """``tests.workerstack.Worker`` running the bench's echo app instead of ``workers``."""
+    """``tests.support.Worker`` running the bench's echo app instead of ``workers``."""
     from bench import echo
 
     return Worker(

@@ -26,7 +26,7 @@ from rlm_jobs.config import Settings
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.submitter import Document, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.workerstack import Worker, needle_context
+from tests.support import Worker, needle_context
 from workers.app import create_app
 from workers.enqueue import celery_enqueuer
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE

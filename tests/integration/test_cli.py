@@ -23,7 +23,7 @@ import pytest
 from rlm_jobs.config import Settings
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.workerstack import Worker, sandbox_pids, wait_for
+from tests.support import Worker, sandbox_pids, wait_for
 from workers.app import create_app
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.workerstack import ROOT
+from tests.support import ROOT
 
 
 def compose_command() -> list[str]:

@@ -25,7 +25,7 @@ from rlm_jobs.config import Settings
 from rlm_jobs.redis_server import RedisServer, free_port
 from rlm_jobs.submitter import JobHandle, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.workerstack import ROOT, Worker, wait_for
+from tests.support import ROOT, Worker, wait_for
 from workers.app import create_app
 from workers.enqueue import celery_enqueuer
 from workers.monitoring import WORKER_POOL_LIMIT

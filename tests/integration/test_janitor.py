@@ -6,7 +6,7 @@ import redis
 
 from rlm_jobs import keys
 from rlm_jobs.sandboxes.janitor import Janitor
-from tests.workerstack import wait_for
+from tests.support import wait_for
 
 
 def test_a_liveness_key_is_refreshed_well_within_its_ttl_and_deleted_when_gone(

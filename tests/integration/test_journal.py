@@ -21,7 +21,7 @@ from rlm_jobs import keys
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.submitter import JobHandle
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.workerstack import Cluster, Worker, needle_context, sandbox_pids, wait_for
+from tests.support import Cluster, Worker, needle_context, sandbox_pids, wait_for
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
 pytestmark = pytest.mark.timeout(240)

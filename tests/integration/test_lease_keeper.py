@@ -17,7 +17,7 @@ from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.store import Store
 from rlm_jobs.testing.provider import ScriptedProvider
 from sandbox.records import CellResult
-from tests.workerstack import Cluster, wait_for
+from tests.support import Cluster, wait_for
 from workers.leases import KEEPER_THREAD_NAME, JobLease, LeaseKeeper
 from workers.names import ORCHESTRATE_QUEUE
 

@@ -29,7 +29,7 @@ from rlm_jobs.store import Store
 from rlm_jobs.testing.policies.sub import NEEDLE_ASK
 from rlm_jobs.testing.provider import ScriptedProvider
 from sandbox.records import SubcallResult
-from tests.workerstack import Worker, wait_for
+from tests.support import Worker, wait_for
 from workers.app import create_app
 from workers.dispatcher import SPREAD_TASKS, CeleryDispatcher, chunk_sizes
 from workers.names import LLM_QUEUE, LLM_TASK

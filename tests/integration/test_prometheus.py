@@ -25,7 +25,7 @@ from rlm_jobs.models import JobStatus
 from rlm_jobs.redis_server import RedisServer, free_port
 from rlm_jobs.submitter import Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.workerstack import ROOT, Worker, wait_for
+from tests.support import ROOT, Worker, wait_for
 from workers.app import create_app
 from workers.enqueue import celery_enqueuer
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE

@@ -23,7 +23,7 @@ from rlm_jobs.store import JobRecord
 from rlm_jobs.submitter import Document, JobHandle, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
 from rlm_jobs.testing.state import RequestRecord
-from tests.workerstack import Worker, sandbox_pids, wait_for
+from tests.support import Worker, sandbox_pids, wait_for
 from workers.app import LLM_QUEUE, ORCHESTRATE_QUEUE, create_app
 from workers.enqueue import celery_enqueuer
 

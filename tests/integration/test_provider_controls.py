@@ -20,7 +20,7 @@ from rlm_jobs.errors import JobStopped, ProviderRetryableError, SpecError
 from rlm_jobs.models import JobStatus
 from rlm_jobs.providers import BatchBudgets, CachedReply, ProviderControls, ResponseCache
 from rlm_jobs.testing import ScriptedProvider
-from tests.workerstack import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,7 +18,7 @@ from rlm_jobs.config import RateLimit, Settings
 from rlm_jobs.models import JobStatus
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing import ScriptedProvider
-from tests.workerstack import sandbox_pids, wait_for
+from tests.support import sandbox_pids, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -18,7 +18,7 @@ from rlm_jobs.redis_server import RedisServer, free_port
 from rlm_jobs.redis_socket import SOCKET_FLAGS, sandbox_redis_socket
 from rlm_jobs.submitter import Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.workerstack import Worker, wait_for
+from tests.support import Worker, wait_for
 from workers.app import create_app
 from workers.enqueue import celery_enqueuer
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE

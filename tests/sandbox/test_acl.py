@@ -12,7 +12,7 @@ from rlm_jobs import keys
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.services import SandboxServices
-from tests.sandbox.conftest import OpenSession
+from tests.support import OpenSession
 
 CONTEXT_KEY = keys.context_blob("c" * 64)
 

@@ -57,8 +57,7 @@ from rlm_jobs.testing import POLICIES, Policy, ScriptedProvider
 from rlm_jobs.testing.policies import needle
 from rlm_jobs.testing.policies.sub import NEEDLE_ASK, answer_sub
 from tests.sandbox import attacks
-from tests.sandbox.conftest import connect_docker_or_fail
-from tests.workerstack import Worker, wait_for
+from tests.support import Worker, connect_docker_or_fail, wait_for
 from workers.app import create_app
 from workers.enqueue import celery_enqueuer
 from workers.names import ORCHESTRATE_QUEUE

@@ -25,7 +25,7 @@ from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession
 from sandbox import wire
-from tests.sandbox.conftest import OpenSession, wait_for
+from tests.support import OpenSession, eventually
 
 # The runtime's own bookkeeping, read from inside a cell.
 UNACKED = (
@@ -99,7 +99,7 @@ def test_a_ready_published_before_the_host_listens_is_published_again_until_ackn
     # Given a runtime that said Ready while its host was not listening yet
     watcher = Watcher(redis_client, keys.sandbox_to_host(sandbox_id))
     try:
-        assert wait_for(lambda: watcher.count(wire.Ready) >= 1, 30)
+        assert eventually(lambda: watcher.count(wire.Ready) >= 1, 30)
         # When the host subscribes only now
         channel = SandboxChannel(redis_client, services.hub, sandbox_id)
         try:
@@ -112,7 +112,7 @@ def test_a_ready_published_before_the_host_listens_is_published_again_until_ackn
             # Then it still gets Ready (published again: the bystander saw it twice)
             readies = [m for m in got if isinstance(m, wire.Ready)]
             assert len(readies) == 1
-            assert wait_for(lambda: watcher.count(wire.Ready) >= 2)
+            assert eventually(lambda: watcher.count(wire.Ready) >= 2)
             assert {m.id for m in watcher.seen if isinstance(m, wire.Ready)} == {readies[0].id}
             # and once acknowledged, the runtime holds nothing more to publish again.
             cell = wire.ExecCell(seq=1, id="c1", code=UNACKED, timeout_s=10, max_output_chars=500)
@@ -152,7 +152,7 @@ def test_a_cell_result_lost_on_the_way_to_the_host_arrives_again(
         out = run(session, "print('delivered')")
         assert out.stdout == "delivered\n" and out.error is None
         assert len(dropped) == 1
-        assert wait_for(lambda: watcher.count(wire.CellDone) >= 2)  # published again
+        assert eventually(lambda: watcher.count(wire.CellDone) >= 2)  # published again
         assert run(session, UNACKED).stdout == "unacked 0\n"  # the repeat was acknowledged
     finally:
         watcher.close()

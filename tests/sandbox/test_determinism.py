@@ -9,7 +9,7 @@ from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession
-from tests.sandbox.conftest import OpenSession, answer_from_text
+from tests.support import OpenSession, answer_from_text
 
 DRAW = (
     "import random, sys\n"

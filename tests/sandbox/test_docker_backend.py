@@ -34,7 +34,7 @@ from rlm_jobs.sandboxes.hub import PubSubHub
 from rlm_jobs.sandboxes.services import SandboxServices
 from sandbox import wire
 from sandbox.records import CellResult
-from tests.sandbox.conftest import connect_docker_or_fail
+from tests.support import connect_docker_or_fail
 
 pytestmark = pytest.mark.docker
 

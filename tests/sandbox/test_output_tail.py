@@ -14,7 +14,7 @@ from rlm_jobs.sandboxes.backends.process.output import LOG_TAIL_BYTES
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession
-from tests.sandbox.conftest import answer_from_text
+from tests.support import answer_from_text
 
 pytestmark = pytest.mark.timeout(120)
 

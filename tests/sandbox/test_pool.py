@@ -17,7 +17,7 @@ from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession
-from tests.sandbox.conftest import answer_from_text, wait_for
+from tests.support import answer_from_text, eventually
 
 START_S = 60.0
 
@@ -129,11 +129,11 @@ def test_the_pool_refills_and_replaces_dead_idle_sandboxes(
     pool = make_pool()
     assert pool.wait_full(START_S)
     open_pooled(pool, "a")
-    assert wait_for(lambda: len(pool.idle) == 2, START_S)
+    assert eventually(lambda: len(pool.idle) == 2, START_S)
     victim = pool.idle[0]
     assert victim.process is not None
     victim.process.kill()
-    assert wait_for(
+    assert eventually(
         lambda: victim.id not in {s.id for s in pool.idle} and len(pool.idle) == 2, START_S
     )
     assert pool.started == 4  # two, one refill after the take, one for the dead one
@@ -154,7 +154,7 @@ def test_idle_sandboxes_past_their_age_are_replaced(
     pool = make_pool(size=1, max_idle_s=1.0)
     assert pool.wait_full(START_S)
     first = pool.idle[0].id
-    assert wait_for(lambda: bool(pool.idle) and pool.idle[0].id != first, START_S)
+    assert eventually(lambda: bool(pool.idle) and pool.idle[0].id != first, START_S)
 
 
 def test_closing_the_pool_leaves_no_sandbox_or_user(
@@ -184,10 +184,10 @@ def test_close_is_fast_and_the_teardown_completes(
     session.close()
     assert time.perf_counter() - started < 0.05
     assert process is not None
-    assert wait_for(lambda: not process.alive(), 30)
+    assert eventually(lambda: not process.alive(), 30)
     user = keys.sandbox_user(sandbox_id)
-    assert wait_for(lambda: user not in sandbox_users(redis_client), 30)
-    assert wait_for(
+    assert eventually(lambda: user not in sandbox_users(redis_client), 30)
+    assert eventually(
         lambda: not list(redis_client.scan_iter(match=keys.sandbox_prefix(sandbox_id) + "*")), 30
     )
     assert redis_client.get(keys.sandbox_alive(sandbox_id)) is None

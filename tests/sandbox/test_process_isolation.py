@@ -20,7 +20,7 @@ from rlm_jobs.errors import ConfigError
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.backends.process import ProcessBackend
 from rlm_jobs.sandboxes.session import SandboxSession
-from tests.sandbox.conftest import MakeServices, OpenSession, answer_from_text, wait_for
+from tests.support import MakeServices, OpenSession, answer_from_text, eventually
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def neighbour(open_session: OpenSession) -> Iterator[Callable[[], None]]:
     thread.start()
 
     def check() -> None:
-        assert wait_for(lambda: len(results) >= 2, timeout_s=30)
+        assert eventually(lambda: len(results) >= 2, timeout_s=30)
         stop.set()
         thread.join(timeout=30)
         assert results and all(r.stdout == "2 llm/default: OK\n" for r in results), results
@@ -199,7 +199,7 @@ def test_a_fork_bomb_is_contained(open_session: OpenSession, neighbour: Any) -> 
     process = session.process
     session.close()
     # Teardown runs in the background after close().
-    assert process is not None and wait_for(lambda: not process.alive())
+    assert process is not None and eventually(lambda: not process.alive())
 
 
 def test_a_memory_bomb_gets_a_memory_error(open_session: OpenSession, neighbour: Any) -> None:
@@ -297,7 +297,7 @@ def test_cgroups_are_removed_with_the_sandbox(open_session: OpenSession) -> None
     assert len(members) >= 3  # bwrap, its reaper, the runtime
     session.close()
     # Teardown runs in the background after close().
-    assert wait_for(lambda: not any(p.exists() for p in found))
+    assert eventually(lambda: not any(p.exists() for p in found))
     for pid in members:
         assert (
             not Path(f"/proc/{pid}").exists()
@@ -334,7 +334,7 @@ from rlm_jobs.contexts import put_context
 from rlm_jobs.sandboxes.backends.process import ProcessBackend
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession
-from tests.sandbox.conftest import answer_from_text
+from tests.support import answer_from_text
 
 client = redis.Redis.from_url(sys.argv[1])
 settings = Settings(sandbox_redis_socket=sys.argv[2])
@@ -372,7 +372,7 @@ def test_sandboxes_die_with_their_orchestrator(redis_server: RedisServer) -> Non
         assert members and all(_running(pid) for pid in members)
         orchestrator.kill()
     try:
-        assert wait_for(lambda: not any(_running(pid) for pid in members), timeout_s=10)
+        assert eventually(lambda: not any(_running(pid) for pid in members), timeout_s=10)
     finally:
         # A dead orchestrator cannot remove its cgroups; the next one's remove_stale would.
         for group in groups:
@@ -380,5 +380,5 @@ def test_sandboxes_die_with_their_orchestrator(redis_server: RedisServer) -> Non
 
 
 def _remove_when_empty(group: Path) -> None:
-    wait_for(lambda: not (group / "cgroup.procs").read_text().split(), timeout_s=5)
+    eventually(lambda: not (group / "cgroup.procs").read_text().split(), timeout_s=5)
     group.rmdir()

@@ -9,7 +9,7 @@ import pytest
 
 from sandbox.records import SubcallResult
 from sandbox.wire import SubcallRequest
-from tests.sandbox.conftest import OpenSession
+from tests.support import OpenSession
 
 LIMIT = 2000
 

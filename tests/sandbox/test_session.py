@@ -21,7 +21,7 @@ from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession, open_repl_factory
 from sandbox import wire
-from tests.sandbox.conftest import MakeServices, OpenSession, answer_from_text, wait_for
+from tests.support import MakeServices, OpenSession, answer_from_text, eventually
 
 
 def run(session: Any, code: str, timeout_s: float = 20.0) -> Any:
@@ -77,8 +77,8 @@ def test_close_after_an_exception_leaves_nothing_behind(
         run(session, "print(llm_query('x'))")
         raise RuntimeError("the loop failed")
     # Teardown runs in the background after close().
-    assert process is not None and wait_for(lambda: not process.alive())
-    assert wait_for(lambda: sandbox_leftovers(redis_client) == ([], []))
+    assert process is not None and eventually(lambda: not process.alive())
+    assert eventually(lambda: sandbox_leftovers(redis_client) == ([], []))
     session.close()  # twice is fine
     with pytest.raises(SandboxError):
         run(session, "1")
@@ -106,7 +106,7 @@ def test_non_json_and_schema_violating_input_is_reported_without_hanging(
                 replies.append(decoded)
         return bool(replies)
 
-    assert wait_for(answered)
+    assert eventually(answered)
     watcher.close()
     assert replies[0].result.error is not None
     assert "malformed exec message" in replies[0].result.error
@@ -146,7 +146,7 @@ def test_a_missing_context_fails_the_start_clearly(
     with pytest.raises(SandboxError, match="could not load the context"):
         SandboxSession(services, backend, ref, answer_from_text)
     # Teardown runs in the background (janitor): wait for it rather than race it.
-    assert wait_for(lambda: sandbox_leftovers(redis_client) == ([], []))
+    assert eventually(lambda: sandbox_leftovers(redis_client) == ([], []))
 
 
 def test_open_repl_factory_opens_working_sessions(
@@ -162,7 +162,7 @@ def test_open_repl_factory_opens_working_sessions(
         assert out.stdout == "['a', 'b'] llm/default: Q\n"
     finally:
         repl.close()
-    assert wait_for(lambda: sandbox_leftovers(redis_client) == ([], []))
+    assert eventually(lambda: sandbox_leftovers(redis_client) == ([], []))
 
 
 def test_the_runtime_exits_when_it_loses_redis(
@@ -173,7 +173,7 @@ def test_the_runtime_exits_when_it_loses_redis(
     assert process is not None
     # Deleting its user disconnects the runtime and makes every reconnect fail.
     acl.delete_user(redis_client, session.sandbox_id or "")
-    assert wait_for(lambda: not process.alive(), timeout_s=20)
+    assert eventually(lambda: not process.alive(), timeout_s=20)
     session.close()
 
 
@@ -192,7 +192,7 @@ def test_concurrent_sessions_share_one_pubsub_connection(
     for session in sessions:
         session.close()
     # Teardown (which unsubscribes) runs in the background after close().
-    assert wait_for(lambda: services.hub.subscriptions == 0)
+    assert eventually(lambda: services.hub.subscriptions == 0)
 
 
 def test_a_dropped_hub_connection_is_survived(

@@ -25,7 +25,7 @@ from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession
 from sandbox import wire
-from tests.sandbox.conftest import MakeServices, answer_from_text, wait_for
+from tests.support import MakeServices, answer_from_text, eventually
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -146,7 +146,7 @@ def test_no_more_than_the_limit_of_sandboxes_start_at_once(
     limited = make_services(settings.model_copy(update={"sandbox_start_concurrency": limit}))
     sessions = open_sessions(limited, 2 * limit + 2)
     ids = [s.sandbox_id for s in sessions]
-    assert wait_for(lambda: set(ids) <= watch.ready(), 10)
+    assert eventually(lambda: set(ids) <= watch.ready(), 10)
     assert sorted(watch.started()) == sorted(ids)
     # Every slot was used (the burst was real) and never more than the limit at once.
     assert watch.most_at_once() == limit
@@ -175,10 +175,10 @@ def test_waiting_for_a_slot_does_not_count_against_the_start_timeout(
     opener = threading.Thread(target=open_and_run)
     opener.start()
     try:
-        wait_for(lambda: slots.waiting == 1, 10)
+        eventually(lambda: slots.waiting == 1, 10)
         queued_at = time.monotonic()
         # The session now waits longer than its whole start timeout before it may start.
-        assert wait_for(lambda: time.monotonic() - queued_at > timeout_s + 0.5, 10)
+        assert eventually(lambda: time.monotonic() - queued_at > timeout_s + 0.5, 10)
         assert not outputs
     finally:
         held.release()
@@ -196,7 +196,7 @@ def test_a_job_starts_before_pool_refills_and_a_closed_pool_stops_waiting(
     backend = create_backend(limited.settings, "process")
     pool = SandboxPool(limited, backend, size=4)
     try:
-        assert wait_for(lambda: pool.started >= 1, START_S)
+        assert eventually(lambda: pool.started >= 1, START_S)
         refills_before = pool.started
         # The pool's backend: making another one checks bubblewrap first, and the pool
         # would start more while it does.

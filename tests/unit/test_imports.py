@@ -123,3 +123,15 @@ def test_a_cycle_is_found() -> None:
 
 def test_no_module_imports_itself_back() -> None:
     assert _cycles(import_graph()) == []
+
+
+def test_no_test_module_imports_another() -> None:
+    # Shared helpers live in tests/support.py (and conftest fixtures), never in a test file
+    graph = import_graph()
+
+    def is_test(module: str) -> bool:
+        return module.startswith("tests.") and module.rpartition(".")[2].startswith("test_")
+
+    assert {m: sorted(t for t in graph[m] if is_test(t)) for m in graph if is_test(m)} == {
+        m: [] for m in graph if is_test(m)
+    }

@@ -1,4 +1,6 @@
-"""Real Celery workers for tests: `celery -A workers worker` subprocesses, as users run them."""
+"""What tests share, imported by them (no test module imports another): real Celery workers
+(`celery -A workers worker` subprocesses, as users run them), a whole cluster for one test,
+waits on conditions, and the sandbox tests' stand-ins and Docker check."""
 
 from __future__ import annotations
 
@@ -10,14 +12,20 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import pytest
 import redis
 
 from rlm_jobs.config import Settings
+from rlm_jobs.errors import ConfigError
 from rlm_jobs.redis_server import RedisServer
+from rlm_jobs.sandboxes.services import SandboxServices
+from rlm_jobs.sandboxes.session import SandboxSession
 from rlm_jobs.submitter import Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
+from sandbox.records import SubcallResult
+from sandbox.wire import SubcallRequest
 from workers.app import create_app
 from workers.enqueue import celery_enqueuer
 
@@ -192,3 +200,67 @@ class Cluster:
         for worker in self.workers:
             worker.stop()
         self.client.close()
+
+
+# ---- sandbox tests ------------------------------------------------------------------
+
+_DOCKER_HINT = (
+    "start Docker with `sudo ops/start-dockerd.sh` and build the image with "
+    "`ops/build-images.sh sandbox`, or set RLM_JOBS_TEST_DOCKER=0 to skip these tests"
+)
+
+
+def connect_docker_or_fail() -> Any:
+    """A client of a running engine that has the sandbox image; fails the test otherwise.
+
+    Docker tests never skip quietly: a missing engine or image is a failure with a hint.
+    """
+    from rlm_jobs.sandboxes.backends import docker as docker_backend
+
+    settings = Settings()
+    try:
+        client = docker_backend.connect(settings)
+    except ConfigError as exc:
+        pytest.fail(f"Docker tests cannot run: {exc}. {_DOCKER_HINT}", pytrace=False)
+    try:
+        client.images.get(settings.docker_image)
+    except Exception as exc:
+        client.close()
+        pytest.fail(
+            f"Docker tests cannot run: image {settings.docker_image!r}: {exc}. {_DOCKER_HINT}",
+            pytrace=False,
+        )
+    return client
+
+
+def answer_from_text(request: SubcallRequest) -> list[SubcallResult]:
+    """A stand-in for the LLM dispatcher: answers follow from the prompt text.
+
+    ``fail...`` fails its slot; ``sleep:<s>:...`` answers after ``s`` seconds, so
+    parallel batches and out-of-order completion can be observed.
+    """
+    outcomes = []
+    for prompt in request.prompts:
+        if prompt.startswith("sleep:"):
+            _, seconds, _ = prompt.split(":", 2)
+            time.sleep(float(seconds))
+        if prompt.startswith("fail"):
+            outcomes.append(SubcallResult(ok=False, text=f"Error: refused {prompt!r}"))
+        else:
+            text = f"{request.kind}/{request.model or 'default'}: {prompt.upper()}"
+            outcomes.append(SubcallResult(ok=True, text=text))
+    return outcomes
+
+
+def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """True once ``predicate()`` holds, False if it still does not after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+MakeServices = Callable[[Settings], SandboxServices]
+OpenSession = Callable[..., SandboxSession]

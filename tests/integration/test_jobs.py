@@ -20,7 +20,7 @@ from rlm_jobs.models import JobStatus, Limits
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.submitter import Document
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.workerstack import Cluster, needle_context, runtime_pids, sandbox_pids, wait_for
+from tests.support import Cluster, needle_context, runtime_pids, sandbox_pids, wait_for
 from workers.names import LLM_TASK, ORCHESTRATE_QUEUE, RUN_JOB_TASK
 
 pytestmark = pytest.mark.timeout(240)

@@ -19,7 +19,7 @@ from rlm_jobs.models import JobSpec, JobStatus, Limits
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing.policies.sub import NEGATIVE_WORDS, POSITIVE_WORDS
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.workerstack import sandbox_pids, wait_for
+from tests.support import sandbox_pids, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
