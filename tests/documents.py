@@ -7,6 +7,8 @@ cross-reference table), so the converter under test reads them the way it reads 
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import Any
 
 import docx
 
@@ -95,3 +97,38 @@ def docx_file(heading: str, paragraphs: list[str], table: list[list[str]] | None
 def binary_blob(size: int = 4096) -> bytes:
     """Bytes no text encoding explains: every byte value, over and over."""
     return bytes(i % 256 for i in range(size))
+
+
+INVOICE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "invoice_number": {"type": "string", "description": "the invoice number"},
+        "total_due": {"type": "integer", "description": "the total amount due"},
+        "currency": {"enum": ["USD", "GBP"]},
+    },
+    "required": ["invoice_number", "total_due", "currency"],
+}
+
+
+def corpus_folder(directory: Path) -> None:
+    directory.mkdir()
+    (directory / "vault-a.pdf").write_bytes(
+        pdf_with_text([["Security notes."], ["The first half of the vault code is 4417."]])
+    )
+    (directory / "vault-b.docx").write_bytes(
+        docx_file("Memo", ["Lunch is at noon.", "The second half of the vault code is 9032."])
+    )
+    (directory / "menu.html").write_text("<h1>Menu</h1><p>The cafeteria serves soup.</p>")
+    (directory / "blob.bin").write_bytes(binary_blob())
+
+
+def invoices(directory: Path) -> None:
+    directory.mkdir()
+    (directory / "usd.txt").write_text(
+        "ACME Supplies\nInvoice number: INV-2041\nTotal due: 1250 USD\nCurrency: USD\n"
+    )
+    # In euros: no conversion makes "EUR" one of the schema's currencies.
+    (directory / "eur.html").write_text(
+        "<h1>Invoice</h1><ul><li>Invoice number: INV-9</li><li>Total due: 80 EUR</li>"
+        "<li>Currency: EUR</li></ul>"
+    )

@@ -4,6 +4,7 @@ waits on conditions, and the sandbox tests' stand-ins and Docker check."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -264,3 +266,48 @@ def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
 
 MakeServices = Callable[[Settings], SandboxServices]
 OpenSession = Callable[..., SandboxSession]
+
+
+# ---- the CLI against a cluster ------------------------------------------------------
+
+# The installed console script when there is one: that is what users type.
+_SCRIPT = Path(sys.executable).with_name("rlm-jobs")
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "rlm_jobs.cli"]
+
+
+@dataclass
+class Stack:
+    server: RedisServer
+    provider: ScriptedProvider
+    workers: list[Worker]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The CLI's environment: a broker, and nothing else from this process."""
+        return {"PATH": os.environ.get("PATH", ""), "RLM_JOBS_REDIS_URL": self.server.url}
+
+
+def workers_answer_ping(settings: Settings, names: list[str]) -> bool:
+    """Every named worker answers a control ping."""
+    replies = create_app(settings).control.ping(timeout=0.5)
+    answered = {name for reply in replies for name in reply}
+    return all(any(a.startswith(f"{n}@") for a in answered) for n in names)
+
+
+def cli(
+    *args: str, env: dict[str, str], stdin: str | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -13,78 +13,18 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rlm_jobs.config import Settings
 from rlm_jobs.redis_server import RedisServer
-from rlm_jobs.testing.provider import ScriptedProvider
-from tests.support import Worker, sandbox_pids, wait_for
-from workers.app import create_app
-from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
+from tests.support import ROOT, Stack, cli, read_jsonl, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
-ROOT = Path(__file__).resolve().parents[2]
-# The installed console script when there is one: that is what users type.
-_SCRIPT = Path(sys.executable).with_name("rlm-jobs")
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "rlm_jobs.cli"]
 NEEDLE = "scripted/needle"
 QUESTION = "What is the secret code?"
-
-
-# ---- fixtures: workers, provider, documents ------------------------------------------------
-
-
-@dataclass
-class Stack:
-    server: RedisServer
-    provider: ScriptedProvider
-    workers: list[Worker]
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The CLI's environment: a broker, and nothing else from this process."""
-        return {"PATH": os.environ.get("PATH", ""), "RLM_JOBS_REDIS_URL": self.server.url}
-
-
-def _ping(settings: Settings, names: list[str]) -> bool:
-    replies = create_app(settings).control.ping(timeout=0.5)
-    answered = {name for reply in replies for name in reply}
-    return all(any(a.startswith(f"{n}@") for a in answered) for n in names)
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    marker = str(redis_server.workdir)
-    logdir = tmp_path_factory.mktemp("cli-workers")
-    provider = ScriptedProvider().start()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "RLM_JOBS_REDIS_URL": redis_server.url,
-        "RLM_JOBS_SANDBOX_REDIS_SOCKET": redis_server.unix_socket,
-        "RLM_JOBS_SCRIPTED_BASE_URL": provider.url,
-    }
-    workers = [
-        Worker(ORCHESTRATE_QUEUE, env, logdir, concurrency=8),
-        Worker(LLM_QUEUE, env, logdir, concurrency=16),
-    ]
-    try:
-        for worker in workers:
-            worker.wait_ready()
-        settings = Settings(redis_url=redis_server.url)
-        names = [w.name for w in workers]
-        wait_for(lambda: _ping(settings, names), 30, "both workers to answer a ping")
-        yield Stack(redis_server, provider, workers)
-    finally:
-        for worker in workers:
-            worker.stop()
-        provider.stop()
-    wait_for(lambda: not sandbox_pids(marker), 15, "sandbox processes to exit")
 
 
 def secret_docs(directory: Path, n: int) -> dict[str, str]:
@@ -97,25 +37,6 @@ def secret_docs(directory: Path, n: int) -> dict[str, str]:
         (directory / name).write_text(f"{filler}\nThe secret code is {code}.\n{filler}")
         codes[name] = code
     return codes
-
-
-def cli(
-    *args: str, env: dict[str, str], stdin: str | None = None, timeout_s: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=timeout_s,
-        check=False,
-    )
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 # ---- batches: submit, watch, collect, resubmit ---------------------------------------------

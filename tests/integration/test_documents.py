@@ -16,25 +16,24 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from rlm_jobs.redis_server import RedisServer
-from tests.documents import binary_blob, corrupt_pdf, docx_file, pdf_with_text, scanned_pdf
-from tests.integration.test_cli import Stack, cli, read_jsonl, stack  # noqa: F401  (fixture)
+from tests.documents import (
+    INVOICE_SCHEMA,
+    binary_blob,
+    corpus_folder,
+    corrupt_pdf,
+    docx_file,
+    invoices,
+    pdf_with_text,
+    scanned_pdf,
+)
+from tests.support import Stack, cli, read_jsonl
 
 pytestmark = pytest.mark.timeout(300)
 QUESTION = "What is the secret code?"
-INVOICE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "invoice_number": {"type": "string", "description": "the invoice number"},
-        "total_due": {"type": "integer", "description": "the total amount due"},
-        "currency": {"enum": ["USD", "GBP"]},
-    },
-    "required": ["invoice_number", "total_due", "currency"],
-}
 
 
 def env_with_cache(base: dict[str, str], tmp_path: Path) -> dict[str, str]:
@@ -121,19 +120,7 @@ def test_run_reads_every_format_and_fails_only_the_unreadable_files(tmp_path: Pa
 # ---- item 2: a corpus as one context ---------------------------------------------------------
 
 
-def corpus_folder(directory: Path) -> None:
-    directory.mkdir()
-    (directory / "vault-a.pdf").write_bytes(
-        pdf_with_text([["Security notes."], ["The first half of the vault code is 4417."]])
-    )
-    (directory / "vault-b.docx").write_bytes(
-        docx_file("Memo", ["Lunch is at noon.", "The second half of the vault code is 9032."])
-    )
-    (directory / "menu.html").write_text("<h1>Menu</h1><p>The cafeteria serves soup.</p>")
-    (directory / "blob.bin").write_bytes(binary_blob())
-
-
-def test_a_corpus_question_is_answered_from_two_documents(stack: Stack, tmp_path: Path) -> None:  # noqa: F811
+def test_a_corpus_question_is_answered_from_two_documents(stack: Stack, tmp_path: Path) -> None:
     # Given a folder where each half of an answer sits in a different document
     corpus_folder(tmp_path / "corpus")
     env = env_with_cache(stack.env, tmp_path)
@@ -167,20 +154,8 @@ def test_a_corpus_question_is_answered_from_two_documents(stack: Stack, tmp_path
 # ---- item 3: structured answers ----------------------------------------------------------------
 
 
-def invoices(directory: Path) -> None:
-    directory.mkdir()
-    (directory / "usd.txt").write_text(
-        "ACME Supplies\nInvoice number: INV-2041\nTotal due: 1250 USD\nCurrency: USD\n"
-    )
-    # In euros: no conversion makes "EUR" one of the schema's currencies.
-    (directory / "eur.html").write_text(
-        "<h1>Invoice</h1><ul><li>Invoice number: INV-9</li><li>Total due: 80 EUR</li>"
-        "<li>Currency: EUR</li></ul>"
-    )
-
-
 def test_schema_answers_are_fixed_when_they_can_be_and_fail_when_they_cannot(
-    stack: Stack,  # noqa: F811
+    stack: Stack,
     tmp_path: Path,
 ) -> None:
     # Given two invoices and a schema; the scripted model first answers with strings
@@ -282,7 +257,7 @@ def test_unreadable_single_inputs_and_bad_schemas_exit_2(
 # ---- the README's examples -----------------------------------------------------------------
 
 
-def test_the_readme_document_examples_run(stack: Stack, tmp_path: Path) -> None:  # noqa: F811
+def test_the_readme_document_examples_run(stack: Stack, tmp_path: Path) -> None:
     env = env_with_cache(stack.env, tmp_path)
     table = tmp_path / "invoices.csv"
     done = cli(
