@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from celery import Celery
 from kombu.messaging import Producer
@@ -29,7 +29,7 @@ from rlm_jobs.calls import CallStore, StoredCall
 from rlm_jobs.dispatch import CallBatch, ResultCallback, StopCheck
 from sandbox.records import SubcallResult, not_run
 from workers.names import LLM_QUEUE, LLM_TASK
-from workers.replies import ReplyCollector
+from workers.replies import Inbox, ReplyCollector
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,10 @@ class CeleryDispatcher:
         if halt:
             return [not_run(halt.reason) for _ in batch.call_ids]
         index = {call_id: i for i, call_id in enumerate(batch.call_ids)}
+        inbox: Inbox = queue.SimpleQueue()
         # Expected before they are recorded: a worker still running a call of an earlier
         # run of this job answers whoever the record names as soon as it is re-recorded.
-        futures: dict[Future[SubcallResult], str] = {
-            self._collector.expect(call_id): call_id for call_id in batch.call_ids
-        }
+        self._collector.expect(batch.call_ids, inbox)
         answered = self._calls.prepare(
             batch.job_id,
             batch.model,
@@ -98,28 +97,33 @@ class CeleryDispatcher:
             batch.context,
         )
         results: list[SubcallResult | None] = [None] * len(batch.call_ids)
+        self._collector.forget(answered)
         for call_id, stored in answered.items():
-            self._collector.forget(call_id)
             results[index[call_id]] = stored.result
             on_result(index[call_id], stored.result)
-        pending = {f for f, call_id in futures.items() if call_id not in answered}
         # In prompt order: a chunk holds neighbouring prompts, and the first go out first.
         waiting = _Waiting(self, batch, [c for c in batch.call_ids if c not in answered])
         self._send(batch.job_id, waiting.call_ids)
-        while pending:
-            done, pending = wait(pending, timeout=_STOP_CHECK_S, return_when=FIRST_COMPLETED)
-            for future in done:
-                i = index[futures[future]]
-                results[i] = future.result()
-                on_result(i, future.result())
-            if done:
-                still = {futures[f] for f in pending}
-                waiting.call_ids = [c for c in waiting.call_ids if c in still]
-            halt = stop() if pending else None
+        open_ids = set(waiting.call_ids)
+        while open_ids:
+            try:
+                arrived = [inbox.get(timeout=_STOP_CHECK_S)]
+            except queue.Empty:
+                arrived = []
+            while not inbox.empty():  # a burst: take it whole before looking up again
+                arrived.append(inbox.get_nowait())
+            for call_id, result in arrived:
+                if call_id in open_ids:
+                    open_ids.discard(call_id)
+                    results[index[call_id]] = result
+                    on_result(index[call_id], result)
+            if arrived:
+                waiting.call_ids = [c for c in waiting.call_ids if c in open_ids]
+            halt = stop() if open_ids else None
             if halt:
-                pending_ids = [futures[f] for f in pending]
+                pending_ids = [c for c in batch.call_ids if c in open_ids]
+                self._collector.forget(pending_ids)
                 for call_id in pending_ids:
-                    self._collector.forget(call_id)
                     results[index[call_id]] = not_run(halt.reason)
                     on_result(index[call_id], not_run(halt.reason))
                 if not halt.keep_calls:  # deleting the records makes queued work a no-op

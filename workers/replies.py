@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import threading
-from concurrent.futures import Future
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -37,33 +38,39 @@ class Reply(Record):
     result: SubcallResult
 
 
+# Where a batch's answers arrive: (call id, result), in the order they come.
+Inbox = queue.SimpleQueue[tuple[str, SubcallResult]]
+
+
 class ReplyCollector:
     def __init__(self, client: redis.Redis, waiter_id: str) -> None:
         self._client = client
         self.waiter_id = waiter_id
         self._lock = threading.Lock()
-        self._waiting: dict[str, Future[SubcallResult]] = {}
+        # call id -> the inbox of the batch waiting for it; each call is answered once.
+        self._waiting: dict[str, Inbox] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rlm-replies", daemon=True)
         self._thread.start()
 
-    def expect(self, call_id: str) -> Future[SubcallResult]:
-        """Register interest before the call is sent, so no reply can slip past."""
-        future: Future[SubcallResult] = Future()
+    def expect(self, call_ids: Iterable[str], inbox: Inbox) -> None:
+        """Register interest before the calls are sent, so no reply can slip past."""
         with self._lock:
-            self._waiting[call_id] = future
-        return future
+            for call_id in call_ids:
+                self._waiting[call_id] = inbox
 
-    def forget(self, call_id: str) -> None:
+    def forget(self, call_ids: Iterable[str]) -> None:
         with self._lock:
-            self._waiting.pop(call_id, None)
+            for call_id in call_ids:
+                self._waiting.pop(call_id, None)
 
     def deliver(self, call_id: str, result: SubcallResult) -> None:
-        """Answer a waiting call with a result found another way (its reply went missing)."""
+        """Hand a call's result to the batch waiting for it (a reply, or a result found
+        another way when the reply went missing); later ones for the call are dropped."""
         with self._lock:
-            future = self._waiting.pop(call_id, None)
-        if future is not None and not future.done():
-            future.set_result(result)
+            inbox = self._waiting.pop(call_id, None)
+        if inbox is not None:
+            inbox.put((call_id, result))
 
     def _deliver(self, raw: Any) -> None:
         try:
