@@ -108,6 +108,26 @@ def _parent(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+def pids_mentioning(text: str) -> set[int]:
+    """Live processes whose command line contains ``text`` (a server's directory, say)."""
+    wanted = text.encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and wanted in _cmdline(int(entry.name)):
+            state = _state(int(entry.name))
+            if state not in ("Z", "X", ""):  # a zombie has ended; only its parent's wait is due
+                found.add(int(entry.name))
+    return found
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
 def sandbox_pids(marker: str) -> set[int]:
     """Live sandbox processes of one Redis server (to check nothing is left behind).
 
