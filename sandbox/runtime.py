@@ -10,8 +10,16 @@ by ``Fatal`` and exit when the context cannot be read.
 Threads: the main thread runs cells (so SIGALRM can interrupt them); a reader thread takes
 pub/sub messages and routes them (cells to the main thread, sub-call replies to their
 waiters); a heartbeat thread reports liveness and exits the process when Redis or the parent
-is gone. Dependencies: the stdlib only (``sandbox.resp`` speaks to Redis) — never
-``rlm_jobs``: a runtime starts for every job, and its start-up cost is mostly imports.
+is gone.
+
+A Redis restart costs nothing but time: every command, and the subscription, is tried
+again for ``Bootstrap.reconnect_s`` (authentication included: a restarted Redis has
+forgotten the sandbox's ACL user until its host restores it). Once subscribed again the
+runtime sends a heartbeat naming the last cell it received, so a host whose cell was
+published while nobody listened sends it again.
+
+Dependencies: the stdlib only (``sandbox.resp`` speaks to Redis) — never ``rlm_jobs``: a
+runtime starts for every job, and its start-up cost is mostly imports.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ import queue
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sandbox import resp, wire
 from sandbox.repl import Repl
@@ -34,8 +43,12 @@ from sandbox.subcalls import SubcallClient, make_functions
 MAX_BOOTSTRAP_BYTES = 64 * 1024
 # Long enough for a 100 MB context GET over a Unix socket, short enough to notice a dead server.
 SOCKET_TIMEOUT_S = 120.0
-# Heartbeats that fail this many times in a row mean Redis is gone.
+# Heartbeats that fail this many times in a row (each retried for reconnect_s) mean Redis
+# is gone.
 MAX_HEARTBEAT_FAILURES = 3
+# Pauses between tries to get a lost connection back: doubling from the first to the cap.
+RECONNECT_FIRST_S = 0.05
+RECONNECT_CAP_S = 1.0
 # Malformed messages remembered for the next cell's report.
 MAX_PROTOCOL_NOTES = 5
 
@@ -64,6 +77,31 @@ def connect(boot: wire.Bootstrap) -> resp.Connection:
     )
 
 
+T = TypeVar("T")
+
+
+def retrying(what: str, attempt: Callable[[], T], within_s: float) -> T:
+    """``attempt()``, tried again on a lost connection until ``within_s`` have passed."""
+    deadline = time.monotonic() + within_s
+    pause = RECONNECT_FIRST_S
+    failures = 0
+    while True:
+        try:
+            result = attempt()
+        except resp.ConnectionLost as exc:
+            failures += 1
+            if time.monotonic() + pause > deadline:
+                raise
+            if failures == 1:
+                log(f"{what} failed ({exc}); trying again for up to {within_s:g} s")
+            time.sleep(pause)
+            pause = min(RECONNECT_CAP_S, pause * 2)
+            continue
+        if failures:
+            log(f"{what} worked again after {failures} failed tries")
+        return result
+
+
 class Runtime:
     """Commands go over ``client`` (any thread); the input channel has its own connection."""
 
@@ -77,19 +115,24 @@ class Runtime:
         self._protocol_notes: list[str] = []
         self._notes_lock = threading.Lock()
         self._parent = os.getppid()
+        # The id of the last cell received, for heartbeats (the reader thread writes it).
+        self._last_exec: str | None = None
         self.subcalls = SubcallClient(self.send, self._fetch_reply, self.next_seq)
 
     def next_seq(self) -> int:
         return next(self._seq)
 
     def send(self, msg: wire.Message) -> None:
-        try:
-            wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg)
-        except resp.ConnectionLost as exc:
-            # The client reconnects on its next command; a message sent twice is harmless
-            # (receivers drop repeated ids), one lost would stall the host.
-            log(f"sending {msg.TYPE} failed ({exc}); sending it again on a new connection")
-            wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg)
+        # The client reconnects on its next command; a message sent twice is harmless
+        # (receivers drop repeated ids), one lost would stall the host.
+        retrying(
+            f"sending {msg.TYPE}",
+            lambda: wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg),
+            self.boot.reconnect_s,
+        )
+
+    def heartbeat(self) -> wire.Heartbeat:
+        return wire.Heartbeat(seq=self.next_seq(), id=wire.new_id(), last_exec=self._last_exec)
 
     def _fetch_reply(self, request_id: str) -> wire.ToSandbox | None:
         try:
@@ -102,14 +145,21 @@ class Runtime:
 
     def subscribe(self) -> resp.Connection:
         """A second connection, subscribed to the input channel (confirmed on return)."""
+        return retrying("subscribing", self._subscribe_once, self.boot.reconnect_s)
+
+    def _subscribe_once(self) -> resp.Connection:
         sub = connect(self.boot)
-        sub.subscribe(self.boot.channel_in)
+        try:
+            sub.subscribe(self.boot.channel_in)
+        except BaseException:
+            sub.close()
+            raise
         return sub
 
     def load_context(self, key: str) -> tuple[Any, int]:
         """The context stored under ``key`` and its size in bytes."""
         started = time.monotonic()
-        blob = self.redis.get(key)
+        blob = retrying("reading the context", lambda: self.redis.get(key), self.boot.reconnect_s)
         if blob is None:
             raise LookupError(f"context {key} is not in Redis")
         value = json.loads(blob)
@@ -127,10 +177,23 @@ class Runtime:
             try:
                 push = sub.read_push(timeout_s=1.0)
             except resp.RedisError as exc:
-                log(f"lost the Redis connection: {exc}; exiting")
-                os._exit(EXIT_REDIS_LOST)
+                sub.close()
+                sub = self._resubscribe(exc)
+                continue
             if push is not None and len(push) == 3 and push[0] == b"message":
                 self.route(push[2])
+
+    def _resubscribe(self, lost: resp.RedisError) -> resp.Connection:
+        """A new subscription after ``lost``; exits if Redis stays away."""
+        log(f"lost the subscription ({lost}); subscribing again")
+        try:
+            sub = self.subscribe()
+            # Messages published meanwhile are gone: say which cell we have.
+            self.send(self.heartbeat())
+        except resp.RedisError as exc:
+            log(f"lost the Redis connection: {exc}; exiting")
+            os._exit(EXIT_REDIS_LOST)
+        return sub
 
     def route(self, raw: bytes | str) -> None:
         try:
@@ -142,6 +205,7 @@ class Runtime:
             if not self.subcalls.deliver_slots(msg.reply_to, msg.results):
                 log(f"reply to unknown or finished sub-call {msg.reply_to}")
         elif isinstance(msg, wire.ExecCell):
+            self._last_exec = msg.id
             if msg.id not in self._seen_exec:  # a resent cell must not run twice
                 self._seen_exec.add(msg.id)
                 self._inbox.put(msg)
@@ -188,7 +252,7 @@ class Runtime:
                 log("the parent process is gone; exiting")
                 os._exit(EXIT_PARENT_LOST)
             try:
-                self.send(wire.Heartbeat(seq=self.next_seq(), id=wire.new_id()))
+                self.send(self.heartbeat())
                 failures = 0
             except resp.RedisError as exc:
                 failures += 1
@@ -275,7 +339,7 @@ def main() -> int:
     sys.stdin = open(os.devnull)  # noqa: SIM115 - model code's input() gets EOF for good
     context: Any = None
     try:
-        runtime = Runtime(boot, connect(boot))
+        runtime = Runtime(boot, retrying("connecting", lambda: connect(boot), boot.reconnect_s))
         sub = runtime.subscribe()
         if boot.context_key is not None:
             context, _ = runtime.load_context(boot.context_key)

@@ -180,7 +180,13 @@ class SubcallRequest(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class Heartbeat(Message):
+    """Alive; also sent at once when the runtime got its Redis connection back."""
+
     TYPE: ClassVar[str] = "heartbeat"
+
+    # The id of the last cell the runtime received: a host waiting on a cell the runtime
+    # does not have (published while its connection was down) sends it again.
+    last_exec: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,6 +225,9 @@ class Bootstrap(Record):
     # LoadContext (its ACL user cannot read any context until then).
     context_key: str | None = None
     heartbeat_s: float = field(default=5.0, metadata=_bounds(gt=0))
+    # How long the runtime tries to get a lost Redis connection back (a Redis restart)
+    # before it gives up and exits.
+    reconnect_s: float = field(default=60.0, metadata=_bounds(ge=0))
 
 
 def new_id() -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from urllib.parse import urlsplit
+
 from celery import Celery
 
 from rlm_jobs.config import Settings
@@ -36,6 +39,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # Orchestrator tasks run for minutes: a worker must not hoard messages it cannot start.
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": _transport_options(settings),
+        **_outage_options(settings),
         "broker_connection_retry_on_startup": True,
         # Producer connections per process (task sends and progress events): a send takes a
         # fraction of a millisecond, so two serve hundreds of job threads (they wait for one),
@@ -47,6 +51,25 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
     }
+
+
+def _outage_options(settings: Settings) -> dict[str, object]:
+    """What lets workers and submitters ride out a Redis restart (``redis_retry_s``)."""
+    options: dict[str, object] = {
+        # Task sends (submits, sub-call chunks, requeues) retry through the outage; Celery's
+        # default gives up after 0.6 s.
+        "task_publish_retry_policy": {
+            "max_retries": math.ceil(settings.redis_retry_s) + 2,
+            "interval_start": 0,
+            "interval_step": 0.25,
+            "interval_max": 1.0,
+        },
+    }
+    if urlsplit(settings.redis_url or "").scheme == "redis":
+        # kombu's transport with the fix that keeps a worker alive when Redis goes away
+        # under it (workers/transport.py); other schemes keep kombu's own.
+        options["broker_transport"] = "workers.transport:Transport"
+    return options
 
 
 def _transport_options(settings: Settings) -> dict[str, object]:

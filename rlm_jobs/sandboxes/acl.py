@@ -8,6 +8,9 @@ to Redis, so the password itself never appears in MONITOR or ``ACL LIST``.
 
 The ACL only confines sandboxes if Redis's ``default`` user has a password: the sandbox can
 reach the server's socket and could otherwise simply not log in as its own user.
+
+Every user made here is remembered (``identities``) so that a Redis restarted on its
+append-only file, which keeps no ACL users, is told them again.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import redis
 
 from rlm_jobs import keys
 from rlm_jobs.errors import ConfigError, SandboxError
+from rlm_jobs.sandboxes.identities import identities_for
 
 SANDBOX_COMMANDS = ("subscribe", "publish", "get", "set")
 
@@ -41,34 +45,36 @@ def create_user(client: redis.Redis, sandbox_id: str, context_key: str | None) -
         "-@all",
         *(f"+{c}" for c in SANDBOX_COMMANDS),
     ]
+    user = keys.sandbox_user(sandbox_id)
     try:
         # redis-py's acl_setuser cannot express a read-only %R~ key pattern.
-        client.execute_command(  # type: ignore[no-untyped-call]
-            "ACL", "SETUSER", keys.sandbox_user(sandbox_id), *rules
-        )
+        client.execute_command("ACL", "SETUSER", user, *rules)  # type: ignore[no-untyped-call]
     except redis.ResponseError as exc:
         raise ConfigError(
             f"Redis refused to create a sandbox ACL user (needs Redis 7+): {exc}"
         ) from exc
     except redis.RedisError as exc:
         raise SandboxError(f"could not create the sandbox's ACL user: {exc}") from exc
+    identities_for(client).remember(user, rules)
     return password
 
 
 def grant_context(client: redis.Redis, sandbox_id: str, context_key: str) -> None:
     """Let the sandbox read one context blob (read-only); its other rules stay."""
+    user, rule = keys.sandbox_user(sandbox_id), f"%R~{context_key}"
     try:
-        client.execute_command(  # type: ignore[no-untyped-call]
-            "ACL", "SETUSER", keys.sandbox_user(sandbox_id), f"%R~{context_key}"
-        )
+        client.execute_command("ACL", "SETUSER", user, rule)  # type: ignore[no-untyped-call]
     except redis.RedisError as exc:
         raise SandboxError(f"could not grant the sandbox its context: {exc}") from exc
+    identities_for(client).add_rule(user, rule)
 
 
 def delete_user(client: redis.Redis, sandbox_id: str) -> None:
     """Remove the user and close its connections (ACL DELUSER disconnects them)."""
+    user = keys.sandbox_user(sandbox_id)
+    identities_for(client).forget(user)  # first: no restore may bring it back
     try:
-        client.acl_deluser(keys.sandbox_user(sandbox_id))
+        client.acl_deluser(user)
     except redis.RedisError as exc:
         raise SandboxError(f"could not delete the sandbox's ACL user: {exc}") from exc
 

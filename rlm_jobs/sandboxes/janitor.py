@@ -32,6 +32,7 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.errors import SandboxError
 from rlm_jobs.sandboxes import acl
+from rlm_jobs.sandboxes.identities import identities_for
 from rlm_jobs.sandboxes.per_pool import PerPool
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,9 @@ class Janitor:
         alive = pipe.execute()
         stale = [user for user, present in zip(candidates, alive, strict=True) if not present]
         if stale:
+            identities = identities_for(self._client)
+            for user in stale:
+                identities.forget(user)
             # ACL DELUSER also disconnects any client still logged in as that user.
             self._client.acl_deluser(*stale)
             log.warning("removed %d sandbox ACL users left by dead orchestrators", len(stale))

@@ -143,6 +143,8 @@ class LiveSandbox:
     launched_at: float = field(default_factory=time.monotonic)
     # Request ids already being served: the runtime re-sends a request it got no answer to.
     requests_seen: set[str] = field(default_factory=set)
+    # When the running cell was last sent (monotonic), to pace sending it again.
+    cell_sent_at: float = 0.0
     prefix: str = field(init=False)
     channel_in: str = field(init=False)
     _seq: itertools.count[int] = field(default_factory=itertools.count, repr=False)
@@ -225,6 +227,7 @@ class Launcher:
                 message_key_prefix=sbx.prefix,
                 context_key=context_key,
                 heartbeat_s=self.heartbeat_s,
+                reconnect_s=self.settings.redis_retry_s,
             )
             sbx.launched_at = time.monotonic()
             sbx.process = self.backend.launch(bootstrap)
@@ -243,7 +246,8 @@ class Launcher:
             left = timeout_s - (time.monotonic() - sbx.launched_at)
             self.await_message(
                 sbx,
-                lambda m: isinstance(m, wire.Ready),
+                # Heartbeats start with Ready: one stands in for a Ready lost in an outage.
+                lambda m: isinstance(m, wire.Ready | wire.Heartbeat),
                 None,
                 left,
                 f"sandbox was not ready within {timeout_s:g} s (sandbox_start_timeout_s)",

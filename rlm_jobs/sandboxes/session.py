@@ -49,6 +49,9 @@ LIVENESS_CHECK_S = 0.5
 STORED_REPLY_POLL_S = 1.0
 # Sub-call requests of one sandbox served at once; a batch is one request.
 SUBCALL_THREADS = 16
+# A heartbeat saying the runtime lacks the running cell is believed only this long after
+# the cell was last sent (one sent before the cell arrived proves nothing).
+RESEND_AFTER_S = 1.0
 
 _checked_default_user: set[int] = set()
 
@@ -126,7 +129,7 @@ class SandboxSession:
             max_output_chars=max(100, max_output_chars),
         )
         started = time.monotonic()
-        self._send(sbx, request)
+        self._send_cell(sbx, request)
         deadline = started + timeout_s + self.grace_s
         next_liveness = started + LIVENESS_CHECK_S
         next_poll = started + STORED_REPLY_POLL_S
@@ -139,7 +142,7 @@ class SandboxSession:
                 return self._replace_after_timeout(sbx, timeout_s, started)
             raw = self._receive(sbx, min(0.25, deadline - now))
             if raw is not None:
-                result = self._handle(sbx, raw, request.id, notes)
+                result = self._handle(sbx, raw, request, notes)
                 if result is not None:
                     return _outcome(result, notes)
             now = time.monotonic()
@@ -279,6 +282,10 @@ class SandboxSession:
     def _send(self, sbx: LiveSandbox, msg: wire.Message) -> None:
         self._launcher.send(sbx, msg)
 
+    def _send_cell(self, sbx: LiveSandbox, request: wire.ExecCell) -> None:
+        sbx.cell_sent_at = time.monotonic()
+        self._send(sbx, request)
+
     def _receive(self, sbx: LiveSandbox, timeout_s: float) -> str | bytes | None:
         try:
             return sbx.sub.get(timeout_s)
@@ -297,7 +304,11 @@ class SandboxSession:
         return stored if isinstance(stored, wire.CellResult) else None
 
     def _handle(
-        self, sbx: LiveSandbox, raw: str | bytes, request_id: str, notes: list[str]
+        self,
+        sbx: LiveSandbox,
+        raw: str | bytes,
+        request: wire.ExecCell,
+        notes: list[str],
     ) -> wire.CellResult | None:
         try:
             msg = wire.decode_to_host(self._client, sbx.prefix, raw)
@@ -307,8 +318,14 @@ class SandboxSession:
                 notes.append(f"[host] ignored a malformed message from the sandbox: {exc}")
             return None
         if isinstance(msg, wire.CellResult):
-            return msg if msg.reply_to == request_id else None
-        if isinstance(msg, wire.SubcallRequest) and msg.id not in sbx.requests_seen:
+            return msg if msg.reply_to == request.id else None
+        if isinstance(msg, wire.Heartbeat) and msg.last_exec != request.id:
+            # Published while the runtime's connection was down; it runs a cell once. At
+            # most once a second: model code can send heartbeats too.
+            if time.monotonic() - sbx.cell_sent_at >= RESEND_AFTER_S:
+                log.warning("sandbox %s never got cell %s; sending it again", sbx.id, request.id)
+                self._send_cell(sbx, request)
+        elif isinstance(msg, wire.SubcallRequest) and msg.id not in sbx.requests_seen:
             sbx.requests_seen.add(msg.id)
             self._pool.submit(self._serve_subcall, sbx, msg)
         elif isinstance(msg, wire.Fatal):

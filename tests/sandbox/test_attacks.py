@@ -660,7 +660,8 @@ def check_redis(stack: Stack, run: AttackRun, neighbour: Neighbour) -> None:
     assert "DEBUG SLEEP: refused: " in run.output
     assert "connect as default, no password: refused: ReplyError: NOAUTH" in run.output
     for who in ("default, guessed password", "the neighbour's user"):
-        assert f"connect as {who}: refused: ReplyError: WRONGPASS" in run.output
+        refused = f"connect as {who}: refused: AuthFailed: authentication failed: WRONGPASS"
+        assert refused in run.output
     # The server agrees: its ACL log holds the attacker's refused attempts, nothing changed.
     (fished,) = run.lines("fished the runtime's client: user ")
     attacker = fished.split()[5]

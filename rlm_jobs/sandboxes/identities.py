@@ -1,0 +1,99 @@
+"""The ACL users of this process's live sandboxes, told again to a Redis that forgot them.
+
+ACL users are not data: Redis keeps them in memory (or an ACL file), never in its
+append-only file, so a Redis restarted on its AOF has every key of a running job and none
+of its sandboxes' users. The runtimes then cannot log in again and their jobs would lose
+their REPL state. So every user ``acl`` creates is remembered here with its rules (the
+password only as the SHA-256 Redis itself keeps), and one thread per process compares them
+with ``ACL USERS`` every ``CHECK_S`` while any sandbox lives, creating the missing ones
+again. A runtime retries its login for ``redis_retry_s``, far longer than that.
+
+A user deleted on purpose (teardown, the stale-user sweep) is forgotten *before* it is
+deleted, under the same lock the check holds, so a check can never bring it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from rlm_jobs.sandboxes.per_pool import PerPool
+
+log = logging.getLogger(__name__)
+
+# How often the users are compared with Redis's while sandboxes live: one ACL USERS.
+CHECK_S = 1.0
+
+
+class Identities:
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._rules: dict[str, list[str]] = {}
+        self._thread: threading.Thread | None = None
+
+    @property
+    def users(self) -> list[str]:
+        with self._lock:
+            return list(self._rules)
+
+    def remember(self, user: str, rules: list[str]) -> None:
+        """Call after ``ACL SETUSER user *rules`` succeeded."""
+        with self._lock:
+            self._rules[user] = list(rules)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="rlm-acl-restore", daemon=True
+                )
+                self._thread.start()
+
+    def add_rule(self, user: str, rule: str) -> None:
+        """Call after ``ACL SETUSER user rule`` succeeded (a context granted later)."""
+        with self._lock:
+            rules = self._rules.get(user)
+            if rules is not None:
+                rules.append(rule)
+
+    def forget(self, user: str) -> None:
+        """Call before deleting the user: from now on no check creates it again."""
+        with self._lock:
+            self._rules.pop(user, None)
+
+    def restore(self) -> list[str]:
+        """Create again the remembered users Redis does not know; returns their names."""
+        with self._lock:
+            if not self._rules:
+                return []
+            listed = self._client.acl_users()
+            known = {u.decode() if isinstance(u, bytes) else str(u) for u in listed}
+            missing = {user: rules for user, rules in self._rules.items() if user not in known}
+            if missing:
+                pipe = self._client.pipeline(transaction=False)
+                for user, rules in missing.items():
+                    pipe.execute_command("ACL", "SETUSER", user, *rules)  # type: ignore[no-untyped-call]
+                pipe.execute()
+        if missing:
+            log.warning(
+                "Redis had forgotten %d sandbox ACL users (it restarted?): created them again",
+                len(missing),
+            )
+        return sorted(missing)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(CHECK_S)
+            try:
+                self.restore()
+            except redis.RedisError as exc:  # Redis still away: the next check tries again
+                log.warning("could not check the sandbox ACL users: %s", exc)
+
+
+_identities: PerPool[Identities] = PerPool(Identities)
+
+
+def identities_for(client: redis.Redis) -> Identities:
+    """The process-wide record of sandbox users on the Redis server behind ``client``."""
+    return _identities.get(client)
