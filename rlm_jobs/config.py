@@ -15,7 +15,7 @@ from typing import Literal
 import redis
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis.backoff import EqualJitterBackoff
+from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 
@@ -180,6 +180,8 @@ def redis_retry(settings: Settings) -> Retry:
     Past the first few tries each pause is at least half the cap (equal jitter: restarted
     Redis is not met by every client at once), hence the count.
     """
+    if settings.redis_retry_s <= 0:
+        return Retry(NoBackoff(), 0)
     tries = 6 + math.ceil(settings.redis_retry_s / (_RETRY_CAP_S / 2))
     return Retry(EqualJitterBackoff(cap=_RETRY_CAP_S, base=0.05), tries)
 

@@ -80,8 +80,12 @@ def connect(boot: wire.Bootstrap) -> resp.Connection:
 T = TypeVar("T")
 
 
-def retrying(what: str, attempt: Callable[[], T], within_s: float) -> T:
-    """``attempt()``, tried again on a lost connection until ``within_s`` have passed."""
+def retrying(what: str, attempt: Callable[[], T], within_s: float, parent: int) -> T:
+    """``attempt()``, tried again on a lost connection until ``within_s`` have passed.
+
+    Exits at once if the ``parent`` process is gone: nobody is left to reconnect for (its
+    Redis user is being swept, and the heartbeat thread may be the one retrying).
+    """
     deadline = time.monotonic() + within_s
     pause = RECONNECT_FIRST_S
     failures = 0
@@ -90,6 +94,9 @@ def retrying(what: str, attempt: Callable[[], T], within_s: float) -> T:
             result = attempt()
         except resp.ConnectionLost as exc:
             failures += 1
+            if os.getppid() != parent:
+                log("the parent process is gone; exiting")
+                os._exit(EXIT_PARENT_LOST)
             if time.monotonic() + pause > deadline:
                 raise
             if failures == 1:
@@ -129,6 +136,7 @@ class Runtime:
             f"sending {msg.TYPE}",
             lambda: wire.send(self.redis, self.boot.channel_out, self.boot.message_key_prefix, msg),
             self.boot.reconnect_s,
+            self._parent,
         )
 
     def heartbeat(self) -> wire.Heartbeat:
@@ -145,7 +153,7 @@ class Runtime:
 
     def subscribe(self) -> resp.Connection:
         """A second connection, subscribed to the input channel (confirmed on return)."""
-        return retrying("subscribing", self._subscribe_once, self.boot.reconnect_s)
+        return retrying("subscribing", self._subscribe_once, self.boot.reconnect_s, self._parent)
 
     def _subscribe_once(self) -> resp.Connection:
         sub = connect(self.boot)
@@ -159,7 +167,9 @@ class Runtime:
     def load_context(self, key: str) -> tuple[Any, int]:
         """The context stored under ``key`` and its size in bytes."""
         started = time.monotonic()
-        blob = retrying("reading the context", lambda: self.redis.get(key), self.boot.reconnect_s)
+        blob = retrying(
+            "reading the context", lambda: self.redis.get(key), self.boot.reconnect_s, self._parent
+        )
         if blob is None:
             raise LookupError(f"context {key} is not in Redis")
         value = json.loads(blob)
@@ -339,7 +349,8 @@ def main() -> int:
     sys.stdin = open(os.devnull)  # noqa: SIM115 - model code's input() gets EOF for good
     context: Any = None
     try:
-        runtime = Runtime(boot, retrying("connecting", lambda: connect(boot), boot.reconnect_s))
+        client = retrying("connecting", lambda: connect(boot), boot.reconnect_s, os.getppid())
+        runtime = Runtime(boot, client)
         sub = runtime.subscribe()
         if boot.context_key is not None:
             context, _ = runtime.load_context(boot.context_key)

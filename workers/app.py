@@ -59,7 +59,7 @@ def _outage_options(settings: Settings) -> dict[str, object]:
         # Task sends (submits, sub-call chunks, requeues) retry through the outage; Celery's
         # default gives up after 0.6 s.
         "task_publish_retry_policy": {
-            "max_retries": math.ceil(settings.redis_retry_s) + 2,
+            "max_retries": math.ceil(settings.redis_retry_s) + 2 if settings.redis_retry_s else 0,
             "interval_start": 0,
             "interval_step": 0.25,
             "interval_max": 1.0,

@@ -55,7 +55,7 @@ def create_user(client: redis.Redis, sandbox_id: str, context_key: str | None) -
         ) from exc
     except redis.RedisError as exc:
         raise SandboxError(f"could not create the sandbox's ACL user: {exc}") from exc
-    identities_for(client).remember(user, rules)
+    identities_for(client).remember(sandbox_id, rules)
     return password
 
 
@@ -66,13 +66,13 @@ def grant_context(client: redis.Redis, sandbox_id: str, context_key: str) -> Non
         client.execute_command("ACL", "SETUSER", user, rule)  # type: ignore[no-untyped-call]
     except redis.RedisError as exc:
         raise SandboxError(f"could not grant the sandbox its context: {exc}") from exc
-    identities_for(client).add_rule(user, rule)
+    identities_for(client).add_rule(sandbox_id, rule)
 
 
 def delete_user(client: redis.Redis, sandbox_id: str) -> None:
     """Remove the user and close its connections (ACL DELUSER disconnects them)."""
     user = keys.sandbox_user(sandbox_id)
-    identities_for(client).forget(user)  # first: no restore may bring it back
+    identities_for(client).forget(sandbox_id)  # first: no restore may bring it back
     try:
         client.acl_deluser(user)
     except redis.RedisError as exc:

@@ -5,8 +5,9 @@ append-only file, so a Redis restarted on its AOF has every key of a running job
 of its sandboxes' users. The runtimes then cannot log in again and their jobs would lose
 their REPL state. So every user ``acl`` creates is remembered here with its rules (the
 password only as the SHA-256 Redis itself keeps), and one thread per process compares them
-with ``ACL USERS`` every ``CHECK_S`` while any sandbox lives, creating the missing ones
-again. A runtime retries its login for ``redis_retry_s``, far longer than that.
+with ``ACL USERS`` every ``CHECK_S`` while any sandbox lives, creating again the missing
+ones whose sandbox still has its liveness key (kept in the AOF). A runtime retries its
+login for ``redis_retry_s``, far longer than that.
 
 A user deleted on purpose (teardown, the stale-user sweep) is forgotten *before* it is
 deleted, under the same lock the check holds, so a check can never bring it back.
@@ -20,6 +21,7 @@ import time
 
 import redis
 
+from rlm_jobs import keys
 from rlm_jobs.sandboxes.per_pool import PerPool
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,9 @@ CHECK_S = 1.0
 
 
 class Identities:
+    """Remembered rules by sandbox id; a user is restored only while its sandbox's liveness
+    key (``keys.sandbox_alive``) exists, the same test the stale-user sweep applies."""
+
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._lock = threading.Lock()
@@ -36,51 +41,57 @@ class Identities:
         self._thread: threading.Thread | None = None
 
     @property
-    def users(self) -> list[str]:
+    def sandbox_ids(self) -> list[str]:
         with self._lock:
             return list(self._rules)
 
-    def remember(self, user: str, rules: list[str]) -> None:
-        """Call after ``ACL SETUSER user *rules`` succeeded."""
+    def remember(self, sandbox_id: str, rules: list[str]) -> None:
+        """Call after ``ACL SETUSER`` made the sandbox's user with ``rules``."""
         with self._lock:
-            self._rules[user] = list(rules)
+            self._rules[sandbox_id] = list(rules)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="rlm-acl-restore", daemon=True
                 )
                 self._thread.start()
 
-    def add_rule(self, user: str, rule: str) -> None:
-        """Call after ``ACL SETUSER user rule`` succeeded (a context granted later)."""
+    def add_rule(self, sandbox_id: str, rule: str) -> None:
+        """Call after ``ACL SETUSER`` added ``rule`` (a context granted later)."""
         with self._lock:
-            rules = self._rules.get(user)
+            rules = self._rules.get(sandbox_id)
             if rules is not None:
                 rules.append(rule)
 
-    def forget(self, user: str) -> None:
+    def forget(self, sandbox_id: str) -> None:
         """Call before deleting the user: from now on no check creates it again."""
         with self._lock:
-            self._rules.pop(user, None)
+            self._rules.pop(sandbox_id, None)
 
     def restore(self) -> list[str]:
-        """Create again the remembered users Redis does not know; returns their names."""
+        """Create again the users of live sandboxes Redis does not know; their sandbox ids."""
         with self._lock:
             if not self._rules:
                 return []
             listed = self._client.acl_users()
             known = {u.decode() if isinstance(u, bytes) else str(u) for u in listed}
-            missing = {user: rules for user, rules in self._rules.items() if user not in known}
-            if missing:
-                pipe = self._client.pipeline(transaction=False)
-                for user, rules in missing.items():
-                    pipe.execute_command("ACL", "SETUSER", user, *rules)  # type: ignore[no-untyped-call]
-                pipe.execute()
-        if missing:
+            missing = [i for i in self._rules if keys.sandbox_user(i) not in known]
+            if not missing:
+                return []
+            pipe = self._client.pipeline(transaction=False)
+            for sandbox_id in missing:
+                pipe.exists(keys.sandbox_alive(sandbox_id))
+            alive = [i for i, live in zip(missing, pipe.execute(), strict=True) if live]
+            pipe = self._client.pipeline(transaction=False)
+            for sandbox_id in alive:
+                user = keys.sandbox_user(sandbox_id)
+                pipe.execute_command("ACL", "SETUSER", user, *self._rules[sandbox_id])  # type: ignore[no-untyped-call]
+            pipe.execute()
+        if alive:
             log.warning(
                 "Redis had forgotten %d sandbox ACL users (it restarted?): created them again",
-                len(missing),
+                len(alive),
             )
-        return sorted(missing)
+        return alive
 
     def _run(self) -> None:
         while True:

@@ -163,7 +163,7 @@ class Janitor:
         if stale:
             identities = identities_for(self._client)
             for user in stale:
-                identities.forget(user)
+                identities.forget(user[len(keys.SANDBOX_USER_PREFIX) :])
             # ACL DELUSER also disconnects any client still logged in as that user.
             self._client.acl_deluser(*stale)
             log.warning("removed %d sandbox ACL users left by dead orchestrators", len(stale))

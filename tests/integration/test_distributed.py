@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from rlm_jobs import keys
-from rlm_jobs.config import Settings
+from rlm_jobs.config import Settings, redis_client
 from rlm_jobs.errors import SpecError
 from rlm_jobs.models import JobStatus, Limits
 from rlm_jobs.redis_server import RedisServer
@@ -63,7 +63,8 @@ class Cluster:
             "RLM_JOBS_REAPER_INTERVAL_S": "0.5",
         }
         self.settings = Settings(redis_url=server.url, scripted_base_url=provider.url)
-        self.client = redis.Redis.from_url(server.url)
+        # Retries like the workers' clients: some tests crash and restart Redis.
+        self.client = redis_client(self.settings)
         self.app = create_app(self.settings)
         self.submitter = Submitter(
             self.client, celery_enqueuer(self.settings, self.app), self.settings

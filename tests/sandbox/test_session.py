@@ -12,6 +12,7 @@ import redis
 
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
+from rlm_jobs.contexts import put_context
 from rlm_jobs.errors import SandboxError
 from rlm_jobs.models import ContextRef
 from rlm_jobs.sandboxes import acl
@@ -153,9 +154,14 @@ def test_open_repl_factory_opens_working_sessions(
 
 
 def test_the_runtime_exits_when_it_loses_redis(
-    open_session: OpenSession, redis_client: redis.Redis
+    redis_client: redis.Redis, settings: Settings, backend_name: str
 ) -> None:
-    session = open_session()
+    # It tries to get back in for redis_retry_s (a Redis restart), then gives up.
+    quick = settings.model_copy(update={"redis_retry_s": 2.0})
+    ref = put_context(redis_client, "ctx")
+    session = SandboxSession(
+        redis_client, quick, create_backend(quick, backend_name), ref, answer_from_text
+    )
     process = session.process
     assert process is not None
     # Deleting its user disconnects the runtime and makes every reconnect fail.
