@@ -43,12 +43,14 @@ class Worker:
         concurrency: int = 8,
         name: str | None = None,
         app: str = "workers",
+        pool: str | None = "threads",
     ) -> None:
+        """``pool`` None leaves the pool to the app's configuration (no ``--pool``)."""
         self.name = name or f"{queues.replace('.', '-').replace(',', '+')}-{uuid.uuid4().hex[:6]}"
         self.log_path = logdir / f"{self.name}.log"
         args = [
             sys.executable, "-m", "celery", "-A", app, "worker",
-            "-Q", queues, "--pool", "threads", "-c", str(concurrency),
+            "-Q", queues, *(("--pool", pool) if pool else ()), "-c", str(concurrency),
             "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
             "--without-heartbeat", "-l", "info",
         ]  # fmt: skip

@@ -41,6 +41,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_transport_options": _transport_options(settings),
         **_outage_options(settings),
         "broker_connection_retry_on_startup": True,
+        # A worker waits for Redis however long it is away, rather than exit after Celery's
+        # 100 tries (its jobs and their sandboxes may still be alive when it returns).
+        "broker_connection_max_retries": None,
         # Producer connections per process (task sends and progress events): a send takes a
         # fraction of a millisecond, so two serve hundreds of job threads (they wait for one),
         # and each is a Redis client (bench scenario 7: 19 connections in all for 200 jobs).
@@ -50,6 +53,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        # Jobs wait on the network and share per-process state: threads, never prefork
+        # (workers/pools.py refuses it at start). Celery's default would be prefork.
+        "worker_pool": "threads",
     }
 
 
@@ -83,10 +89,12 @@ def _transport_options(settings: Settings) -> dict[str, object]:
 def create_app(settings: Settings | None = None) -> Celery:
     """An app configured from ``settings`` (the CLI, tests and the local stack use this)."""
     from workers.credit import PromptCreditStep  # imports this module's task names
+    from workers.pools import SupportedPool
 
     celery_app = Celery("rlm_jobs", include=["workers.tasks", "workers.signals"])
     # llm workers reserve chunk tasks by the prompts they carry (workers/credit.py).
     celery_app.steps["consumer"].add(PromptCreditStep)
+    celery_app.steps["worker"].add(SupportedPool)
     if settings is not None:
         celery_app.conf.update(celery_config(settings))
         celery_app.rlm_settings = settings
