@@ -15,8 +15,8 @@ is gone.
 A Redis restart costs nothing but time: every command, and the subscription, is tried
 again for ``Bootstrap.reconnect_s`` (authentication included: a restarted Redis has
 forgotten the sandbox's ACL user until its host restores it). Once subscribed again the
-runtime sends a heartbeat naming the last cell it received, so a host whose cell was
-published while nobody listened sends it again.
+runtime sends a heartbeat naming the last cell or context load it received, so a host whose
+request was published while nobody listened sends it again.
 
 Dependencies: the stdlib only (``sandbox.resp`` speaks to Redis) — never ``rlm_jobs``: a
 runtime starts for every job, and its start-up cost is mostly imports.
@@ -118,12 +118,13 @@ class Runtime:
         self._seq = itertools.count()
         self._inbox: queue.Queue[wire.ExecCell | wire.Shutdown | wire.LoadContext] = queue.Queue()
         self._busy = False
-        self._seen_exec: set[str] = set()
+        self._seen_requests: set[str] = set()
         self._protocol_notes: list[str] = []
         self._notes_lock = threading.Lock()
         self._parent = os.getppid()
-        # The id of the last cell received, for heartbeats (the reader thread writes it).
-        self._last_exec: str | None = None
+        # The id of the last cell or context load received, for heartbeats (the reader
+        # thread writes it).
+        self._last_received: str | None = None
         self.subcalls = SubcallClient(self.send, self._fetch_reply, self.next_seq)
 
     def next_seq(self) -> int:
@@ -140,7 +141,9 @@ class Runtime:
         )
 
     def heartbeat(self) -> wire.Heartbeat:
-        return wire.Heartbeat(seq=self.next_seq(), id=wire.new_id(), last_exec=self._last_exec)
+        return wire.Heartbeat(
+            seq=self.next_seq(), id=wire.new_id(), last_received=self._last_received
+        )
 
     def _fetch_reply(self, request_id: str) -> wire.ToSandbox | None:
         try:
@@ -214,13 +217,12 @@ class Runtime:
         if isinstance(msg, wire.SubcallReply):
             if not self.subcalls.deliver_slots(msg.reply_to, msg.results):
                 log(f"reply to unknown or finished sub-call {msg.reply_to}")
-        elif isinstance(msg, wire.ExecCell):
-            self._last_exec = msg.id
-            if msg.id not in self._seen_exec:  # a resent cell must not run twice
-                self._seen_exec.add(msg.id)
+        elif isinstance(msg, wire.ExecCell | wire.LoadContext):
+            self._last_received = msg.id
+            # A resent cell must not run twice, nor a resent context load load twice.
+            if msg.id not in self._seen_requests:
+                self._seen_requests.add(msg.id)
                 self._inbox.put(msg)
-        elif isinstance(msg, wire.LoadContext):
-            self._inbox.put(msg)
         else:
             self._inbox.put(msg)
             if self._busy:  # a cell that will not end must not delay shutdown

@@ -184,9 +184,9 @@ class Heartbeat(Message):
 
     TYPE: ClassVar[str] = "heartbeat"
 
-    # The id of the last cell the runtime received: a host waiting on a cell the runtime
-    # does not have (published while its connection was down) sends it again.
-    last_exec: str | None = None
+    # The id of the last cell or context load the runtime received: a host waiting on one
+    # the runtime does not have (published while its connection was down) sends it again.
+    last_received: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -60,13 +60,19 @@ def create_user(client: redis.Redis, sandbox_id: str, context_key: str | None) -
 
 
 def grant_context(client: redis.Redis, sandbox_id: str, context_key: str) -> None:
-    """Let the sandbox read one context blob (read-only); its other rules stay."""
+    """Let the sandbox read one context blob (read-only); its other rules stay.
+
+    The user's whole rule set goes again with the grant (without ``reset``, which would
+    cut its subscription): a user forgotten by a Redis restart and not yet restored would
+    otherwise come back as a disabled user holding nothing but the grant.
+    """
     user, rule = keys.sandbox_user(sandbox_id), f"%R~{context_key}"
+    known = identities_for(client).add_rule(sandbox_id, rule)
+    rules = [r for r in known if r != "reset"] if known else [rule]
     try:
-        client.execute_command("ACL", "SETUSER", user, rule)  # type: ignore[no-untyped-call]
+        client.execute_command("ACL", "SETUSER", user, *rules)  # type: ignore[no-untyped-call]
     except redis.RedisError as exc:
         raise SandboxError(f"could not grant the sandbox its context: {exc}") from exc
-    identities_for(client).add_rule(sandbox_id, rule)
 
 
 def delete_user(client: redis.Redis, sandbox_id: str) -> None:

@@ -55,12 +55,14 @@ class Identities:
                 )
                 self._thread.start()
 
-    def add_rule(self, sandbox_id: str, rule: str) -> None:
-        """Call after ``ACL SETUSER`` added ``rule`` (a context granted later)."""
+    def add_rule(self, sandbox_id: str, rule: str) -> list[str] | None:
+        """Add ``rule`` (a context granted later); the user's rules now, if remembered."""
         with self._lock:
             rules = self._rules.get(sandbox_id)
-            if rules is not None:
-                rules.append(rule)
+            if rules is None:
+                return None
+            rules.append(rule)
+            return list(rules)
 
     def forget(self, sandbox_id: str) -> None:
         """Call before deleting the user: from now on no check creates it again."""

@@ -30,12 +30,19 @@ from sandbox import wire
 
 log = logging.getLogger(__name__)
 
+# What the host sends and then waits on an answer for.
+Request = wire.ExecCell | wire.LoadContext
+
 # How often a waiting host checks that the runtime is still alive.
 LIVENESS_CHECK_S = 0.5
 # How often a waiting host reads the stored copy of a reply, in case pub/sub lost it.
 STORED_REPLY_POLL_S = 1.0
 # A runtime asked to shut down gets this long before it is killed.
 SHUTDOWN_WAIT_S = 1.0
+# A heartbeat saying the runtime lacks the awaited request is believed only this long after
+# the request was last sent (one sent before the request arrived proves nothing), and
+# heeded at most this often (model code can send heartbeats too).
+RESEND_AFTER_S = 1.0
 
 
 class StartSlots:
@@ -143,8 +150,9 @@ class LiveSandbox:
     launched_at: float = field(default_factory=time.monotonic)
     # Request ids already being served: the runtime re-sends a request it got no answer to.
     requests_seen: set[str] = field(default_factory=set)
-    # When the running cell was last sent (monotonic), to pace sending it again.
-    cell_sent_at: float = 0.0
+    # When the request now awaited (a cell, a context load) was last sent (monotonic), to
+    # pace sending it again.
+    request_sent_at: float = 0.0
     prefix: str = field(init=False)
     channel_in: str = field(init=False)
     _seq: itertools.count[int] = field(default_factory=itertools.count, repr=False)
@@ -260,13 +268,15 @@ class Launcher:
         self,
         sbx: LiveSandbox,
         accept: Callable[[wire.ToHost], bool],
-        reply_to: str | None,
+        reply_to: Request | None,
         timeout_s: float,
         timeout_text: str,
     ) -> wire.ToHost:
         """The first message ``accept`` takes; Fatal, death and timeout raise SandboxError.
 
-        With ``reply_to``, the stored copy of the reply is polled too (pub/sub may lose it).
+        With ``reply_to`` (the request being answered), the stored copy of the reply is
+        polled too and the request sent again if the runtime says it never got it (pub/sub
+        may lose either).
         """
         deadline = time.monotonic() + timeout_s
         next_liveness = time.monotonic() + LIVENESS_CHECK_S
@@ -281,6 +291,8 @@ class Launcher:
                     continue
                 if accept(msg):
                     return msg
+                if reply_to is not None and isinstance(msg, wire.Heartbeat):
+                    self.resend_if_lost(sbx, reply_to, msg)
                 if isinstance(msg, wire.Fatal):
                     self.wait_exit(sbx, SHUTDOWN_WAIT_S)
                     raise SandboxError(f"sandbox failed to start: {msg.message} ({sbx.describe()})")
@@ -292,7 +304,7 @@ class Launcher:
             if reply_to is not None and now >= next_poll:
                 next_poll = now + STORED_REPLY_POLL_S
                 try:
-                    stored = wire.fetch_reply_to_host(self.client, sbx.prefix, reply_to)
+                    stored = wire.fetch_reply_to_host(self.client, sbx.prefix, reply_to.id)
                 except (ValueError, redis.RedisError):
                     stored = None
                 if stored is not None and accept(stored):
@@ -305,6 +317,26 @@ class Launcher:
             wire.send(self.client, sbx.channel_in, sbx.prefix, msg)
         except redis.RedisError as exc:
             raise SandboxError(f"could not send to sandbox {sbx.id}: {exc}") from exc
+
+    def send_request(self, sbx: LiveSandbox, request: Request) -> None:
+        """Send a request whose answer will be awaited (see ``resend_if_lost``)."""
+        sbx.request_sent_at = time.monotonic()
+        self.send(sbx, request)
+
+    def resend_if_lost(self, sbx: LiveSandbox, request: Request, beat: wire.Heartbeat) -> None:
+        """Send ``request`` again if ``beat`` says the runtime never got it.
+
+        Pub/sub drops what is published while the runtime's connection is down (a Redis
+        restart); the runtime runs a cell, or loads a context, once per id.
+        """
+        if beat.last_received == request.id:
+            return
+        if time.monotonic() - sbx.request_sent_at < RESEND_AFTER_S:
+            return
+        log.warning(
+            "sandbox %s never got %s %s; sending it again", sbx.id, request.TYPE, request.id
+        )
+        self.send_request(sbx, request)
 
     def shutdown(self, sbx: LiveSandbox) -> None:
         """Ask the runtime to stop, give it a moment, then tear everything down."""

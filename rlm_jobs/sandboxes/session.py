@@ -49,9 +49,6 @@ LIVENESS_CHECK_S = 0.5
 STORED_REPLY_POLL_S = 1.0
 # Sub-call requests of one sandbox served at once; a batch is one request.
 SUBCALL_THREADS = 16
-# A heartbeat saying the runtime lacks the running cell is believed only this long after
-# the cell was last sent (one sent before the cell arrived proves nothing).
-RESEND_AFTER_S = 1.0
 
 _checked_default_user: set[int] = set()
 
@@ -129,7 +126,7 @@ class SandboxSession:
             max_output_chars=max(100, max_output_chars),
         )
         started = time.monotonic()
-        self._send_cell(sbx, request)
+        self._launcher.send_request(sbx, request)
         deadline = started + timeout_s + self.grace_s
         next_liveness = started + LIVENESS_CHECK_S
         next_poll = started + STORED_REPLY_POLL_S
@@ -213,11 +210,11 @@ class SandboxSession:
             request = wire.LoadContext(
                 seq=sbx.next_seq(), id=wire.new_id(), context_key=context_key
             )
-            self._launcher.send(sbx, request)
+            self._launcher.send_request(sbx, request)
             self._launcher.await_message(
                 sbx,
                 lambda m: isinstance(m, wire.ContextLoaded) and m.reply_to == request.id,
-                request.id,
+                request,
                 self._settings.sandbox_start_timeout_s,
                 "the pooled sandbox did not load its context in time (sandbox_start_timeout_s)",
             )
@@ -282,10 +279,6 @@ class SandboxSession:
     def _send(self, sbx: LiveSandbox, msg: wire.Message) -> None:
         self._launcher.send(sbx, msg)
 
-    def _send_cell(self, sbx: LiveSandbox, request: wire.ExecCell) -> None:
-        sbx.cell_sent_at = time.monotonic()
-        self._send(sbx, request)
-
     def _receive(self, sbx: LiveSandbox, timeout_s: float) -> str | bytes | None:
         try:
             return sbx.sub.get(timeout_s)
@@ -319,12 +312,8 @@ class SandboxSession:
             return None
         if isinstance(msg, wire.CellResult):
             return msg if msg.reply_to == request.id else None
-        if isinstance(msg, wire.Heartbeat) and msg.last_exec != request.id:
-            # Published while the runtime's connection was down; it runs a cell once. At
-            # most once a second: model code can send heartbeats too.
-            if time.monotonic() - sbx.cell_sent_at >= RESEND_AFTER_S:
-                log.warning("sandbox %s never got cell %s; sending it again", sbx.id, request.id)
-                self._send_cell(sbx, request)
+        if isinstance(msg, wire.Heartbeat):
+            self._launcher.resend_if_lost(sbx, request, msg)
         elif isinstance(msg, wire.SubcallRequest) and msg.id not in sbx.requests_seen:
             sbx.requests_seen.add(msg.id)
             self._pool.submit(self._serve_subcall, sbx, msg)

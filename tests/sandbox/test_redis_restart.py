@@ -19,6 +19,7 @@ from rlm_jobs.config import Settings, redis_client
 from rlm_jobs.contexts import put_context
 from rlm_jobs.models import SubcallOutcome
 from rlm_jobs.sandboxes.janitor import janitor_for
+from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.session import SandboxSession
 from sandbox.wire import SubcallRequest
@@ -121,6 +122,27 @@ def test_a_cell_waiting_on_a_sub_call_during_a_restart_gets_its_answer(
     (out,) = result
     assert out.stdout == "llm/default: WHERE IS IT\n"
     assert (out.error, out.sandbox_replaced) == (None, False)
+
+
+def test_a_pooled_sandbox_gets_its_context_after_a_restart(
+    client: redis.Redis, settings: Settings, crashable_redis: CrashableRedis
+) -> None:
+    backend = create_backend(settings, "process")
+    pool = SandboxPool(client, settings, backend, size=1)
+    try:
+        assert pool.wait_full(30)
+        crashable_redis.crash_and_restart(down_s=0.5)
+        # The context load is published while the runtime cannot log in yet: lost, then
+        # sent again on its first heartbeat, well before sandbox_start_timeout_s (30 s).
+        ref = put_context(client, "loaded after the restart")
+        session = SandboxSession(client, settings, backend, ref, answer_from_text, pool=pool)
+        try:
+            assert session.from_pool and session.start_duration_s < 15
+            assert run(session, "print(context)").stdout == "loaded after the restart\n"
+        finally:
+            session.close()
+    finally:
+        pool.close()
 
 
 def test_a_runtime_gives_up_once_redis_stays_away_past_its_retry_window(
