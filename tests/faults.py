@@ -10,8 +10,26 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
 
 from rlm_jobs.redis_server import RedisServer
+
+T = TypeVar("T")
+
+
+def while_redis_is_up(condition: Callable[[], T]) -> Callable[[], T | None]:
+    """``condition`` for ``wait_for``, None (not yet) while Redis is still coming back."""
+
+    def check() -> T | None:
+        try:
+            return condition()
+        except redis.RedisError:
+            return None
+
+    return check
 
 
 class CrashableRedis:

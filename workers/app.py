@@ -79,7 +79,11 @@ def _outage_options(settings: Settings) -> dict[str, object]:
 
 
 def _transport_options(settings: Settings) -> dict[str, object]:
-    options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
+    options: dict[str, object] = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        # workers/transport.py: a delivered message is kept through an outage this long.
+        "delivery_retry_s": settings.redis_retry_s,
+    }
     if settings.broker_restore_interval_s is not None:
         options["unacked_restore_interval"] = settings.broker_restore_interval_s
         options["unacked_restore_throttle"] = 1

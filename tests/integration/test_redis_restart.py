@@ -9,16 +9,15 @@ still be running, and no model call may be paid twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from rlm_jobs.models import JobStatus
 from rlm_jobs.submitter import BatchHandle, Document
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.faults import CrashableRedis
+from tests.faults import CrashableRedis, while_redis_is_up
 from tests.integration.test_distributed import Cluster, log_count, needle_context
 from tests.workerstack import sandbox_pids, wait_for
 from workers.app import LLM_QUEUE, ORCHESTRATE_QUEUE
@@ -42,18 +41,6 @@ def cluster(
     wait_for(lambda: not sandbox_pids(c.marker), 15, "sandbox processes to exit")
 
 
-def _when(condition: Callable[[], bool]) -> Callable[[], bool]:
-    """``condition``, false while Redis itself is still coming back."""
-
-    def check() -> bool:
-        try:
-            return condition()
-        except redis.RedisError:
-            return False
-
-    return check
-
-
 def _queued_while_others_run(batch: BatchHandle) -> bool:
     progress = batch.progress()
     return progress["queued"] > 0 and progress["running"] > 0
@@ -61,6 +48,15 @@ def _queued_while_others_run(batch: BatchHandle) -> bool:
 
 def _a_cell_waits_on_sub_calls(batch: BatchHandle) -> bool:
     return any(job.progress().get("subcalls_in_flight", 0) > 0 for job in batch.jobs())
+
+
+def _between_turns(batch: BatchHandle) -> bool:
+    """Some job is past its first turn with no sub-call out: it waits on its root model."""
+    for job in batch.jobs():
+        progress = job.progress()
+        if progress.get("iteration", 0) >= 1 and progress.get("subcalls_in_flight", 1) == 0:
+            return job.status() is JobStatus.RUNNING
+    return False
 
 
 def test_a_batch_rides_out_redis_crashes_and_restarts(
@@ -79,13 +75,17 @@ def test_a_batch_rides_out_redis_crashes_and_restarts(
     )
     assert started == DOCUMENTS
 
-    # When Redis is killed while jobs wait in the queue, then twice while cells wait on
-    # their sub-calls, coming back on its AOF each time
-    wait_for(_when(lambda: _queued_while_others_run(batch)), 60, "jobs queued behind running ones")
+    # When Redis is killed while jobs wait in the queue, twice while cells wait on their
+    # sub-calls, and between turns, coming back on its AOF each time
+    queued = while_redis_is_up(lambda: _queued_while_others_run(batch))
+    wait_for(queued, 60, "jobs queued behind running ones")
     crashable_redis.crash_and_restart(down_s=0.5)
     for _ in range(2):
-        wait_for(_when(lambda: _a_cell_waits_on_sub_calls(batch)), 60, "a cell on sub-calls")
+        on_sub_calls = while_redis_is_up(lambda: _a_cell_waits_on_sub_calls(batch))
+        wait_for(on_sub_calls, 60, "a cell waiting on its sub-calls")
         crashable_redis.crash_and_restart(down_s=0.5)
+    wait_for(while_redis_is_up(lambda: _between_turns(batch)), 60, "a job between turns")
+    crashable_redis.crash_and_restart(down_s=0.5)
 
     # Then every job completes with its own document's answer, without anyone stepping in
     progress = batch.wait(timeout_s=180)
@@ -102,7 +102,7 @@ def test_a_batch_rides_out_redis_crashes_and_restarts(
     assert roles.count("root") == DOCUMENTS * ROOT_TURNS
     assert roles.count("sub") == DOCUMENTS * CHUNKS
     # ... and every worker lived through it
-    assert crashable_redis.crashes == 3
+    assert crashable_redis.crashes == 4
     for worker in workers:
         assert worker.alive(), f"{worker.name} exited:\n{worker.log()[-3000:]}"
         assert "Unrecoverable error" not in worker.log()
