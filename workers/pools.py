@@ -58,10 +58,14 @@ def refusal(pool_cls: Any, *, prefork_asked: bool = False) -> str | None:
     if supported and not prefork_asked:
         return None
     name = "prefork" if prefork_asked else _pool_name(pool_cls)
+    why = (
+        "a forked pool child would share its parent's runtime (reply list, connections, locks)"
+        if name == "prefork"
+        else "it is not one they are built and tested for"
+    )
     return (
-        f"rlm-jobs workers run on the threads pool (the default) or solo, not {name}: "
-        "a forked pool child would share its parent's runtime (reply list, connections, "
-        "locks); drop --pool or use --pool threads, and scale with -c or more processes"
+        f"rlm-jobs workers run on the threads pool (the default) or solo, not {name}: {why}; "
+        "drop --pool or use --pool threads, and scale with -c or more processes"
     )
 
 
