@@ -97,7 +97,11 @@ class RLMCompletion:
 
 
 class _PrivateRedis:
-    """One redis-server per process for library mode, stopped at exit."""
+    """One redis-server per process for library mode, stopped at exit.
+
+    It dies with this process however the process ends (``RedisServer``'s guard); a child
+    forked from this process starts one of its own rather than lean on its parent's.
+    """
 
     _lock = threading.Lock()
     _server: RedisServer | None = None
@@ -105,7 +109,7 @@ class _PrivateRedis:
     @classmethod
     def get(cls) -> RedisServer:
         with cls._lock:
-            if cls._server is None:
+            if cls._server is None or not cls._server.owned:
                 cls._server = RedisServer.start()
                 atexit.register(cls._server.stop)
             return cls._server

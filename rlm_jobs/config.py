@@ -7,6 +7,7 @@ call ``Settings()`` at the edge (CLI, worker start, ``RLM(...)``) and pass it do
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -16,6 +17,8 @@ from typing import Literal
 import redis
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.retry import Retry
 
 
 class ModelPrice(BaseModel):
@@ -77,6 +80,10 @@ class Settings(BaseSettings):
     # flags go in one batch per process), so a handful serve hundreds of concurrent jobs
     # (measured in docs/benchmarks.md).
     redis_max_connections: int = Field(default=8, ge=4, le=10_000)
+    # How long a Redis outage is ridden out: commands, connections, task sends and sandboxes
+    # retry at least this long before an error reaches a job. A restart that loads its
+    # append-only file takes seconds; a failover, tens of seconds.
+    redis_retry_s: float = Field(default=60.0, ge=0, le=3600)
 
     # The root model; None picks one from whichever provider key is set (scripted if none).
     model: str | None = None
@@ -233,15 +240,40 @@ class Settings(BaseSettings):
         return {**DEFAULT_PRICES, **self.prices}
 
 
+# Backoff between tries while Redis is unreachable: from 50 ms doubling to this cap.
+_RETRY_CAP_S = 1.0
+
+
+def redis_retry(settings: Settings) -> Retry:
+    """Retries (of connection errors, timeouts and LOADING) that last ``redis_retry_s`` at least.
+
+    Past the first few tries each pause is at least half the cap (equal jitter: restarted
+    Redis is not met by every client at once), hence the count.
+    """
+    if settings.redis_retry_s <= 0:
+        return Retry(NoBackoff(), 0)
+    tries = 6 + math.ceil(settings.redis_retry_s / (_RETRY_CAP_S / 2))
+    return Retry(EqualJitterBackoff(cap=_RETRY_CAP_S, base=0.05), tries)
+
+
 def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
-    """A client whose pool waits for a free connection rather than raising when full."""
+    """A client that rides out a Redis restart (``redis_retry``) and whose pool waits for a
+    free connection rather than raising when full.
+
+    A retried write may run twice when Redis applied it but the connection broke before
+    the reply: our writes are idempotent or harmless twice (replies and wire messages are
+    taken once by id, leases and results are scripts that check first); at worst an
+    attempt is counted twice or a trajectory entry appears twice.
+    """
     pool = redis.BlockingConnectionPool.from_url(
         url or settings.redis_url or "",
         max_connections=settings.redis_max_connections,
-        timeout=30,
+        # Callers queue behind commands that are riding out an outage.
+        timeout=max(30.0, settings.redis_retry_s),
         socket_timeout=30,
         socket_connect_timeout=10,
         health_check_interval=30,
+        retry=redis_retry(settings),
     )
     return redis.Redis(connection_pool=pool)
 

@@ -42,6 +42,11 @@ class ReplyError(RedisError):
     """Redis answered with an error (``-ERR ...``, ``-NOPERM ...``)."""
 
 
+class AuthFailed(ConnectionLost):
+    """Redis refused our credentials: this connection is unusable, a later one may not be
+    (a restarted Redis knows the sandbox's user again once its host has told it)."""
+
+
 def encode_command(args: Sequence[Arg]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
@@ -112,7 +117,7 @@ class Connection:
             (reply,) = self._exchange([self._auth])
             if isinstance(reply, ReplyError):
                 self._drop("authentication failed")
-                raise reply
+                raise AuthFailed(f"authentication failed: {reply}")
 
     # ---- commands ------------------------------------------------------------------------
 

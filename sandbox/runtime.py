@@ -15,6 +15,13 @@ Threads: the main thread runs cells (so SIGALRM can interrupt them); a reader th
 pub/sub messages and routes them (cells to the main thread, sub-call replies to their
 waiters, acknowledgements to the outbox); a keeper thread publishes again what the host has
 not acknowledged, sends heartbeats and exits the process when Redis or the parent is gone.
+
+A Redis restart costs nothing but time: every command, and the subscription, is tried
+again for ``Bootstrap.reconnect_s`` (authentication included: a restarted Redis has
+forgotten the sandbox's ACL user until its host restores it). Once subscribed again the
+runtime sends a heartbeat naming the last cell or context load it received, so a host whose
+request was published while nobody listened sends it again.
+
 Dependencies: the stdlib only (``sandbox.resp`` speaks to Redis), never ``rlm_jobs``: a
 runtime starts for every job, and its start-up cost is mostly imports.
 """
@@ -30,7 +37,8 @@ import queue
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sandbox import determinism, resp, wire
 from sandbox.outbox import Outbox
@@ -42,8 +50,12 @@ from sandbox.subcalls import SubcallClient, make_functions
 MAX_BOOTSTRAP_BYTES = 64 * 1024
 # Long enough for a 100 MB context GET over a Unix socket, short enough to notice a dead server.
 SOCKET_TIMEOUT_S = 120.0
-# Heartbeats that fail this many times in a row mean Redis is gone.
+# Heartbeats that fail this many times in a row (each retried for reconnect_s) mean Redis
+# is gone.
 MAX_HEARTBEAT_FAILURES = 3
+# Pauses between tries to get a lost connection back: doubling from the first to the cap.
+RECONNECT_FIRST_S = 0.05
+RECONNECT_CAP_S = 1.0
 # How often the keeper thread looks for messages to publish again.
 KEEPER_TICK_S = 0.25
 # A runtime that cannot go on waits this long for the host to hear why before it exits.
@@ -80,6 +92,38 @@ def connect(boot: wire.Bootstrap) -> resp.Connection:
     )
 
 
+T = TypeVar("T")
+
+
+def retrying(what: str, attempt: Callable[[], T], within_s: float, parent: int) -> T:
+    """``attempt()``, tried again on a lost connection until ``within_s`` have passed.
+
+    Exits at once if the ``parent`` process is gone: nobody is left to reconnect for (its
+    Redis user is being swept, and the heartbeat thread may be the one retrying).
+    """
+    deadline = time.monotonic() + within_s
+    pause = RECONNECT_FIRST_S
+    failures = 0
+    while True:
+        try:
+            result = attempt()
+        except resp.ConnectionLost as exc:
+            failures += 1
+            if os.getppid() != parent:
+                log("the parent process is gone; exiting")
+                os._exit(EXIT_PARENT_LOST)
+            if time.monotonic() + pause > deadline:
+                raise
+            if failures == 1:
+                log(f"{what} failed ({exc}); trying again for up to {within_s:g} s")
+            time.sleep(pause)
+            pause = min(RECONNECT_CAP_S, pause * 2)
+            continue
+        if failures:
+            log(f"{what} worked again after {failures} failed tries")
+        return result
+
+
 class Runtime:
     """Commands go over ``client`` (any thread); the input channel has its own connection."""
 
@@ -90,7 +134,10 @@ class Runtime:
         self._inbox: queue.Queue[wire.ExecCell | wire.Shutdown | wire.LoadContext] = queue.Queue()
         self.outbox = Outbox(self._publish)
         self._busy = False
-        self._seen_exec: set[str] = set()
+        self._seen_requests: set[str] = set()
+        # The id of the last cell or context load received, for heartbeats (the reader
+        # thread writes it).
+        self._last_received: str | None = None
         self._protocol_notes: list[str] = []
         self._notes_lock = threading.Lock()
         self._parent = os.getppid()
@@ -114,13 +161,16 @@ class Runtime:
             log(f"publishing {msg.TYPE} failed ({exc}); it will be published again")
 
     def _publish(self, payloads: list[str]) -> None:
-        try:
-            self._publish_once(payloads)
-        except resp.ConnectionLost as exc:
-            # The client reconnects on its next command; a message sent twice is harmless
-            # (the host drops repeated ids), one lost would stall the host.
-            log(f"publishing failed ({exc}); publishing again on a new connection")
-            self._publish_once(payloads)
+        # The client reconnects on its next command; a message sent twice is harmless
+        # (the host drops repeated ids), one lost would stall the host.
+        retrying(
+            "publishing", lambda: self._publish_once(payloads), self.boot.reconnect_s, self._parent
+        )
+
+    def heartbeat(self) -> wire.Heartbeat:
+        return wire.Heartbeat(
+            seq=self.next_seq(), id=wire.new_id(), last_received=self._last_received
+        )
 
     def _publish_once(self, payloads: list[str]) -> None:
         if len(payloads) == 1:
@@ -143,14 +193,23 @@ class Runtime:
 
     def subscribe(self) -> resp.Connection:
         """A second connection, subscribed to the input channel (confirmed on return)."""
+        return retrying("subscribing", self._subscribe_once, self.boot.reconnect_s, self._parent)
+
+    def _subscribe_once(self) -> resp.Connection:
         sub = connect(self.boot)
-        sub.subscribe(self.boot.channel_in)
+        try:
+            sub.subscribe(self.boot.channel_in)
+        except BaseException:
+            sub.close()
+            raise
         return sub
 
     def load_context(self, key: str) -> tuple[Any, int]:
         """The context stored under ``key`` and its size in bytes."""
         started = time.monotonic()
-        blob = self.redis.get(key)
+        blob = retrying(
+            "reading the context", lambda: self.redis.get(key), self.boot.reconnect_s, self._parent
+        )
         if blob is None:
             raise LookupError(f"context {key} is not in Redis")
         value = json.loads(blob)
@@ -172,10 +231,23 @@ class Runtime:
             try:
                 push = sub.read_push(timeout_s=1.0)
             except resp.RedisError as exc:
-                log(f"lost the Redis connection: {exc}; exiting")
-                os._exit(EXIT_REDIS_LOST)
+                sub.close()
+                sub = self._resubscribe(exc)
+                continue
             if push is not None and len(push) == 3 and push[0] == b"message":
                 self.route(push[2])
+
+    def _resubscribe(self, lost: resp.RedisError) -> resp.Connection:
+        """A new subscription after ``lost``; exits if Redis stays away."""
+        log(f"lost the subscription ({lost}); subscribing again")
+        try:
+            sub = self.subscribe()
+            # Messages published meanwhile are gone: say which cell we have.
+            self.send(self.heartbeat())
+        except resp.RedisError as exc:
+            log(f"lost the Redis connection: {exc}; exiting")
+            os._exit(EXIT_REDIS_LOST)
+        return sub
 
     def route(self, raw: bytes | str) -> None:
         try:
@@ -188,12 +260,12 @@ class Runtime:
         elif isinstance(msg, wire.SubcallReply):
             if not self.subcalls.deliver(msg.reply_to, msg.results):
                 log(f"reply to unknown or finished sub-call {msg.reply_to}")
-        elif isinstance(msg, wire.ExecCell):
-            if msg.id not in self._seen_exec:  # a resent cell must not run twice
-                self._seen_exec.add(msg.id)
+        elif isinstance(msg, wire.ExecCell | wire.LoadContext):
+            self._last_received = msg.id
+            # A resent cell must not run twice, nor a resent context load load twice.
+            if msg.id not in self._seen_requests:
+                self._seen_requests.add(msg.id)
                 self._inbox.put(msg)
-        elif isinstance(msg, wire.LoadContext):
-            self._inbox.put(msg)
         elif isinstance(msg, wire.Shutdown):
             self._inbox.put(msg)
             if self._busy:  # a cell that will not end must not delay shutdown
@@ -232,7 +304,7 @@ class Runtime:
                 self.outbox.resend_due()
                 if time.monotonic() >= next_heartbeat:
                     next_heartbeat = time.monotonic() + self.boot.heartbeat_s
-                    self.send(wire.Heartbeat(seq=self.next_seq(), id=wire.new_id()))
+                    self.send(self.heartbeat())
                 failures = 0
             except resp.RedisError as exc:
                 failures += 1
@@ -332,7 +404,8 @@ def main() -> int:
         log("PYTHONHASHSEED is not fixed: hash() and set order will differ in a replay")
     context: Any = None
     try:
-        runtime = Runtime(boot, connect(boot))
+        client = retrying("connecting", lambda: connect(boot), boot.reconnect_s, os.getppid())
+        runtime = Runtime(boot, client)
         sub = runtime.subscribe()
         # Before anything is published: acknowledgements must find their way back.
         threading.Thread(target=runtime.read_forever, args=(sub,), daemon=True).start()

@@ -195,7 +195,13 @@ class SubcallRequest(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class Heartbeat(Message):
+    """Alive; also sent at once when the runtime got its Redis connection back."""
+
     TYPE: ClassVar[str] = "heartbeat"
+
+    # The id of the last cell or context load the runtime received: a host waiting on one
+    # the runtime does not have (published while its connection was down) sends it again.
+    last_received: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,6 +259,9 @@ class Bootstrap(Record):
     # random.seed() once context_key is loaded (sandbox.determinism).
     seed: int = field(default=0, metadata=_bounds(ge=0, le=MAX_SEED))
     heartbeat_s: float = field(default=5.0, metadata=_bounds(gt=0))
+    # How long the runtime tries to get a lost Redis connection back (a Redis restart)
+    # before it gives up and exits.
+    reconnect_s: float = field(default=60.0, metadata=_bounds(ge=0))
 
 
 def new_id() -> str:

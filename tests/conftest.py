@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from rlm_jobs.redis_server import RedisServer
+from tests.faults import CrashableRedis
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -35,3 +36,11 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
             client.acl_deluser(user)
     yield client
     client.close()
+
+
+@pytest.fixture
+def crashable_redis() -> Iterator[CrashableRedis]:
+    """A redis-server of this test's own, with an AOF, that the test may crash and restart."""
+    crashable = CrashableRedis()
+    yield crashable
+    crashable.close()

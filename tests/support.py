@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import redis
 
-from rlm_jobs.config import Settings
+from rlm_jobs.config import Settings, redis_client
 from rlm_jobs.errors import ConfigError
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.services import SandboxServices
@@ -62,12 +61,14 @@ class Worker:
         concurrency: int = 8,
         name: str | None = None,
         app: str = "workers",
+        pool: str | None = "threads",
     ) -> None:
+        """``pool`` None leaves the pool to the app's configuration (no ``--pool``)."""
         self.name = name or f"{queues.replace('.', '-').replace(',', '+')}-{uuid.uuid4().hex[:6]}"
         self.log_path = logdir / f"{self.name}.log"
         args = [
             sys.executable, "-m", "celery", "-A", app, "worker",
-            "-Q", queues, "--pool", "threads", "-c", str(concurrency),
+            "-Q", queues, *(("--pool", pool) if pool else ()), "-c", str(concurrency),
             "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
             "--without-heartbeat", "-l", "info",
         ]  # fmt: skip
@@ -125,6 +126,26 @@ def _parent(pid: int) -> int:
     except OSError:
         return 0
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def pids_mentioning(text: str) -> set[int]:
+    """Live processes whose command line contains ``text`` (a server's directory, say)."""
+    wanted = text.encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and wanted in _cmdline(int(entry.name)):
+            state = _state(int(entry.name))
+            if state not in ("Z", "X", ""):  # a zombie has ended; only its parent's wait is due
+                found.add(int(entry.name))
+    return found
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[0]
 
 
 def sandbox_pids(marker: str) -> set[int]:
@@ -186,7 +207,8 @@ class Cluster:
             "RLM_JOBS_REAPER_INTERVAL_S": "0.5",
         }
         self.settings = Settings(redis_url=server.url, scripted_base_url=provider.url)
-        self.client = redis.Redis.from_url(server.url)
+        # Retries like the workers' clients: some tests crash and restart Redis.
+        self.client = redis_client(self.settings)
         self.app = create_app(self.settings)
         self.submitter = Submitter(
             self.client, celery_enqueuer(self.settings, self.app), self.settings
@@ -197,6 +219,10 @@ class Cluster:
         self.workers.append(worker)
         worker.wait_ready()
         return worker
+
+    def log_count(self, text: str) -> int:
+        """How many times ``text`` appears in the logs of this cluster's workers."""
+        return sum(w.log().count(text) for w in self.workers)
 
     def stop(self) -> None:
         for worker in self.workers:

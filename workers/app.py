@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from urllib.parse import urlsplit
+
 from rlm_jobs.config import Settings
 from workers.base import RLMCelery
 from workers.credit import PromptCreditStep
 from workers.monitoring import WORKER_POOL_LIMIT, MonitoringStep
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
+from workers.pools import SupportedPool
 
 # Modules whose tasks and signal handlers every worker registers.
 TASK_MODULES = ["workers.jobs", "workers.llm_chunks", "workers.lifecycle"]
@@ -39,18 +43,48 @@ def celery_config(
         # Orchestrator tasks run for minutes: a worker must not hoard messages it cannot start.
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": _transport_options(settings),
+        **_outage_options(settings),
         "broker_connection_retry_on_startup": True,
+        # A worker waits for Redis however long it is away, rather than exit after Celery's
+        # 100 tries (its jobs and their sandboxes may still be alive when it returns).
+        "broker_connection_max_retries": None,
         "broker_pool_limit": broker_pool_limit,
         # Flower shows tasks from events: send them without needing `-E`. ``task-sent`` lets
         # it show jobs still queued; llm tasks are sent without one (workers/dispatcher.py).
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        # Jobs wait on the network and share per-process state: threads, never prefork
+        # (workers/pools.py refuses it at start). Celery's default would be prefork.
+        "worker_pool": "threads",
     }
 
 
+def _outage_options(settings: Settings) -> dict[str, object]:
+    """What lets workers and submitters ride out a Redis restart (``redis_retry_s``)."""
+    options: dict[str, object] = {
+        # Task sends (submits, sub-call chunks, requeues) retry through the outage; Celery's
+        # default gives up after 0.6 s.
+        "task_publish_retry_policy": {
+            "max_retries": math.ceil(settings.redis_retry_s) + 2 if settings.redis_retry_s else 0,
+            "interval_start": 0,
+            "interval_step": 0.25,
+            "interval_max": 1.0,
+        },
+    }
+    if urlsplit(settings.redis_url or "").scheme == "redis":
+        # kombu's transport with the fix that keeps a worker alive when Redis goes away
+        # under it (workers/transport.py); other schemes keep kombu's own.
+        options["broker_transport"] = "workers.transport:Transport"
+    return options
+
+
 def _transport_options(settings: Settings) -> dict[str, object]:
-    options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
+    options: dict[str, object] = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        # workers/transport.py: a delivered message is kept through an outage this long.
+        "delivery_retry_s": settings.redis_retry_s,
+    }
     if settings.broker_restore_interval_s is not None:
         options["unacked_restore_interval"] = settings.broker_restore_interval_s
         options["unacked_restore_throttle"] = 1
@@ -65,6 +99,7 @@ def create_app(settings: Settings | None = None) -> RLMCelery:
     celery_app.steps["consumer"].add(PromptCreditStep)
     # The worker's own broker pool, its Prometheus metrics (workers/monitoring.py).
     celery_app.steps["worker"].add(MonitoringStep)
+    celery_app.steps["worker"].add(SupportedPool)
     if settings is not None:
         celery_app.conf.update(celery_config(settings))
     else:

@@ -13,7 +13,6 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import redis
 from celery import Celery
 
 from rlm_jobs.clients.router import LLMRouter
@@ -64,8 +63,7 @@ class WorkerRuntime:
         with self._lock:
             if self._engine is None:
                 # BLPOP blocks its connection: the collector gets its own client.
-                assert self.settings.redis_url
-                blocking = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30)
+                blocking = redis_client(self.settings)
                 self._collector = ReplyCollector(blocking, self.worker_id.replace(":", "-"))
                 client = self.redis
                 # Started with the first job, in the process that runs jobs (after any fork).

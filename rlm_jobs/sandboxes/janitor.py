@@ -30,6 +30,7 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.errors import SandboxError
 from rlm_jobs.sandboxes import acl
+from rlm_jobs.sandboxes.identities import Identities
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,9 @@ Task = Callable[[], None]
 
 
 class Janitor:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, identities: Identities) -> None:
         self._client = client
+        self._identities = identities
         self._tasks: queue.Queue[Task | None] = queue.Queue()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -190,6 +192,8 @@ class Janitor:
         alive = pipe.execute()
         stale = [user for user, present in zip(candidates, alive, strict=True) if not present]
         if stale:
+            for user in stale:
+                self._identities.forget(user[len(keys.SANDBOX_USER_PREFIX) :])
             # ACL DELUSER also disconnects any client still logged in as that user.
             self._client.acl_deluser(*stale)
             log.warning("removed %d sandbox ACL users left by dead orchestrators", len(stale))

@@ -30,6 +30,9 @@ from sandbox import wire
 
 log = logging.getLogger(__name__)
 
+# What the host sends and then waits on an answer for.
+Request = wire.ExecCell | wire.LoadContext
+
 # How often a waiting host checks that the runtime is still alive.
 LIVENESS_CHECK_S = 0.5
 # Longest a wait blocks on the channel before it looks at its deadline again.
@@ -38,6 +41,10 @@ POLL_S = 0.25
 MAX_MESSAGES_PER_POLL = 256
 # A runtime asked to shut down gets this long before it is killed.
 SHUTDOWN_WAIT_S = 1.0
+# A heartbeat saying the runtime lacks the awaited request is believed only this long after
+# the request was last sent (one sent before the request arrived proves nothing), and
+# heeded at most this often (model code can send heartbeats too).
+RESEND_AFTER_S = 1.0
 
 Accept = Callable[[wire.ToHost], bool]
 OnMessage = Callable[[wire.ToHost], None]
@@ -55,6 +62,9 @@ class LiveSandbox:
     # Held until the start is over (ready or failed); whoever waits for Ready frees it.
     start_slot: StartSlot | None = None
     launched_at: float = field(default_factory=time.monotonic)
+    # When the request now awaited (a cell, a context load) was last sent (monotonic), to
+    # pace sending it again (``Launcher.resend_if_lost``).
+    request_sent_at: float = 0.0
 
     def next_seq(self) -> int:
         return self.channel.next_seq()
@@ -106,7 +116,9 @@ class Launcher:
         sbx: LiveSandbox | None = None
         try:
             self.services.janitor.mark_alive(sandbox_id, self.settings.sandbox_alive_ttl_s)
-            password = acl.create_user(self.client, sandbox_id, context_key)
+            password = acl.create_user(
+                self.client, self.services.identities, sandbox_id, context_key
+            )
             channel = SandboxChannel(self.client, self.services.hub, sandbox_id)
             sbx = LiveSandbox(sandbox_id, channel)
             sbx.start_slot = slot
@@ -124,6 +136,7 @@ class Launcher:
                 context_key=context_key,
                 seed=seed,
                 heartbeat_s=self.heartbeat_s,
+                reconnect_s=self.settings.redis_retry_s,
             )
             sbx.launched_at = time.monotonic()
             sbx.process = self.backend.launch(bootstrap)
@@ -189,6 +202,7 @@ class Launcher:
         what: str,
         on_other: OnMessage | None = None,
         stop: Callable[[], str | None] | None = None,
+        request: Request | None = None,
     ) -> wire.ToHost:
         """The first message ``accept`` takes; the others go to ``on_other`` meanwhile.
 
@@ -196,9 +210,22 @@ class Launcher:
         ``SandboxDied`` when the runtime ended without sending it, and ``SandboxError``
         when ``stop`` gives a reason. A runtime that sent it and then ended is not an
         error: the message is returned and ``sbx.exited`` set.
+
+        With ``request`` (what the message answers), a heartbeat saying the runtime never
+        got it has it sent again (pub/sub drops what is published while the runtime's
+        connection is down, as in a Redis restart).
         """
         deadline = time.monotonic() + timeout_s
         next_liveness = time.monotonic() + LIVENESS_CHECK_S
+        if request is not None:
+            handle_other = on_other
+
+            def on_other(msg: wire.ToHost) -> None:
+                if isinstance(msg, wire.Heartbeat):
+                    self.resend_if_lost(sbx, request, msg)
+                if handle_other is not None:
+                    handle_other(msg)
+
         while True:
             reason = stop() if stop is not None else None
             if reason:
@@ -224,6 +251,26 @@ class Launcher:
     def send(self, sbx: LiveSandbox, msg: wire.Message) -> None:
         sbx.channel.send(msg)
 
+    def send_request(self, sbx: LiveSandbox, request: Request) -> None:
+        """Send a request whose answer will be awaited (see ``resend_if_lost``)."""
+        sbx.request_sent_at = time.monotonic()
+        self.send(sbx, request)
+
+    def resend_if_lost(self, sbx: LiveSandbox, request: Request, beat: wire.Heartbeat) -> None:
+        """Send ``request`` again if ``beat`` says the runtime never got it.
+
+        Pub/sub drops what is published while the runtime's connection is down (a Redis
+        restart); the runtime runs a cell, or loads a context, once per id.
+        """
+        if beat.last_received == request.id:
+            return
+        if time.monotonic() - sbx.request_sent_at < RESEND_AFTER_S:
+            return
+        log.warning(
+            "sandbox %s never got %s %s; sending it again", sbx.id, request.TYPE, request.id
+        )
+        self.send_request(sbx, request)
+
     def shutdown(self, sbx: LiveSandbox) -> None:
         """Ask the runtime to stop, give it a moment, then tear everything down."""
         try:
@@ -241,7 +288,10 @@ class Launcher:
         steps: list[tuple[str, Callable[[], object]]] = [
             ("free its start slot", lambda: sbx.end_start() if sbx else None),
             ("kill the process", lambda: sbx.process.kill() if sbx and sbx.process else None),
-            ("delete the ACL user", lambda: acl.delete_user(self.client, sandbox_id)),
+            (
+                "delete the ACL user",
+                lambda: acl.delete_user(self.client, self.services.identities, sandbox_id),
+            ),
             ("drop its liveness key", lambda: janitor.mark_gone(sandbox_id)),
             ("delete its keys", lambda: acl.delete_keys(self.client, sandbox_id)),
             ("unsubscribe", lambda: sbx.channel.close() if sbx else None),

@@ -5,7 +5,8 @@ The owner (an orchestrator's ``WorkerRuntime``, library mode's ``RLM``, a test) 
 ``SandboxPool``, ``SandboxSession`` and ``open_repl_factory``, as it hands an ``Engine`` to
 the loop: one pub/sub connection and reader thread for every sandbox's out-channel
 (``hub``), one teardown queue and liveness keeper (``janitor``), one start limit
-(``start_slots``). ``close()`` finishes queued teardowns and stops those threads; it also
+(``start_slots``), and the record of its sandboxes' ACL users that a restarted Redis is
+told again (``identities``). ``close()`` finishes queued teardowns and stops those threads; it also
 runs at exit, so a teardown that was queued completes while the process lives.
 """
 
@@ -19,6 +20,7 @@ import redis
 from rlm_jobs.config import Settings
 from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.hub import PubSubHub
+from rlm_jobs.sandboxes.identities import Identities
 from rlm_jobs.sandboxes.janitor import Janitor
 from rlm_jobs.sandboxes.start_slots import StartSlots
 
@@ -30,7 +32,8 @@ class SandboxServices:
         self.client = client
         self.settings = settings
         self.hub = PubSubHub(client)
-        self.janitor = Janitor(client)
+        self.identities = Identities(client)
+        self.janitor = Janitor(client, self.identities)
         self.start_slots = StartSlots(settings.sandbox_start_concurrency)
         self._closed = False
         _warn_if_default_user_open(client)
@@ -43,6 +46,7 @@ class SandboxServices:
         self._closed = True
         atexit.unregister(self.close)
         self.janitor.close()
+        self.identities.close()
         self.hub.close()
 
     def __enter__(self) -> SandboxServices:

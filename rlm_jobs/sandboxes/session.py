@@ -65,6 +65,7 @@ class SandboxSession:
         grace_s: float = HARD_DEADLINE_GRACE_S,
         heartbeat_s: float = 5.0,
     ) -> None:
+        self._services = services
         self._client = services.client
         self._settings = services.settings
         self._context = context
@@ -114,7 +115,7 @@ class SandboxSession:
             max_output_chars=max(100, max_output_chars),
         )
         started = time.monotonic()
-        self._launcher.send(sbx, request)
+        self._launcher.send_request(sbx, request)
         notes: list[str] = []
 
         def on_other(msg: wire.ToHost) -> None:
@@ -131,6 +132,7 @@ class SandboxSession:
                 what="the cell ignored its interrupt",
                 on_other=on_other,
                 stop=self._stop_reason,
+                request=request,
             )
         except SandboxTimeout:
             return self._replace_after_timeout(sbx, timeout_s, started)
@@ -195,11 +197,11 @@ class SandboxSession:
         try:
             self._launcher.await_ready(sbx)
             # Only now, and only for this sandbox, does any context become readable.
-            acl.grant_context(self._client, sbx.id, context_key)
+            acl.grant_context(self._client, self._services.identities, sbx.id, context_key)
             request = wire.LoadContext(
                 seq=sbx.next_seq(), id=wire.new_id(), context_key=context_key, seed=self.seed
             )
-            self._launcher.send(sbx, request)
+            self._launcher.send_request(sbx, request)
             loaded = self._launcher.await_message(
                 sbx,
                 lambda m: (
@@ -209,6 +211,7 @@ class SandboxSession:
                 timeout_s=self._settings.sandbox_start_timeout_s,
                 what="the pooled sandbox did not load its context in time "
                 "(sandbox_start_timeout_s)",
+                request=request,
             )
             self._launcher.raise_if_fatal(sbx, loaded)
         except SandboxError as exc:

@@ -46,10 +46,6 @@ def cluster(
     wait_for(lambda: not sandbox_pids(c.marker), 15, "sandbox processes to exit")
 
 
-def log_count(cluster: Cluster, text: str) -> int:
-    return sum(w.log().count(text) for w in cluster.workers)
-
-
 def test_a_job_runs_end_to_end_with_sub_calls_on_the_llm_pool(cluster: Cluster) -> None:
     cluster.start(ORCHESTRATE_QUEUE)
     cluster.start("rlm.llm", concurrency=16)
@@ -124,8 +120,8 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once(cluster: Cluster) ->
     metadata = [e for e in handle.trajectory() if e["type"] == "metadata"]
     assert len(metadata) == 1
     # The broker did deliver it again (6 s job, 1 s timeout); the lease turned it away.
-    assert log_count(cluster, f"job {handle.id}: skipped: job {handle.id} is running") >= 1
-    assert log_count(cluster, f"job {handle.id}: MAX_ITERATIONS") == 1
+    assert cluster.log_count(f"job {handle.id}: skipped: job {handle.id} is running") >= 1
+    assert cluster.log_count(f"job {handle.id}: MAX_ITERATIONS") == 1
 
 
 def test_a_killed_orchestrator_s_job_is_resumed_by_a_live_one(cluster: Cluster) -> None:

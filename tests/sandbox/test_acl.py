@@ -26,11 +26,13 @@ def open_pubsub(client: redis.Redis) -> Any:
 
 
 @pytest.fixture
-def sandbox_client(redis_client: redis.Redis, redis_server: RedisServer) -> Iterator[redis.Redis]:
+def sandbox_client(
+    redis_client: redis.Redis, redis_server: RedisServer, services: SandboxServices
+) -> Iterator[redis.Redis]:
     """A connection with the credentials a sandbox called 'a' would get."""
     redis_client.set(CONTEXT_KEY, '"the context"')
     redis_client.set("rlm:job:someone-else", "secret record")
-    password = acl.create_user(redis_client, "a", CONTEXT_KEY)
+    password = acl.create_user(redis_client, services.identities, "a", CONTEXT_KEY)
     client = redis.Redis(
         unix_socket_path=redis_server.unix_socket,
         username=keys.sandbox_user("a"),

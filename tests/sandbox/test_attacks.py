@@ -50,6 +50,7 @@ from rlm_jobs.models import JobStatus, Limits
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.backends.docker import OWNER_LABEL, SANDBOX_LABEL
+from rlm_jobs.sandboxes.identities import Identities
 from rlm_jobs.sandboxes.session import REPLACED_NOTE
 from rlm_jobs.store import JobRecord
 from rlm_jobs.submitter import JobHandle, Submitter
@@ -661,7 +662,8 @@ def check_redis(stack: Stack, run: AttackRun, neighbour: Neighbour) -> None:
     assert "DEBUG SLEEP: refused: " in run.output
     assert "connect as default, no password: refused: ReplyError: NOAUTH" in run.output
     for who in ("default, guessed password", "the neighbour's user"):
-        assert f"connect as {who}: refused: ReplyError: WRONGPASS" in run.output
+        refused = f"connect as {who}: refused: AuthFailed: authentication failed: WRONGPASS"
+        assert refused in run.output
     # The server agrees: its ACL log holds the attacker's refused attempts, nothing changed.
     (fished,) = run.lines("fished the runtime's client: user ")
     attacker = fished.split()[5]
@@ -909,8 +911,9 @@ def kill_orchestrator_mid_job(stack: Stack) -> KillReport:
         if next(stack.client.scan_iter(match=keys.sandbox_prefix(sandbox_id) + "*"), None)
     }
     # Keep the module's shared Redis clean for the tests after this one.
+    identities = Identities(stack.client)  # the dead workers' users: nobody remembers them
     for sandbox_id in report.users:
-        acl.delete_user(stack.client, sandbox_id)
+        acl.delete_user(stack.client, identities, sandbox_id)
         acl.delete_keys(stack.client, sandbox_id)
         stack.client.delete(keys.sandbox_alive(sandbox_id))
     stack.kill_report = report

@@ -73,7 +73,7 @@ def bare_sandbox(
     """A runtime launched straight from a backend, with nobody on its output channel yet."""
     sandbox_id = wire.new_id()
     context_key = keys.context_blob(put_context(redis_client, "bare").sha256)
-    password = acl.create_user(redis_client, sandbox_id, context_key)
+    password = acl.create_user(redis_client, services.identities, sandbox_id, context_key)
     bootstrap = wire.Bootstrap(
         sandbox_id=sandbox_id,
         redis_unix_socket=settings.sandbox_redis_socket,
@@ -87,7 +87,7 @@ def bare_sandbox(
     process = create_backend(settings, backend_name).launch(bootstrap)
     yield sandbox_id, process
     process.kill()
-    acl.delete_user(redis_client, sandbox_id)
+    acl.delete_user(redis_client, services.identities, sandbox_id)
 
 
 def test_a_ready_published_before_the_host_listens_is_published_again_until_acknowledged(

@@ -13,6 +13,7 @@ from rlm_jobs import keys
 from rlm_jobs.config import Settings
 from rlm_jobs.contexts import put_context
 from rlm_jobs.sandboxes import acl
+from rlm_jobs.sandboxes.identities import Identities
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.services import SandboxServices
@@ -197,9 +198,12 @@ def test_stale_sandbox_users_are_swept(
     make_pool: Callable[..., SandboxPool], redis_client: redis.Redis
 ) -> None:
     # A user left by a dead orchestrator: no liveness key. One of a live one: has it.
-    acl.create_user(redis_client, "deadbeef", None)
+    # Both were made by other processes, whose identities this pool does not know.
+    others = Identities(redis_client)
+    acl.create_user(redis_client, others, "deadbeef", None)
     redis_client.set(keys.sandbox_alive("livebeef"), "1", ex=60)
-    acl.create_user(redis_client, "livebeef", None)
+    acl.create_user(redis_client, others, "livebeef", None)
+    others.close()
     # Keys hostile code wrote without a TTL go with a dead sandbox's user, not a live one's.
     redis_client.set(keys.sandbox_prefix("deadbeef") + "hoard", "x")
     redis_client.set(keys.sandbox_prefix("livebeef") + "msg", "x")

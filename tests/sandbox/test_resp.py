@@ -103,7 +103,7 @@ def test_threads_share_one_connection(redis_server: RedisServer) -> None:
 
 
 def test_auth_failures_and_a_lost_server(redis_server: RedisServer) -> None:
-    with pytest.raises(resp.ReplyError, match="WRONGPASS"):
+    with pytest.raises(resp.AuthFailed, match="WRONGPASS"):
         connect(redis_server, password="wrong")
     anonymous = connect(redis_server, password=None)
     with pytest.raises(resp.ReplyError, match="NOAUTH"):

@@ -166,13 +166,17 @@ def test_open_repl_factory_opens_working_sessions(
 
 
 def test_the_runtime_exits_when_it_loses_redis(
-    open_session: OpenSession, redis_client: redis.Redis
+    redis_client: redis.Redis, settings: Settings, make_services: MakeServices, backend_name: str
 ) -> None:
-    session = open_session()
+    # It tries to get back in for redis_retry_s (a Redis restart), then gives up.
+    quick = settings.model_copy(update={"redis_retry_s": 2.0})
+    ref = put_context(redis_client, "ctx")
+    services = make_services(quick)
+    session = SandboxSession(services, create_backend(quick, backend_name), ref, answer_from_text)
     process = session.process
     assert process is not None
     # Deleting its user disconnects the runtime and makes every reconnect fail.
-    acl.delete_user(redis_client, session.sandbox_id or "")
+    acl.delete_user(redis_client, services.identities, session.sandbox_id or "")
     assert eventually(lambda: not process.alive(), timeout_s=20)
     session.close()
 

@@ -158,18 +158,19 @@ class ProcessBackend:
                 "the isolated process sandbox has no network and needs Redis's Unix socket: "
                 "set RLM_JOBS_SANDBOX_REDIS_SOCKET (or connect the orchestrator by socket)"
             )
+        socket = bwrap.socket_mount(boot.redis_unix_socket)
         argv = bwrap.command(
             self._layout,
             bwrap=self._bwrap,
             sandbox_root=SANDBOX_ROOT,
             scratch_bytes=self._settings.sandbox_scratch_mb * MB,
-            redis_socket=boot.redis_unix_socket,
+            redis_socket=socket,
             uid=uid,
             seccomp_fd=filter_fd,
             program=RUNTIME,
         )
         inside = dataclasses.replace(
-            boot, redis_unix_socket=bwrap.INSIDE_SOCKET, redis_host=None, redis_port=None
+            boot, redis_unix_socket=socket.socket, redis_host=None, redis_port=None
         )
         return argv, child_environment(), "/", inside
 

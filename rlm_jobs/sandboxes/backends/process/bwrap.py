@@ -3,8 +3,8 @@
 The sandbox sees a read-only ``/usr`` (plus the ``/bin``, ``/lib*`` links), the Python
 installation at ``/opt/python``, any directory outside it the runtime imports from at
 ``/opt/site-packages/<n>`` (none today: the runtime is stdlib only), the ``sandbox``
-package at ``/opt/rlm/sandbox``, the Redis Unix socket at ``/run/rlm/redis.sock``, fresh
-``/proc`` and ``/dev``, and a size-limited tmpfs at ``/scratch`` (``/tmp`` points there).
+package at ``/opt/rlm/sandbox``, the Redis Unix socket under ``/run/rlm`` (``socket_mount``),
+fresh ``/proc`` and ``/dev``, and a size-limited tmpfs at ``/scratch`` (``/tmp`` points there).
 No ``/etc``, ``/root``, ``/home``, ``/var``, no network (a new network namespace holds only
 loopback), no view of other processes (pid namespace).
 
@@ -35,7 +35,8 @@ INSIDE_PYTHON = "/opt/python"
 INSIDE_SITE = "/opt/site-packages"
 INSIDE_APP = "/opt/rlm"
 INSIDE_SCRATCH = "/scratch"
-INSIDE_SOCKET = "/run/rlm/redis.sock"
+INSIDE_SOCKET_DIR = "/run/rlm"
+INSIDE_SOCKET = f"{INSIDE_SOCKET_DIR}/redis.sock"
 NOBODY = 65534
 # Well above the uids and subordinate-uid ranges distributions hand out.
 SANDBOX_UID_FIRST = 3_000_000
@@ -144,13 +145,40 @@ def _root_links() -> list[str]:
     return args
 
 
+@dataclass(frozen=True)
+class SocketMount:
+    """What is bound read-only for Redis's socket, where, and the socket's path inside."""
+
+    source: str
+    target: str
+    socket: str
+
+
+def socket_mount(host_socket: str) -> SocketMount:
+    """The socket's directory when the socket is alone in it, else the socket file alone.
+
+    A restarted Redis replaces its socket file: a bind of the old file would show a dead
+    socket for good, a bind of the directory shows the new one, so sandboxes reconnect.
+    Siblings of the socket are never shown (the private server's socket has a directory of
+    its own; put a system Redis's socket in one to get the same).
+    """
+    directory, name = os.path.split(os.path.abspath(host_socket))
+    try:
+        alone = os.listdir(directory) == [name]
+    except OSError:
+        alone = False
+    if alone:
+        return SocketMount(directory, INSIDE_SOCKET_DIR, f"{INSIDE_SOCKET_DIR}/{name}")
+    return SocketMount(host_socket, INSIDE_SOCKET, INSIDE_SOCKET)
+
+
 def command(
     layout: PythonLayout,
     *,
     bwrap: str,
     sandbox_root: str,
     scratch_bytes: int,
-    redis_socket: str | None,
+    redis_socket: SocketMount | None,
     uid: int | None,
     seccomp_fd: int | None,
     program: list[str],
@@ -184,8 +212,10 @@ def command(
     args += ["--perms", "0755", "--dir", INSIDE_APP]
     args += ["--ro-bind", os.path.join(sandbox_root, "sandbox"), f"{INSIDE_APP}/sandbox"]
     if redis_socket is not None:
-        args += ["--perms", "0755", "--dir", "/run", "--perms", "0755", "--dir", "/run/rlm"]
-        args += ["--ro-bind", redis_socket, INSIDE_SOCKET]
+        args += ["--perms", "0755", "--dir", "/run"]
+        if redis_socket.target != INSIDE_SOCKET_DIR:
+            args += ["--perms", "0755", "--dir", INSIDE_SOCKET_DIR]
+        args += ["--ro-bind", redis_socket.source, redis_socket.target]
     args += ["--size", str(scratch_bytes), "--perms", "1777", "--tmpfs", INSIDE_SCRATCH]
     args += ["--symlink", INSIDE_SCRATCH, "/tmp", "--chdir", INSIDE_SCRATCH]
     env = {

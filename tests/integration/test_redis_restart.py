@@ -1,0 +1,107 @@
+"""Redis crashes (SIGKILL) and comes back on its AOF under a running batch: nothing is lost.
+
+Real `celery -A workers worker` processes (2 orchestrators, 2 llm workers, threads pools),
+real sandboxes, the scripted provider with latency. Redis is killed at the moments that
+matter: while jobs wait in the queue, and while cells wait on their sub-calls. Every job
+must end once with the right answer, without a person stepping in, every worker must
+still be running, and no model call may be paid twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rlm_jobs.models import JobStatus
+from rlm_jobs.submitter import BatchHandle, Document
+from rlm_jobs.testing.provider import ScriptedProvider
+from tests.faults import CrashableRedis, while_redis_is_up
+from tests.support import Cluster, needle_context, sandbox_pids, wait_for
+from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
+
+pytestmark = pytest.mark.timeout(300)
+
+DOCUMENTS = 12
+CHUNKS = 6  # per document: one sub-call each
+ROOT_TURNS = 3  # the needle policy: measure, search, answer
+
+
+@pytest.fixture
+def cluster(
+    crashable_redis: CrashableRedis, scripted_provider: ScriptedProvider, tmp_path: Path
+) -> Iterator[Cluster]:
+    c = Cluster(crashable_redis.server, scripted_provider, tmp_path)
+    # Every progress report reaches Redis: the test watches for cells waiting on sub-calls.
+    c.env["RLM_JOBS_PROGRESS_INTERVAL_S"] = "0"
+    yield c
+    c.stop()
+    wait_for(lambda: not sandbox_pids(c.marker), 15, "sandbox processes to exit")
+
+
+def _queued_while_others_run(batch: BatchHandle) -> bool:
+    progress = batch.progress()
+    return progress["queued"] > 0 and progress["running"] > 0
+
+
+def _a_cell_waits_on_sub_calls(batch: BatchHandle) -> bool:
+    return any(job.progress().get("subcalls_in_flight", 0) > 0 for job in batch.jobs())
+
+
+def _between_turns(batch: BatchHandle) -> bool:
+    """Some job is past its first turn with no sub-call out: it waits on its root model."""
+    for job in batch.jobs():
+        progress = job.progress()
+        if progress.get("iteration", 0) >= 1 and progress.get("subcalls_in_flight", 1) == 0:
+            return job.status() is JobStatus.RUNNING
+    return False
+
+
+def test_a_batch_rides_out_redis_crashes_and_restarts(
+    cluster: Cluster, crashable_redis: CrashableRedis
+) -> None:
+    # Given a cluster as the README runs it, and a batch larger than its orchestrator slots
+    cluster.provider.configure(root_latency_s=0.5, sub_latency_s=0.2)
+    workers = [cluster.start(ORCHESTRATE_QUEUE, concurrency=4) for _ in range(2)]
+    workers += [cluster.start(LLM_QUEUE, concurrency=16) for _ in range(2)]
+    docs = [
+        Document(id=f"doc-{i}", context=needle_context(CHUNKS, f"RR-{i}", i % CHUNKS))
+        for i in range(DOCUMENTS)
+    ]
+    batch, started = cluster.submitter.submit_batch(
+        docs, "What is the secret code?", model="scripted/needle"
+    )
+    assert started == DOCUMENTS
+
+    # When Redis is killed while jobs wait in the queue, twice while cells wait on their
+    # sub-calls, and between turns, coming back on its AOF each time
+    queued = while_redis_is_up(lambda: _queued_while_others_run(batch))
+    wait_for(queued, 60, "jobs queued behind running ones")
+    crashable_redis.crash_and_restart(down_s=0.5)
+    for _ in range(2):
+        on_sub_calls = while_redis_is_up(lambda: _a_cell_waits_on_sub_calls(batch))
+        wait_for(on_sub_calls, 60, "a cell waiting on its sub-calls")
+        crashable_redis.crash_and_restart(down_s=0.5)
+    wait_for(while_redis_is_up(lambda: _between_turns(batch)), 60, "a job between turns")
+    crashable_redis.crash_and_restart(down_s=0.5)
+
+    # Then every job completes with its own document's answer, without anyone stepping in
+    progress = batch.wait(timeout_s=180)
+    assert progress["by_status"] == {JobStatus.COMPLETED.value: DOCUMENTS}
+    answers = {row["id"]: row["answer"] for row in batch.results()}
+    assert answers == {f"doc-{i}": f"RR-{i}" for i in range(DOCUMENTS)}
+    # ... once each: one run per job, none restarted, one result written
+    for job in batch.jobs():
+        record = job.record()
+        assert record.attempts == 1, f"job {job.id} was restarted"
+        assert cluster.log_count(f"job {job.id}: COMPLETED") == 1
+    # ... with nothing paid twice: the provider saw exactly the calm run's calls
+    roles = [r.role for r in cluster.provider.requests()]
+    assert roles.count("root") == DOCUMENTS * ROOT_TURNS
+    assert roles.count("sub") == DOCUMENTS * CHUNKS
+    # ... and every worker lived through it
+    assert crashable_redis.crashes == 4
+    for worker in workers:
+        assert worker.alive(), f"{worker.name} exited:\n{worker.log()[-3000:]}"
+        assert "Unrecoverable error" not in worker.log()
