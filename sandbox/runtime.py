@@ -37,6 +37,7 @@ from sandbox.outbox import Outbox
 from sandbox.records import CellResult, SubcallResult
 from sandbox.repl import Repl
 from sandbox.subcalls import SubcallClient, make_functions
+from sandbox.tools import make_tools
 
 # A bootstrap line is small; a larger one is not ours.
 MAX_BOOTSTRAP_BYTES = 64 * 1024
@@ -256,7 +257,8 @@ class Runtime:
                     log(f"cannot load the context: {exc!r}")
                     self.send_fatal(f"could not load the context: {exc!r}")
                     return EXIT_FATAL
-                repl.set_context(context)
+                repl.set_context(context, msg.context_index)
+                repl.set_tools(make_tools(self.subcalls, msg.tools))
                 del context
                 determinism.seed_random(msg.seed)
                 self.send(
@@ -347,7 +349,13 @@ def main() -> int:
         log(f"cannot load the context: {exc!r}")
         runtime.send_fatal(f"could not load the context: {exc!r}")
         return EXIT_FATAL
-    repl = Repl(context, make_functions(runtime.subcalls), busy=resp.main_thread_in_request)
+    repl = Repl(
+        context,
+        make_functions(runtime.subcalls),
+        busy=resp.main_thread_in_request,
+        context_index=boot.context_index,
+    )
+    repl.set_tools(make_tools(runtime.subcalls, boot.tools))
     del context
     runtime.send(wire.Ready(seq=runtime.next_seq(), id=wire.new_id(), pid=os.getpid()))
     return runtime.serve(repl)

@@ -126,7 +126,7 @@ def run(
     journals = MemoryJournals()
     engine = Engine(
         dispatcher=InProcessDispatcher(completer, journals.calls, concurrency=1),
-        repl_factory=lambda context, handler, seed=0: repl,
+        repl_factory=lambda context, handler, seed=0, tools=None: repl,
         store_context=lambda value: CONTEXT,
         journals=journals,
     )
@@ -348,7 +348,10 @@ def test_sub_calls_reach_the_dispatcher_through_the_handler() -> None:
     journals = MemoryJournals()
     engine = Engine(
         dispatcher=InProcessDispatcher(completer, journals.calls, concurrency=1),
-        repl_factory=lambda context, handler, seed=0: (setattr(repl, "handler", handler), repl)[1],
+        repl_factory=lambda context, handler, seed=0, tools=None: (
+            setattr(repl, "handler", handler),
+            repl,
+        )[1],
         store_context=lambda value: CONTEXT,
         journals=journals,
     )
@@ -384,7 +387,9 @@ def asking_engine(
 
     repl.cell = cell
 
-    def open_repl(context: ContextRef, handler: SubcallHandler, seed: int = 0) -> AskingRepl:
+    def open_repl(
+        context: ContextRef, handler: SubcallHandler, seed: int = 0, tools: object = None
+    ) -> AskingRepl:
         repl.handler = handler
         return repl
 
