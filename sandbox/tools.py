@@ -21,6 +21,10 @@ class ToolError(Exception):
     """A host-side tool failed: it raised, timed out, or refused its arguments."""
 
 
+# Tracebacks name it as the model knows it (bound in the REPL), not by its module.
+ToolError.__module__ = "builtins"
+
+
 class ToolClient(Protocol):
     """What a tool name needs from the runtime's request client (``SubcallClient``)."""
 

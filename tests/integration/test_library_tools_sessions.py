@@ -1,0 +1,153 @@
+"""Library mode: ``RLM(custom_tools=...)`` and ``RLM(persistent=True)`` with real sandboxes,
+Redis and the scripted provider over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from rlm_jobs import RLM, prompts
+from rlm_jobs.config import Settings
+from rlm_jobs.models import JobStatus
+from rlm_jobs.redis_server import RedisServer
+from tests import tooldefs
+from tests.workerstack import sandbox_pids, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+INVOICES = (
+    "Invoice 1: 120.00 EUR for consulting\n"
+    "Invoice 2: 80.50 GBP for travel\n"
+    "Invoice 3: 45.00 EUR for books\n"
+    "Invoice 4: 1000 XYZ for tokens of a private currency\n"
+    "Invoice 5: 12.25 USD for postage\n"
+)
+TABLES = (
+    "apples: 3\npears: 5\nplums: 7\nfigs: 2\n",
+    "apples: 10\npears: 1\n",
+    "apples: 4\npears: 5\nplums: 9\nfigs: 1\n",
+)
+QUESTIONS = (
+    "What is the total?",
+    "What is the total?",
+    "Which items grew since the first question?",
+)
+
+
+def invoice_total() -> float:
+    """What the invoices add up to at the tools' rates (the policy does not know these)."""
+    amounts = {"EUR": 165.0, "GBP": 80.5, "USD": 12.25}
+    return round(sum(v * tooldefs.RATES[c] for c, v in amounts.items()), 2)
+
+
+@pytest.fixture
+def library_settings(
+    scripted_settings: Settings, redis_server: RedisServer, redis_client: redis.Redis
+) -> Iterator[Settings]:
+    yield scripted_settings.model_copy(
+        update={"redis_url": redis_server.url, "sandbox_redis_socket": redis_server.unix_socket}
+    )
+    wait_for(lambda: not sandbox_pids(str(redis_server.workdir)), 15, "sandboxes to exit")
+
+
+def tool_calls(trajectory: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        call
+        for entry in trajectory
+        if entry.get("type") == "iteration"
+        for block in entry["code_blocks"]
+        for call in block["result"]["rlm_calls"]
+        if call.get("kind") == "tool"
+    ]
+
+
+def test_custom_tools_are_called_from_cells_and_shown_to_the_model(
+    library_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "tools.log"
+    monkeypatch.setenv("RLM_TEST_TOOL_LOG", str(log))  # the tools run in this process
+    with RLM(
+        backend="scripted",
+        backend_kwargs={"model_name": "tools"},
+        custom_tools=tooldefs.TOOLS,
+        settings=library_settings,
+    ) as rlm:
+        result = rlm.completion(INVOICES, root_prompt="What is the total in US dollars?")
+    # The rates came from the host's tool; the unknown currency's error reached the cell as
+    # ToolError and was reported; the archive timed out and the job went on
+    assert result.status is JobStatus.COMPLETED, result.reason
+    assert result.response == (
+        f"{invoice_total():.2f} USD; no rate for XYZ; "
+        "not filed: archive_total did not finish within its 1 s limit"
+    )
+    assert tooldefs.tool_log(str(log)) == [
+        ["fx_rate", "EUR"],
+        ["fx_rate", "GBP"],
+        ["fx_rate", "USD"],
+        ["fx_rate", "XYZ"],
+        ["archive_total", invoice_total()],
+    ]
+    # The model was told each tool's name, signature and docstring
+    first_prompt = next(e for e in result.trajectory if e.get("type") == "iteration")["prompt"]
+    system = first_prompt[0]["content"]
+    assert prompts.TOOLS_HEADER in system
+    assert "- `fx_rate(currency: str) -> float`\n  What one unit of `currency`" in system
+    assert "- `archive_total(total: float) -> str`" in system
+    # Every call is in the trajectory, the failures with their errors
+    calls = tool_calls(result.trajectory)
+    assert [c["tool"] for c in calls] == ["fx_rate"] * 4 + ["archive_total"]
+    assert calls[3]["error"] == "fx_rate raised ValueError: no exchange rate for 'XYZ'"
+    assert calls[4]["error"] == "archive_total did not finish within its 1 s limit"
+    assert calls[0]["prompt"] == '{"args":["EUR"],"kwargs":{}}'
+    assert calls[0]["response"] == "1.08" and "error" not in calls[0]
+
+
+def test_without_tools_the_model_is_told_none(library_settings: Settings) -> None:
+    with RLM(
+        backend="scripted", backend_kwargs={"model_name": "tools"}, settings=library_settings
+    ) as rlm:
+        result = rlm.completion(INVOICES, root_prompt="What is the total in US dollars?")
+    assert result.response == "no rates"
+
+
+def ask_all(rlm: RLM) -> list[Any]:
+    return [rlm.completion(t, root_prompt=q) for t, q in zip(TABLES, QUESTIONS, strict=True)]
+
+
+def test_a_persistent_rlm_keeps_its_repl_and_conversation_across_questions(
+    library_settings: Settings,
+) -> None:
+    with RLM(
+        backend="scripted",
+        backend_kwargs={"model_name": "session"},
+        persistent=True,
+        settings=library_settings,
+    ) as rlm:
+        first, second, third = ask_all(rlm)
+    assert [r.status for r in (first, second, third)] == [JobStatus.COMPLETED] * 3
+    assert (first.response, second.response) == ("17", "11")
+    # The third question used a variable of the first: table_1 was still in the REPL
+    assert third.response == "apples, plums"
+    # and continued the conversation: its first prompt holds both earlier questions, and
+    # the earlier contexts are there as context_0 and context_1
+    prompt = next(e for e in third.trajectory if e.get("type") == "iteration")["prompt"]
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    assert sum(1 for u in users if prompts.QUERY_HEADER in u) == 3
+    assert users[-1].startswith(f"{prompts.SESSION_NOTE}: it is question 3.")
+    assert "Your answer to the previous question was: 11" in users[-1]
+    first_output = third.trajectory[1]["code_blocks"][0]["result"]["stdout"]
+    assert "table_1: dict" in first_output and "table_2: dict" in first_output
+
+
+def test_without_persistent_a_question_cannot_see_the_last_ones(
+    library_settings: Settings,
+) -> None:
+    with RLM(
+        backend="scripted", backend_kwargs={"model_name": "session"}, settings=library_settings
+    ) as rlm:
+        *_, third = ask_all(rlm)
+    assert third.response == "no earlier question"
