@@ -28,6 +28,7 @@ from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import open_repl_factory
 from rlm_jobs.store import Store
+from rlm_jobs.tools import Toolbox, ToolSet
 from workers.claims import ClaimKeeper
 from workers.dispatcher import CeleryDispatcher
 from workers.leases import LeaseKeeper
@@ -51,6 +52,9 @@ class WorkerRuntime:
         # This process's Prometheus metrics, served by MonitoringStep when metrics_port is set.
         self.metrics = Metrics()
         self.router = LLMRouter(settings, controls=self.controls, observer=self.metrics)
+        # The operator's tools (RLM_JOBS_TOOLS), imported once: a broken module fails here.
+        tools = ToolSet.from_module(settings.tools) if settings.tools else None
+        self.toolbox = Toolbox.build(tools, settings) if tools else None
         self._engine: Engine | None = None
         self._collector: ReplyCollector | None = None
         self._sandbox_pool: SandboxPool | None = None
@@ -82,6 +86,7 @@ class WorkerRuntime:
                     ),
                     repl_factory=open_repl_factory(services, pool=self._sandbox_pool),
                     journals=self.journals,
+                    tools=self.toolbox,
                 )
             return self._engine
 
