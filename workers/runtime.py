@@ -52,9 +52,6 @@ class WorkerRuntime:
         # This process's Prometheus metrics, served by MonitoringStep when metrics_port is set.
         self.metrics = Metrics()
         self.router = LLMRouter(settings, controls=self.controls, observer=self.metrics)
-        # The operator's tools (RLM_JOBS_TOOLS), imported once: a broken module fails here.
-        tools = ToolSet.from_module(settings.tools) if settings.tools else None
-        self.toolbox = Toolbox.build(tools, settings) if tools else None
         self._engine: Engine | None = None
         self._collector: ReplyCollector | None = None
         self._sandbox_pool: SandboxPool | None = None
@@ -67,6 +64,10 @@ class WorkerRuntime:
         """The orchestrator's engine; its reply collector starts with the first job."""
         with self._lock:
             if self._engine is None:
+                # The operator's tools (RLM_JOBS_TOOLS), imported first: a module that cannot
+                # be imported fails each job with its reason, and leaves nothing half built.
+                tools = ToolSet.from_module(self.settings.tools) if self.settings.tools else None
+                toolbox = Toolbox.build(tools, self.settings) if tools else None
                 # BLPOP blocks its connection: the collector gets its own client.
                 assert self.settings.redis_url
                 blocking = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30)
@@ -86,7 +87,7 @@ class WorkerRuntime:
                     ),
                     repl_factory=open_repl_factory(services, pool=self._sandbox_pool),
                     journals=self.journals,
-                    tools=self.toolbox,
+                    tools=toolbox,
                 )
             return self._engine
 

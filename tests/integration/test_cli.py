@@ -23,6 +23,7 @@ import pytest
 from rlm_jobs.config import Settings
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing.provider import ScriptedProvider
+from tests.integration.test_library_tools_sessions import QUESTIONS, TABLES
 from tests.workerstack import Worker, sandbox_pids, wait_for
 from workers.app import create_app
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
@@ -457,9 +458,31 @@ def test_an_unreachable_redis_is_one_line_without_its_password() -> None:
     assert "s3cret" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+def test_a_session_asked_from_the_shell_keeps_its_variables(stack: Stack) -> None:
+    opened = cli("session", "open", env=stack.env)
+    assert opened.returncode == 0, opened.stderr
+    session_id = opened.stdout.strip()
+    for table, question, expected in zip(TABLES, QUESTIONS, ("17", "11", "apples, plums")):
+        done = cli(
+            "submit", "--session", session_id, "-q", question, "--context", table,
+            "--model", "scripted/session", "--wait", env=stack.env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["answer"] == expected
+    shown = cli("session", "show", session_id, env=stack.env)
+    info = json.loads(shown.stdout)
+    assert (info["status"], len(info["jobs"]), info["busy"]) == ("open", 3, None)
+    ended = cli("session", "end", session_id, env=stack.env)
+    assert ended.stdout.strip() == f"session {session_id}: ended"
+    refused = cli("submit", "--session", session_id, "-q", "x", "--context", "y", env=stack.env)
+    assert refused.returncode == 2
+    assert "has ended (ended on request)" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "command", [[], ["submit"], ["batch"], ["status"], ["watch"], ["results"], ["cancel"],
-                ["trajectory"], ["run"]]
+                ["trajectory"], ["run"], ["session"], ["session", "open"], ["session", "end"]]
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     done = cli(*command, "--help", env={"PATH": os.environ.get("PATH", "")})
