@@ -462,7 +462,8 @@ def test_a_session_asked_from_the_shell_keeps_its_variables(stack: Stack) -> Non
     opened = cli("session", "open", env=stack.env)
     assert opened.returncode == 0, opened.stderr
     session_id = opened.stdout.strip()
-    for table, question, expected in zip(TABLES, QUESTIONS, ("17", "11", "apples, plums")):
+    answers = ("17", "11", "apples, plums")
+    for table, question, expected in zip(TABLES, QUESTIONS, answers, strict=True):
         done = cli(
             "submit", "--session", session_id, "-q", question, "--context", table,
             "--model", "scripted/session", "--wait", env=stack.env,
