@@ -40,7 +40,9 @@ FINAL(f"{sum(globals()[$name].values()):g}")
 
 def _root(conv: Conversation) -> str:
     name = f"table_{conv.question}"
-    if conv.turn == 0 and not conv.last_call:
+    if conv.last_call:
+        return final_reply("Out of turns; what I have:", conv.best_answer(default="unknown"))
+    if conv.turn == 0:
         return reply(f"I will read this question's table into `{name}`.", render(PARSE, name=name))
     if "since the first question" not in conv.query.lower():
         return reply("The total of this table.", render(TOTAL, name=name))

@@ -65,7 +65,9 @@ def _filing_problem(conv: Conversation) -> str | None:
 def _root(conv: Conversation) -> str:
     if "fx_rate" not in conv.tools:
         return final_reply("I have no exchange-rate tool, so I cannot convert.", "no rates")
-    if conv.turn == 0 and not conv.last_call:
+    if conv.last_call:
+        return final_reply("Out of turns; what I have:", conv.best_answer(default="no total"))
+    if conv.turn == 0:
         cells = [PARSE, RATES] + ([ARCHIVE] if "archive_total" in conv.tools else [])
         return reply(
             "I will read the amounts, convert them with fx_rate and file the total.", *cells
