@@ -39,8 +39,9 @@ from sandbox.repl import Repl
 from sandbox.subcalls import SubcallClient, make_functions
 from sandbox.tools import make_tools
 
-# A bootstrap line is small; a larger one is not ours.
-MAX_BOOTSTRAP_BYTES = 64 * 1024
+# A bootstrap line is small (with the most tools and the longest docstrings the wire allows,
+# some 650 KB); a larger one is not ours.
+MAX_BOOTSTRAP_BYTES = 1024 * 1024
 # Long enough for a 100 MB context GET over a Unix socket, short enough to notice a dead server.
 SOCKET_TIMEOUT_S = 120.0
 # Heartbeats that fail this many times in a row mean Redis is gone.

@@ -24,6 +24,7 @@ from rlm_jobs.errors import ConfigError, ToolError
 from rlm_jobs.tools.runner import ToolRunner
 from sandbox.records import ToolSpec
 from sandbox.repl import RESERVED
+from sandbox.wire import MAX_TOOLS
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 # context_0, context_1, ...: the contexts of a session's questions.
@@ -93,6 +94,10 @@ class ToolSet:
             if tool.name in self._tools:
                 raise ConfigError(f"custom tool {tool.name!r} is registered twice")
             self._tools[tool.name] = tool
+        if len(self._tools) > MAX_TOOLS:
+            raise ConfigError(
+                f"{len(self._tools)} custom tools is more than the {MAX_TOOLS} a REPL takes"
+            )
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> ToolSet:

@@ -251,3 +251,38 @@ def test_a_live_sandbox_takes_another_context_and_keeps_its_variables(
     import random
 
     assert draw == f"{random.Random(7).random()}\n"
+
+
+def test_the_most_tools_with_the_longest_docs_reach_fresh_and_pooled_sandboxes(
+    open_session: OpenSession,
+    pool: SandboxPool,
+    services: SandboxServices,
+    redis_client: redis.Redis,
+    settings: Settings,
+) -> None:
+    # 64 tools with 8,000-character docstrings: a bootstrap, and a LoadContext sent by
+    # reference to its stored copy (it is larger than a pub/sub payload)
+    def numbered(n: int) -> Callable[[], int]:
+        return lambda: n
+
+    many = ToolSet.from_mapping(
+        {f"tool_{n}": {"tool": numbered(n), "description": "d" * 8_000} for n in range(64)}
+    )
+    toolbox = Toolbox.build(many, settings)
+    journals = MemoryJournals()
+
+    def handler() -> ToolCallsForJob:
+        return ToolCallsForJob(
+            toolbox=toolbox, job_id="many", journal=journals.open("many"), calls=journals.calls,
+            trajectory=Trajectory(), report=lambda: None, handover=lambda: None,
+        )  # fmt: skip
+
+    fresh = open_session("ctx", tools=handler())
+    assert run(fresh, "print(tool_0() + tool_63(), len(tool_5.__doc__))").stdout == "63 8010\n"
+    assert pool.wait_full(60)
+    ref = put_context(redis_client, "pooled")
+    with SandboxSession(
+        services, pool.backend, ref, answer_from_text, pool=pool, tools=handler()
+    ) as pooled:
+        assert pooled.from_pool
+        assert run(pooled, "print(tool_7())").stdout == "7\n"

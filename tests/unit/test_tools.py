@@ -63,6 +63,12 @@ def test_bad_registrations_are_refused_with_a_reason(mapping: dict[str, Any], pr
         ToolSet.from_mapping(mapping)
 
 
+def test_at_most_64_tools_are_taken() -> None:
+    ToolSet.from_mapping({f"tool_{i}": lookup for i in range(64)})
+    with pytest.raises(ConfigError, match="65 custom tools is more than the 64"):
+        ToolSet.from_mapping({f"tool_{i}": lookup for i in range(65)})
+
+
 def test_a_module_gives_its_tools_mapping_or_its_public_functions(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
