@@ -3,6 +3,9 @@ Redis and the scripted provider over HTTP."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,3 +154,19 @@ def test_without_persistent_a_question_cannot_see_the_last_ones(
     ) as rlm:
         *_, third = ask_all(rlm)
     assert third.response == "no earlier question"
+
+
+def test_the_tools_and_sessions_example_runs_offline() -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "examples/tools_and_sessions.py"],
+        capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "")}, cwd=root,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "tools:   COMPLETED: 244.09 USD; no rate for CHF; not filed: there is no archive tool",
+        "session: question 1: What is the total? -> 15",
+        "session: question 2: What is the total? -> 11",
+        "session: question 3: Which items grew since the first question? -> apples, plums",
+    ]
