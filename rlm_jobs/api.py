@@ -148,6 +148,7 @@ class RLM:
         other_backend_kwargs: list[dict[str, Any]] | None = None,
         persistent: bool = False,
         custom_tools: dict[str, Any] | None = None,
+        custom_sub_tools: dict[str, Any] | None = None,
         settings: Settings | None = None,
         **_ignored: Any,  # reference options with no meaning here (logger, verbose, ...)
     ) -> None:
@@ -186,6 +187,11 @@ class RLM:
             raise SpecError(f"invalid limits: {exc}") from exc
         # Checked now, so a bad tool fails here rather than in the first completion; without
         # custom_tools, the module RLM_JOBS_TOOLS names (if any) provides them.
+        if custom_sub_tools is not None and custom_sub_tools is not custom_tools:
+            raise ConfigError(
+                "custom_sub_tools is not supported: child RLMs (rlm_query) get the same tools "
+                "as the root, and llm_query sub-calls none"
+            )
         if custom_tools is not None:
             tools = ToolSet.from_mapping(custom_tools)
         else:

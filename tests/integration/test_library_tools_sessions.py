@@ -15,6 +15,7 @@ import redis
 
 from rlm_jobs import RLM, prompts
 from rlm_jobs.config import Settings
+from rlm_jobs.errors import ConfigError
 from rlm_jobs.models import JobStatus
 from rlm_jobs.redis_server import RedisServer
 from tests import tooldefs
@@ -115,6 +116,13 @@ def test_without_tools_the_model_is_told_none(library_settings: Settings) -> Non
     ) as rlm:
         result = rlm.completion(INVOICES, root_prompt="What is the total in US dollars?")
     assert result.response == "no rates"
+
+
+def test_tools_are_checked_when_the_rlm_is_made(library_settings: Settings) -> None:
+    with pytest.raises(ConfigError, match="custom tool name 'llm_query' is one of the REPL's"):
+        RLM(custom_tools={"llm_query": len}, settings=library_settings)
+    with pytest.raises(ConfigError, match="custom_sub_tools is not supported"):
+        RLM(custom_tools={"f": len}, custom_sub_tools={}, settings=library_settings)
 
 
 def ask_all(rlm: RLM) -> list[Any]:
