@@ -4,8 +4,8 @@ The contract: output is what the cell printed; the value of a cell's last
 expression is *not* echoed (the system prompt tells the model to print, and echoing would
 print huge values by accident). A cell that raises returns its traceback as ``error`` and
 keeps what it assigned before the exception. Reserved names are put back after every cell:
-the RLM names, ``context`` and ``context_<n>`` (each context a session's questions loaded,
-``rlm_jobs.sessions``), and the host's tools (``sandbox.tools``).
+the RLM names, ``context`` and ``context_<n>`` (the contexts of a session's questions, in
+order: ``rlm_jobs.sessions``), and the host's tools (``sandbox.tools``).
 
 The wall-clock limit is a SIGALRM timer that raises ``CellTimeout``, a ``BaseException``
 so ``except Exception`` in model code does not swallow it; the timer re-fires every

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from rlm_jobs import keys
@@ -122,14 +123,7 @@ class SandboxSession:
         self._launcher.send(sbx, request)
         notes: list[str] = []
 
-        def on_other(msg: wire.ToHost) -> None:
-            if isinstance(msg, wire.SubcallRequest):
-                self._pool.submit(self._serve_subcall, sbx, msg)
-            elif isinstance(msg, wire.ToolRequest):
-                self._pool.submit(self._serve_tool, sbx, msg)
-            elif isinstance(msg, wire.Fatal):
-                notes.append(f"[host] the sandbox reported a fatal error: {msg.message}")
-
+        on_other = self._requests_served(sbx, notes)
         try:
             done = self._launcher.await_message(
                 sbx,
@@ -221,6 +215,22 @@ class SandboxSession:
             return None
         return sbx
 
+    def _requests_served(self, sbx: LiveSandbox, notes: list[str]) -> Callable[[wire.ToHost], None]:
+        """What a wait does with the sandbox's other messages: its sub-call and tool
+        requests are served (model code may ask from its own threads at any time), a fatal
+        error is noted. A request ignored here would never be served: its repeats carry
+        the same id."""
+
+        def on_other(msg: wire.ToHost) -> None:
+            if isinstance(msg, wire.SubcallRequest):
+                self._pool.submit(self._serve_subcall, sbx, msg)
+            elif isinstance(msg, wire.ToolRequest):
+                self._pool.submit(self._serve_tool, sbx, msg)
+            elif isinstance(msg, wire.Fatal):
+                notes.append(f"[host] the sandbox reported a fatal error: {msg.message}")
+
+        return on_other
+
     @property
     def _specs(self) -> list[ToolSpec]:
         return [] if self._tools is None else list(self._tools.specs)
@@ -246,6 +256,7 @@ class SandboxSession:
             ),
             timeout_s=self._settings.sandbox_start_timeout_s,
             what="the sandbox did not load its context in time (sandbox_start_timeout_s)",
+            on_other=self._requests_served(sbx, []),
         )
         self._launcher.raise_if_fatal(sbx, loaded)
 
