@@ -3,6 +3,11 @@
 A script written for the reference runs by changing its import to ``from rlm_jobs import
 RLM``. The REPL still runs in a separate sandbox reached through Redis: the configured
 ``RLM_JOBS_REDIS_URL``, or a private ``redis-server`` started for the process lifetime.
+
+``custom_tools`` (the reference's parameter: name -> function, or name -> ``{"tool":
+function, "description": ...}``) become callables in the REPL that run here, in this
+process, never in the sandbox (``rlm_jobs.tools``). ``persistent=True`` keeps one REPL and
+its conversation across ``completion()`` calls (``rlm_jobs.sessions``) until ``close()``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import open_repl_factory
+from rlm_jobs.sessions.repl import SessionRepl
 from rlm_jobs.submitter import UNREADABLE, Document
+from rlm_jobs.tools import Toolbox, ToolSet
 from rlm_jobs.trajectory import to_jsonl
 
 # The reference's environment names that mean "a local sandbox process" here.
@@ -143,6 +150,9 @@ class RLM:
         cache: bool | None = None,
         other_backends: list[str] | None = None,
         other_backend_kwargs: list[dict[str, Any]] | None = None,
+        persistent: bool = False,
+        custom_tools: dict[str, Any] | None = None,
+        custom_sub_tools: dict[str, Any] | None = None,
         settings: Settings | None = None,
         **_ignored: Any,  # reference options with no meaning here (logger, verbose, ...)
     ) -> None:
@@ -179,6 +189,20 @@ class RLM:
             )
         except ValidationError as exc:
             raise SpecError(f"invalid limits: {exc}") from exc
+        # Checked now, so a bad tool fails here rather than in the first completion; without
+        # custom_tools, the module RLM_JOBS_TOOLS names (if any) provides them.
+        if custom_sub_tools is not None and custom_sub_tools is not custom_tools:
+            raise ConfigError(
+                "custom_sub_tools is not supported: child RLMs (rlm_query) get the same tools "
+                "as the root, and llm_query sub-calls none"
+            )
+        if custom_tools is not None:
+            tools = ToolSet.from_mapping(custom_tools)
+        else:
+            tools = ToolSet.from_module(base.tools) if base.tools else ToolSet()
+        self._toolbox = Toolbox.build(tools, self.settings) if len(tools) else None
+        self.persistent = persistent
+        self._session: SessionRepl | None = None
         self._redis: redis.Redis | None = None
         self._router: LLMRouter | None = None
         self._dispatcher: InProcessDispatcher | None = None
@@ -217,6 +241,7 @@ class RLM:
             dispatcher=self._dispatcher,
             repl_factory=open_repl_factory(self._sandbox_services, pool=self._sandbox_pool),
             journals=self._journals,
+            tools=self._toolbox,
         )
         return client, engine
 
@@ -230,7 +255,9 @@ class RLM:
 
         ``prompt`` may be a ``Document`` (``load_document``, ``load_corpus``): the model is
         told what it holds. With ``schema`` (a JSON Schema) the final answer must match it;
-        its parsed value is ``structured``.
+        its parsed value is ``structured``. With ``persistent=True`` the question continues
+        the earlier ones: same REPL (their variables, ``prompt`` as ``context`` and as
+        ``context_<n>``), same conversation.
         """
         description = None
         if isinstance(prompt, Document):
@@ -257,8 +284,14 @@ class RLM:
         except ValidationError as exc:
             raise SpecError(f"invalid job: {exc}") from exc
         job_id = uuid.uuid4().hex
+        session = None
+        if self.persistent:
+            if self._session is None:
+                specs = self._toolbox.specs if self._toolbox is not None else []
+                self._session = SessionRepl(engine.repl_factory, specs)
+            session = self._session
         result, trajectory = run_loop_with_trajectory(
-            spec, job_id, engine, JobControl.for_root(spec)
+            spec, job_id, engine, JobControl.for_root(spec), session=session
         )
         return RLMCompletion(
             root_model=self.model,
@@ -276,6 +309,10 @@ class RLM:
         )
 
     def close(self) -> None:
+        """End the session (if ``persistent``) and everything this RLM started."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
         if self._sandbox_pool is not None:
             self._sandbox_pool.close()
         if self._sandbox_services is not None:

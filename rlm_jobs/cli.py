@@ -286,8 +286,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     context = _context(args, settings)
     with _submitter(settings, enqueue=True) as submitter:
         job = submitter.submit(
-            query, context, model=model, sub_model=sub_model, limits=limits, answer_schema=schema
-        )
+            query, context, model=model, sub_model=sub_model, limits=limits,
+            answer_schema=schema, session_id=args.session,
+        )  # fmt: skip
         if not args.wait:
             print(job.id)
             return EXIT_OK
@@ -380,6 +381,17 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     with _submitter(settings) as submitter:
         print(submitter.cancel(args.id))
+    return EXIT_OK
+
+
+def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
+    with _submitter(settings) as submitter:
+        if args.action == "open":
+            print(submitter.open_session(args.session_id).id)
+        elif args.action == "show":
+            print(json.dumps(submitter.session(args.session_id).info(), indent=2))
+        else:
+            print(submitter.session(args.session_id).end(args.reason))
     return EXIT_OK
 
 
@@ -551,9 +563,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schema_args(p)
     _add_model_args(p)
     _add_limit_args(p)
+    p.add_argument(
+        "--session", metavar="ID",
+        help="continue this session (rlm-jobs session open): the REPL keeps the variables "
+        "of its earlier questions; one question at a time",
+    )  # fmt: skip
     p.add_argument("--wait", action="store_true", help="wait and print the result row as JSON")
     p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S s")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser(
+        "session",
+        help="open, show or end a session (questions over one REPL)",
+        description="A session is a sequence of questions (submit --session ID) over one "
+        "REPL: a later question can use the variables of the earlier ones. It ends on "
+        "`session end` or after RLM_JOBS_SESSION_IDLE_TTL_S without a question.",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    opening = actions.add_parser("open", help="open a session and print its id")
+    opening.add_argument(
+        "session_id", nargs="?", metavar="ID", help="name it (default: a new random id)"
+    )
+    showing = actions.add_parser("show", help="a session as JSON: status, jobs in order, expiry")
+    showing.add_argument("session_id", metavar="ID")
+    ending = actions.add_parser("end", help="end a session (its unfinished job is cancelled)")
+    ending.add_argument("session_id", metavar="ID")
+    ending.add_argument("--reason", default="ended on request", help="recorded with it")
+    p.set_defaults(func=cmd_session)
 
     p = sub.add_parser(
         "batch",

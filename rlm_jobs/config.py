@@ -197,6 +197,25 @@ class Settings(BaseSettings):
     # Flower progress events per job at most this often (iteration changes always report).
     progress_interval_s: float = Field(default=0.5, ge=0)
 
+    # A module of tool functions the REPL may call, run on the orchestrator (its TOOLS
+    # mapping, else its public functions); none by default: tools are code the operator
+    # chooses to trust with the host.
+    tools: str | None = None
+    # A tool is a lookup or an API call: seconds. Past this the cell gets an error rather
+    # than waiting with it; a tool may set its own (custom_tools {"timeout_s": ...}).
+    tool_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # Tool calls running at once per process; a tool that ignores its timeout keeps its
+    # slot until it returns, so this also bounds the threads hung tools can hold.
+    tool_concurrency: int = Field(default=16, ge=1, le=1024)
+    # JSON a tool call's arguments or result may be: a few values, not data; data belongs
+    # in the context, where it is stored once instead of crossing the wire per call.
+    tool_max_json_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # A session (rlm-jobs submit --session) ends this long after its last job finished:
+    # a follow-up comes within a working day; later, its replay (every earlier job's cells
+    # run again) is better paid for by a fresh session. At most the job records' week,
+    # which the replay reads.
+    session_idle_ttl_s: float = Field(default=24 * 3600.0, ge=1, le=7 * 24 * 3600)
+
     # Converted documents (PDF, DOCX, HTML, ... as text) by content hash, so a rerun over
     # the same files does not convert them again.
     ingest_cache_dir: Path = Field(default_factory=_user_cache_dir)

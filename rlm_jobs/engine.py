@@ -1,9 +1,9 @@
 """What a running job tree needs, passed in rather than looked up.
 
 ``Engine`` holds the process-wide parts (the dispatcher every model call goes through,
-the sandbox factory, the context store, the journals); ``JobControl`` the per-tree state
-(usage meter, deadline, cancellation, hand-over, observer). The loop receives both;
-nothing here imports Celery.
+the sandbox factory, the context store, the journals, the custom tools); ``JobControl``
+the per-tree state (usage meter, deadline, cancellation, hand-over, observer). The loop
+receives both; nothing here imports Celery.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from rlm_jobs.dispatch import Dispatcher
 from rlm_jobs.journal import Journals, JournalStore
 from rlm_jobs.models import ContextRef, JobResult, JobSpec, UsageMeter
 from rlm_jobs.sandboxes.base import Repl, ReplFactory
+from rlm_jobs.tools import Toolbox
 from rlm_jobs.trajectory import Trajectory
 
 
@@ -50,6 +51,8 @@ class Engine:
     journals: Journals
     child_concurrency: int = 4
     default_sub_model: str | None = None
+    # The user's tools, callable from every job's REPL (children's too); None: no tools.
+    tools: Toolbox | None = None
 
     @classmethod
     def build(
@@ -60,6 +63,7 @@ class Engine:
         dispatcher: Dispatcher,
         repl_factory: ReplFactory,
         journals: Journals | None = None,
+        tools: Toolbox | None = None,
     ) -> Engine:
         """The one way an engine is assembled (library mode and orchestrator workers)."""
         return cls(
@@ -69,6 +73,7 @@ class Engine:
             journals=journals or JournalStore(client),
             child_concurrency=settings.child_concurrency,
             default_sub_model=settings.sub_model,
+            tools=tools,
         )
 
 

@@ -12,8 +12,11 @@
     │   ├── SandboxTimeout       no answer from the sandbox within its deadline
     │   └── SandboxDied          the sandbox's runtime ended while the host waited for it
     ├── StorageError             a record or blob that should be in Redis is not
+    ├── ToolError                a tool call refused at its boundary (arguments, result, time)
+    ├── SessionError             a session that is unknown, ended, or busy with another job
     ├── JobStopped               a job ended early (limit, cancel); carries its status
-    └── JobHandedOver            a run stopped unfinished so another can resume the job
+    ├── JobHandedOver            a run stopped unfinished so another can resume the job
+    └── ReplayEnded              a replay-only run reached what its journal does not hold
 
 Retry decisions look at the type, never at the message text.
 """
@@ -96,6 +99,17 @@ class StorageError(RLMJobsError):
     """A record or blob that should be in Redis is missing or unreadable."""
 
 
+class ToolError(RLMJobsError):
+    """A tool call that cannot be made or answered: arguments or a result that are not JSON
+    or too large, arguments the tool does not take, a tool that raised or ran too long. The
+    message is what the cell's ``ToolError`` says."""
+
+
+class SessionError(RLMJobsError):
+    """A session that cannot take the request: unknown, ended, expired, or still busy with
+    another job."""
+
+
 class JobStopped(RLMJobsError):
     """A job ended before a final answer: a limit was hit or it was cancelled."""
 
@@ -108,6 +122,15 @@ class JobStopped(RLMJobsError):
 class JobHandedOver(RLMJobsError):
     """This run of a job stopped without a result: its worker is shutting down, or another
     worker took the job over. The journal is intact; the next run resumes by replay."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ReplayEnded(RLMJobsError):
+    """A run that may only replay (a session's earlier job, rebuilding the REPL) reached a
+    step its journal does not answer: the state is rebuilt up to there, nothing runs live."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -17,6 +17,10 @@ a replayed answer adds its stored usage to the meter, a live one what it spent.
 
 Entries carry their position (``seq``): a write repeated by a client retry is dropped on
 load, and a lost one ends the replay there.
+
+A journal opened ``replay_only`` (a session's earlier job, run again only to rebuild the
+REPL and the conversation: ``rlm_jobs.sessions``) is never written: the first step it does
+not hold raises ``ReplayEnded``, and so does every step after it.
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.calls import CallStore, MemoryResultStore, ResultStore
 from rlm_jobs.clients.base import ChatMessage
+from rlm_jobs.errors import ReplayEnded
 
 log = logging.getLogger(__name__)
 
-RequestKind = Literal["llm", "rlm"]
+RequestKind = Literal["llm", "rlm", "tool"]
 
 
 def _digest(*parts: Any) -> str:
@@ -67,8 +72,18 @@ class JournalLog(Protocol):
 class Journal:
     """One run of one job over its journal; safe to call from the job's threads."""
 
-    def __init__(self, job_id: str, entries: list[dict[str, Any]], log: JournalLog) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        entries: list[dict[str, Any]],
+        log: JournalLog,
+        *,
+        replay_only: bool = False,
+    ) -> None:
         self.job_id = job_id
+        self.replay_only = replay_only
+        # Why a replay-only run stopped, once it has.
+        self.replay_ended: str | None = None
         self._log = log
         self._entries = entries
         self._cursor = 0
@@ -119,6 +134,12 @@ class Journal:
             self.replayed_steps -= 1
             self._going_live()
 
+    def end_replay(self, why: str) -> ReplayEnded:
+        """A replay-only run cannot go on (a step without a stored answer): the error to
+        raise, and every later step raises it too."""
+        with self._lock:
+            return self._end(why)
+
     def take_note(self) -> str | None:
         """What the trajectory should say at the turn where live execution resumed, once."""
         with self._lock:
@@ -127,9 +148,16 @@ class Journal:
 
     # ---- internals (called with the lock held) ------------------------------------------
 
+    def _end(self, why: str) -> ReplayEnded:
+        if self.replay_ended is None:
+            self.replay_ended = f"step {self._cursor + 1}: {why}"
+        return ReplayEnded(self.replay_ended)
+
     def _place(self, kind: str, digest: str, count: int, what: str) -> tuple[int, bool]:
         """The step's position, and whether the journal held this very step there."""
         with self._lock:
+            if self.replay_ended is not None:
+                raise ReplayEnded(self.replay_ended)
             index = self._requests
             self._requests += 1
             entry = self._next()
@@ -139,6 +167,9 @@ class Journal:
             if replayed:
                 self._cursor += 1
                 self.replayed_steps += 1
+            elif self.replay_only:
+                why = f"{what} differs from the journaled one" if entry else "the journal ends"
+                raise self._end(why)
             else:
                 if entry is not None:
                     self._diverge(f"{what} differs from the journaled one")
@@ -226,8 +257,9 @@ class Journals(Protocol):
     @property
     def calls(self) -> ResultStore: ...
 
-    def open(self, job_id: str) -> Journal:
-        """The journal of ``job_id``, ready to replay what an earlier run recorded."""
+    def open(self, job_id: str, *, replay_only: bool = False) -> Journal:
+        """The journal of ``job_id``, ready to replay what an earlier run recorded; with
+        ``replay_only``, never to be written."""
 
 
 class JournalStore:
@@ -237,9 +269,9 @@ class JournalStore:
         self.client = client
         self.calls = CallStore(client)
 
-    def open(self, job_id: str) -> Journal:
+    def open(self, job_id: str, *, replay_only: bool = False) -> Journal:
         entries = _load(self.client.lrange(keys.job_journal(job_id), 0, -1), job_id)
-        return Journal(job_id, entries, _RedisLog(self.client, job_id))
+        return Journal(job_id, entries, _RedisLog(self.client, job_id), replay_only=replay_only)
 
 
 class _MemoryLog:
@@ -260,6 +292,7 @@ class MemoryJournals:
         self.calls = MemoryResultStore()
         self.logs: dict[str, list[dict[str, Any]]] = {}
 
-    def open(self, job_id: str) -> Journal:
+    def open(self, job_id: str, *, replay_only: bool = False) -> Journal:
         log_entries = self.logs.setdefault(job_id, [])
-        return Journal(job_id, [dict(e) for e in log_entries], _MemoryLog(log_entries))
+        entries = [dict(e) for e in log_entries]
+        return Journal(job_id, entries, _MemoryLog(log_entries), replay_only=replay_only)

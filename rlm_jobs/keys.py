@@ -81,6 +81,18 @@ def batch_budget(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:budget"
 
 
+def session(session_id: str) -> str:
+    """HASH: a session (status open/ended, created_at, last_used_at, busy: its unfinished
+    job, ended_at, reason); expires session_idle_ttl_s after its last job finished (held
+    while a job runs), or RESULT_TTL_S after it was ended."""
+    return f"{PREFIX}:session:{session_id}"
+
+
+def session_jobs(session_id: str) -> str:
+    """LIST: the session's job ids in the order they were asked; the session's lifetime."""
+    return f"{PREFIX}:session:{session_id}:jobs"
+
+
 def rate_limit(name: str) -> str:
     """HASH: GCRA state of one rate-limit entry (model or provider): the next free request
     slot and token time, in microseconds of Redis time; expires a minute after it is idle."""

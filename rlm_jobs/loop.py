@@ -4,6 +4,10 @@
 Celery, so it runs the same in library mode, in tests and inside an orchestrator task.
 Every way a job ends is a ``JobResult`` with its own status, a readable reason and the best
 partial answer; nothing but a bug escapes as an exception.
+
+A job of a session (``session``: a ``SessionRepl``) continues its conversation and runs in
+its REPL, which it borrows rather than opens. A ``replay_only`` run (a session's earlier
+job, rebuilding that state) never calls anything live: it stops where its journal ends.
 """
 
 from __future__ import annotations
@@ -17,10 +21,19 @@ from rlm_jobs import parsing, prompts
 from rlm_jobs.answers import AnswerGate
 from rlm_jobs.clients.base import ChatMessage
 from rlm_jobs.engine import Engine, JobControl
-from rlm_jobs.errors import JobHandedOver, JobStopped, ProviderError, RLMJobsError, SandboxError
+from rlm_jobs.errors import (
+    JobHandedOver,
+    JobStopped,
+    ProviderError,
+    ReplayEnded,
+    RLMJobsError,
+    SandboxError,
+)
 from rlm_jobs.models import JobResult, JobSpec, JobStatus, split_model_name
 from rlm_jobs.sandboxes.base import Repl
+from rlm_jobs.sessions.repl import SessionRepl
 from rlm_jobs.subcalls import SubcallHandlerForJob
+from rlm_jobs.tools.calls import ToolCallsForJob
 from rlm_jobs.trajectory import Trajectory, code_block_entry
 from sandbox.records import NOT_RUN_PREFIX, CellResult
 
@@ -57,14 +70,24 @@ class _State:
 
 
 class _Loop:
-    def __init__(self, spec: JobSpec, job_id: str, engine: Engine, control: JobControl) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        job_id: str,
+        engine: Engine,
+        control: JobControl,
+        *,
+        session: SessionRepl | None = None,
+        replay_only: bool = False,
+    ) -> None:
         self.spec = spec
         self.job_id = job_id
         self.engine = engine
         self.control = control
+        self.session = session
         self.limits = spec.limits
         self.trajectory: Trajectory = control.new_trajectory(job_id)
-        self.journal = engine.journals.open(job_id)
+        self.journal = engine.journals.open(job_id, replay_only=replay_only)
         self.state = _State()
         self.started = time.monotonic()
         # Whether the current turn's reply came from the journal (a resumed job's replay).
@@ -80,6 +103,17 @@ class _Loop:
             run_child=run_loop,
             report=self.report,
         )
+        self.tools: ToolCallsForJob | None = None
+        if engine.tools is not None:
+            self.tools = ToolCallsForJob(
+                toolbox=engine.tools,
+                job_id=job_id,
+                journal=self.journal,
+                calls=engine.journals.calls,
+                trajectory=self.trajectory,
+                report=self.report,
+                handover=control.handover,
+            )
 
     # ---- limits ---------------------------------------------------------------------
 
@@ -101,6 +135,7 @@ class _Loop:
 
     def report(self) -> None:
         usage = self.control.meter.snapshot()
+        tools = self.tools.counters if self.tools is not None else None
         self.control.observer.progress(
             self.job_id,
             self.spec,
@@ -117,6 +152,15 @@ class _Loop:
                 "cached_calls": usage.cached_calls,
                 "subcalls_refused": self.handler.counters.refused,
                 "rate_limited_s": round(self.handler.counters.rate_limited_s, 3),
+                **(
+                    {
+                        "tool_calls": tools.done,
+                        "tool_calls_failed": tools.failed,
+                        "tool_calls_in_flight": tools.in_flight,
+                    }
+                    if tools is not None
+                    else {}
+                ),
             },
         )
 
@@ -146,6 +190,8 @@ class _Loop:
         )
         if outcome.partial:
             self.state.partial = outcome.partial
+        if self.journal.replay_ended is not None:  # the cell met what its journal lacks
+            raise ReplayEnded(self.journal.replay_ended)
         return outcome
 
     def record(
@@ -280,19 +326,9 @@ class _Loop:
             other_backends=[self.spec.sub_model] if self.spec.sub_model else None,
             depth=self.spec.depth,
             parent_id=self.spec.parent_id,
+            **self.session_metadata(),
         )
-        self.state.messages = [
-            {"role": "system", "content": prompts.system_prompt(self.spec.context)},
-            {
-                "role": "user",
-                "content": prompts.first_user_message(
-                    self.spec.query,
-                    self.spec.context,
-                    self.spec.root_prompt,
-                    self.spec.answer_schema,
-                ),
-            },
-        ]
+        self.state.messages = self.first_messages()
         try:
             result = self._run()
         except JobHandedOver:
@@ -300,14 +336,58 @@ class _Loop:
         except Exception as exc:  # a bug must not take the worker down with it
             log.exception("job %s crashed", self.job_id)
             result = self.result(JobStatus.FAILED, f"internal error: {exc!r}", self.state.partial)
+        if self.session is not None:
+            self.session.finished(self.state.messages, result)
         self.control.observer.job_finished(self.job_id, self.spec, result)
         return result
+
+    def session_metadata(self) -> dict[str, Any]:
+        if self.session is None:
+            return {}
+        extra: dict[str, Any] = {"session_index": self.session.index}
+        if self.spec.session is not None:
+            extra["session_id"] = self.spec.session.id
+        if self.session.replayed:
+            extra["session_replayed"] = self.session.replayed
+        if self.session.rebuilt:
+            extra["session_rebuilt"] = self.session.rebuilt
+        return extra
+
+    def first_messages(self) -> list[ChatMessage]:
+        spec = self.spec
+        tools = self.engine.tools.specs if self.engine.tools is not None else []
+        system: ChatMessage = {
+            "role": "system",
+            "content": prompts.system_prompt(spec.context, tools),
+        }
+        session = self.session
+        if session is None or session.index == 0:
+            first = prompts.first_user_message(
+                spec.query, spec.context, spec.root_prompt, spec.answer_schema
+            )
+            return [system, {"role": "user", "content": first}]
+        followup = prompts.followup_user_message(
+            spec.query,
+            spec.context,
+            session.index,
+            root_prompt=spec.root_prompt,
+            answer_schema=spec.answer_schema,
+            previous_answer=session.previous_answer,
+            rebuilt=session.rebuilt,
+        )
+        return [*(session.messages or [system]), {"role": "user", "content": followup}]
+
+    def open_repl(self) -> Repl:
+        # Seeded by the job id: a resumed run's cells draw the same random numbers.
+        seed, context = self.journal.seed, self.spec.context
+        if self.session is not None:
+            return self.session.open_repl(context, self.handler, seed=seed, tools=self.tools)
+        return self.engine.repl_factory(context, self.handler, seed=seed, tools=self.tools)
 
     def _run(self) -> JobResult:
         repl: Repl | None = None
         try:
-            # Seeded by the job id: a resumed run's cells draw the same random numbers.
-            repl = self.engine.repl_factory(self.spec.context, self.handler, seed=self.journal.seed)
+            repl = self.open_repl()
             self.control.repls.add(repl)
             while self.state.iteration < self.limits.max_iterations:
                 self.state.iteration += 1
@@ -323,6 +403,8 @@ class _Loop:
             )
         except JobStopped as stop:
             return self.result(stop.status, stop.reason, self.state.partial)
+        except ReplayEnded as end:  # a replay-only run: the state is rebuilt up to here
+            return self.result(JobStatus.FAILED, f"replay ended at {end.reason}", None)
         except JobHandedOver:
             raise
         except ProviderError as exc:
@@ -342,7 +424,10 @@ class _Loop:
         finally:
             if repl is not None:
                 self.control.repls.discard(repl)
-                repl.close()
+                if self.session is None:
+                    repl.close()
+                else:  # the session keeps it for its next job
+                    self.session.release()
 
     def result(self, status: JobStatus, reason: str, answer: str | None) -> JobResult:
         return JobResult(
@@ -358,14 +443,38 @@ class _Loop:
         )
 
 
-def run_loop(spec: JobSpec, job_id: str, engine: Engine, control: JobControl) -> JobResult:
-    """Run one RLM job (and, through rlm_query, its children) to a result."""
-    return _Loop(spec, job_id, engine, control).run()
+def run_loop(
+    spec: JobSpec,
+    job_id: str,
+    engine: Engine,
+    control: JobControl,
+    *,
+    session: SessionRepl | None = None,
+) -> JobResult:
+    """Run one RLM job (and, through rlm_query, its children) to a result; a job of a
+    session runs in its REPL and continues its conversation."""
+    return _Loop(spec, job_id, engine, control, session=session).run()
 
 
 def run_loop_with_trajectory(
-    spec: JobSpec, job_id: str, engine: Engine, control: JobControl
+    spec: JobSpec,
+    job_id: str,
+    engine: Engine,
+    control: JobControl,
+    *,
+    session: SessionRepl | None = None,
 ) -> tuple[JobResult, Trajectory]:
     """Like ``run_loop`` but also returns the root's in-memory trajectory."""
-    loop = _Loop(spec, job_id, engine, control)
+    loop = _Loop(spec, job_id, engine, control, session=session)
     return loop.run(), loop.trajectory
+
+
+def replay_loop(
+    spec: JobSpec, job_id: str, engine: Engine, control: JobControl, session: SessionRepl
+) -> str | None:
+    """Run a finished job of ``session`` again from its journal only, into the session's
+    REPL and conversation; returns why the replay stopped early, or None if it reached the
+    job's end. Nothing is called live and nothing is written."""
+    loop = _Loop(spec, job_id, engine, control, session=session, replay_only=True)
+    loop.run()
+    return loop.journal.replay_ended

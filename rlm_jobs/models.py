@@ -120,6 +120,24 @@ class ContextRef(Strict):
         return f"a dict with {self.length:,} keys ({self.total_chars:,} characters in all)"
 
 
+# A session's id: what `rlm-jobs session open` prints, or a name the user chose.
+SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# Questions one session holds: each later one replays them all (rlm_jobs.sessions).
+MAX_SESSION_JOBS = 1_000
+
+
+class SessionPlace(Strict):
+    """Where a job sits in a session: the session, and its earlier jobs in order (what a
+    run of this job replays first, so it needs nothing but the spec and their journals)."""
+
+    id: SessionId
+    earlier: list[str] = Field(default_factory=list, max_length=MAX_SESSION_JOBS)
+
+    @property
+    def index(self) -> int:
+        return len(self.earlier)
+
+
 class JobSpec(Strict):
     """What a job is: everything needed to run it again from scratch."""
 
@@ -135,6 +153,8 @@ class JobSpec(Strict):
     doc_id: str | None = None
     # A JSON Schema the final answer must match (checked when the spec is built).
     answer_schema: Annotated[dict[str, Any], AfterValidator(_answer_schema)] | None = None
+    # The session this job continues (rlm-jobs submit --session), if any.
+    session: SessionPlace | None = None
 
 
 class ModelUsage(Strict):

@@ -2,21 +2,28 @@
 
 Written in our own words. The scripted provider's policies parse the markers defined
 here (``QUERY_HEADER``, ``OUTPUT_HEADER``, ``LAST_CALL``, ``SCHEMA_HEADER``,
-``SCHEMA_REJECTED``), so change them together.
+``SCHEMA_REJECTED``, ``TOOLS_HEADER``, ``SESSION_NOTE``), so change them together.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from rlm_jobs.models import ContextRef
+from sandbox.records import ToolSpec
 
 QUERY_HEADER = "QUERY:\n"
 OUTPUT_HEADER = "Output:\n"
 LAST_CALL = "You have no REPL turns left."
 SCHEMA_HEADER = "ANSWER SCHEMA (JSON Schema):\n"
 SCHEMA_REJECTED = "Your final answer does not match the answer schema."
+TOOLS_HEADER = "Tools (the user's functions; they run outside the REPL, on the host):\n"
+# Starts the first message of a session's later question.
+SESSION_NOTE = "This question continues a session"
+# How much of the previous answer a follow-up question repeats.
+PREVIOUS_ANSWER_CHARS = 2_000
 # The query a child RLM (started by rlm_query) answers; its context is the parent's prompt.
 CHILD_QUERY = "The variable `context` holds a task from a parent RLM. Do it and give the result."
 
@@ -50,8 +57,24 @@ about the chunks with llm_query_batched, collect their findings in variables, co
 check the result, then finish. Do not finish before you have looked at the data."""
 
 
-def system_prompt(ref: ContextRef) -> str:
-    return SYSTEM_PROMPT.format(context_kind=ref.describe())
+TOOLS_SECTION = """\
+Call a tool like any function. Its arguments and its result are JSON values (str, int, \
+float, bool, None, lists, dicts with str keys). A tool that raises, refuses its arguments \
+or runs past its time limit raises ToolError in your cell, with its message."""
+
+
+def system_prompt(ref: ContextRef, tools: Sequence[ToolSpec] = ()) -> str:
+    text = SYSTEM_PROMPT.format(context_kind=ref.describe())
+    if not tools:
+        return text
+    listed = "\n".join(_tool_line(t) for t in tools)
+    plan = text.index("\n\nA good plan:")
+    return f"{text[:plan]}\n\n{TOOLS_HEADER}{listed}\n{TOOLS_SECTION}{text[plan:]}"
+
+
+def _tool_line(tool: ToolSpec) -> str:
+    doc = "\n".join(f"  {line}" if line else "" for line in tool.doc.splitlines())
+    return f"- `{tool.name}{tool.signature}`" + (f"\n{doc}" if doc else "")
 
 
 def first_user_message(
@@ -67,6 +90,37 @@ def first_user_message(
         f"The variable `context` holds {ref.describe()}.{about} Explore it in the REPL before "
         f"answering.{hint}{schema}\n\n{QUERY_HEADER}{query}"
     )
+
+
+def followup_user_message(
+    query: str,
+    ref: ContextRef,
+    index: int,
+    *,
+    root_prompt: str | None = None,
+    answer_schema: dict[str, Any] | None = None,
+    previous_answer: str | None = None,
+    rebuilt: str | None = None,
+) -> str:
+    """The first message of question ``index`` (from 0) of a session: what carried over,
+    then the question as ``first_user_message`` puts it."""
+    names = [f"context_{i}" for i in range(index)]
+    earlier = " and ".join(names) if len(names) <= 2 else f"{names[0]} ... {names[-1]}"
+    parts = [
+        f"{SESSION_NOTE}: it is question {index + 1}. The REPL keeps every variable, import and "
+        "function from the earlier questions (SHOW_VARS() lists them). `context` now holds "
+        f"this question's data, also as `context_{index}`; the earlier questions' contexts "
+        f"are {earlier}."
+    ]
+    if previous_answer is not None:
+        answer = previous_answer
+        if len(answer) > PREVIOUS_ANSWER_CHARS:
+            answer = answer[:PREVIOUS_ANSWER_CHARS] + " ..."
+        parts.append(f"Your answer to the previous question was: {answer}")
+    if rebuilt:
+        parts.append(rebuilt)
+    parts.append(first_user_message(query, ref, root_prompt, answer_schema))
+    return "\n\n".join(parts)
 
 
 def schema_instructions(schema: dict[str, Any]) -> str:

@@ -8,6 +8,10 @@ process (each with its own sandbox and journal, its calls on the shared dispatch
 which cannot deadlock a worker pool: the parent's slot is never needed by its children.
 Past ``max_depth``, ``rlm_query`` degrades to ``llm_query`` as in the reference.
 
+A replay-only run (``Journal.replay_only``: a session's earlier job rebuilding its state)
+answers only from stored results: a call without one ends the replay, and the cell's
+prompts from there on read ``Error: not run: not replayed: ...``.
+
 A job starts at most ``Limits.max_subcalls`` sub-calls (prompts and children alike); the
 prompts past it are not sent and come back as ``Error: not run: ...`` slots naming the
 limit, counted in progress (``subcalls_refused``) and in one trajectory entry per request.
@@ -24,7 +28,8 @@ from rlm_jobs.clients.base import ChatMessage
 from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.dispatch import CallBatch, Stop
 from rlm_jobs.engine import Engine, JobControl
-from rlm_jobs.journal import Journal
+from rlm_jobs.errors import ReplayEnded
+from rlm_jobs.journal import Journal, Request
 from rlm_jobs.models import JobResult, JobSpec, JobStatus
 from rlm_jobs.prompts import CHILD_QUERY
 from rlm_jobs.trajectory import Trajectory, subcall_entry
@@ -111,6 +116,8 @@ class SubcallHandlerForJob:
                 (answer,) = stored.values()
                 self._meter(model, answer.result)
                 return answer.result, True
+            if self._journal.replay_only:
+                raise self._journal.end_replay("the root model's reply was not kept")
             self._journal.unanswered()  # asked before, never answered: its worker died
         context = CallContext.of_job(self._job_id, self._spec, "root")
         batch = CallBatch(self._job_id, model, [list(messages)], placed.call_ids, context)
@@ -132,6 +139,12 @@ class SubcallHandlerForJob:
             self.counters.waited(result.rate_limited_s)
 
     def __call__(self, request: SubcallRequest) -> list[SubcallResult]:
+        try:
+            return self._answer(request)
+        except ReplayEnded as exc:
+            return [not_run(f"not replayed: {exc.reason}")] * len(request.prompts)
+
+    def _answer(self, request: SubcallRequest) -> list[SubcallResult]:
         cap = self._spec.limits.max_subcalls
         granted = self.counters.grant(len(request.prompts), cap)
         prompts = request.prompts[:granted]
@@ -174,11 +187,30 @@ class SubcallHandlerForJob:
     def _llm(self, prompts: Sequence[str], requested: str | None) -> list[SubcallResult]:
         model = self._sub_model(requested)
         placed = self._journal.request("llm", model, prompts)
+        if self._journal.replay_only:
+            return self._stored_only(model, prompts, placed)
         context = CallContext.of_job(self._job_id, self._spec, "sub")
         batch = CallBatch.of_prompts(self._job_id, model, prompts, placed.call_ids, context)
         self.counters.started(len(prompts))
         self._report()
+        on_result = self._recorder(model, prompts)
+        return self._engine.dispatcher.run_batch(batch, on_result=on_result, stop=self.stop)
 
+    def _stored_only(
+        self, model: str, prompts: Sequence[str], placed: Request
+    ) -> list[SubcallResult]:
+        """A replay-only run's answers: all stored, or the replay ends here."""
+        stored = self._engine.journals.calls.lookup(self._job_id, placed.call_ids)
+        if len(stored) < len(placed.call_ids):
+            raise self._journal.end_replay("a sub-call's answer was not kept")
+        self.counters.started(len(prompts))
+        record = self._recorder(model, prompts)
+        results = [stored[c].result for c in placed.call_ids]
+        for index, result in enumerate(results):
+            record(index, result)
+        return results
+
+    def _recorder(self, model: str, prompts: Sequence[str]) -> Callable[[int, SubcallResult], None]:
         def on_result(index: int, result: SubcallResult) -> None:
             self._meter(model, result)
             self._trajectory.add_subcall(
@@ -197,7 +229,7 @@ class SubcallHandlerForJob:
             self.counters.finished()
             self._report()
 
-        return self._engine.dispatcher.run_batch(batch, on_result=on_result, stop=self.stop)
+        return on_result
 
     def _children(self, prompts: Sequence[str], requested: str | None) -> list[SubcallResult]:
         model = requested or self._spec.model
@@ -215,6 +247,8 @@ class SubcallHandlerForJob:
                     self._control.meter.add_usage(stored.usage)
                 self._record_child(model, prompt, child_id, stored.result)
                 return stored.result
+            if self._journal.replay_only:
+                raise self._journal.end_replay("a child RLM's result was not kept")
             halt = self.stop()
             if halt:
                 self.counters.finished()
@@ -229,6 +263,7 @@ class SubcallHandlerForJob:
                     "root_prompt": None,
                     "doc_id": None,
                     "answer_schema": None,  # the parent's answer has the shape, not its parts
+                    "session": None,  # a child starts its own REPL, whatever its parent's
                 }
             )
             result = self._run_child(

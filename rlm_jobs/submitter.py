@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from rlm_jobs.clients import check_model
 from rlm_jobs.config import Settings
@@ -26,10 +26,13 @@ from rlm_jobs.models import (
     JobSpec,
     JobStatus,
     Limits,
+    SessionId,
+    SessionPlace,
     validation_problems,
 )
 from rlm_jobs.providers.budget import BatchBudgets
 from rlm_jobs.schema import check_schema
+from rlm_jobs.sessions.store import SessionStore
 from rlm_jobs.store import JobRecord, Store
 
 # Sends the orchestrate task for a job id that is already recorded.
@@ -181,9 +184,49 @@ class BatchHandle:
         return count
 
 
+_SESSION_ID: TypeAdapter[str] = TypeAdapter(SessionId)
+
+
+def _session_id(value: str) -> str:
+    try:
+        return _SESSION_ID.validate_python(value)
+    except ValidationError:
+        raise SpecError(
+            f"invalid session id {value!r}: 1 to 64 letters, digits, '-' or '_'"
+        ) from None
+
+
+class SessionHandle:
+    """A session of the service: questions asked one after another over one REPL."""
+
+    def __init__(self, sessions: SessionStore, store: Store, session_id: str) -> None:
+        self._sessions = sessions
+        self._store = store
+        self.id = session_id
+
+    def info(self) -> dict[str, Any]:
+        """Status (open or ended), its jobs in order, the busy one, times, expiry."""
+        return self._sessions.info(self.id)
+
+    def jobs(self) -> list[JobHandle]:
+        return [JobHandle(self._store, j) for j in self.info()["jobs"]]
+
+    def end(self, reason: str = "ended on request") -> str:
+        """End the session: no more questions; an unfinished job of it is cancelled."""
+        busy = self._sessions.end(self.id, reason)
+        if busy is None:
+            return f"session {self.id}: ended"
+        try:
+            JobHandle(self._store, busy).cancel(f"its session ended ({reason})")
+        except StorageError:  # never recorded: nothing to cancel
+            return f"session {self.id}: ended"
+        return f"session {self.id}: ended; its unfinished job {busy} was cancelled"
+
+
 class Submitter:
     def __init__(self, client: redis.Redis, enqueue: Enqueue, settings: Settings) -> None:
         self.store = Store(client)
+        self.sessions = SessionStore(client, idle_ttl_s=settings.session_idle_ttl_s)
         self._client = client
         self._enqueue = enqueue
         self._settings = settings
@@ -200,10 +243,14 @@ class Submitter:
         batch_id: str | None = None,
         doc_id: str | None = None,
         answer_schema: dict[str, Any] | None = None,
+        session_id: str | None = None,
     ) -> JobHandle:
         """Start one job. ``context`` may be a ``Document`` (``rlm_jobs.load_document``,
         ``load_corpus``): the model is then told what it is. With ``answer_schema`` (a JSON
-        Schema) the final answer must match it; the row's ``structured`` holds its value."""
+        Schema) the final answer must match it; the row's ``structured`` holds its value.
+        With ``session_id`` (``open_session``) the job continues that session: its REPL
+        holds the variables of the session's earlier questions. A session takes one
+        question at a time (``SessionError`` while its last job is unfinished)."""
         if isinstance(context, Document):
             if context.context is None:
                 raise DocumentError(context.id, context.error or UNREADABLE)
@@ -218,14 +265,53 @@ class Submitter:
         job_id = job_id or uuid.uuid4().hex
         if "." in job_id:
             raise SpecError("a job id may not contain '.' (reserved for child RLM ids)")
-        spec = self._job_spec(
-            query, put_context(self._client, value), description, model=model,
-            sub_model=sub_model, limits=limits, batch_id=batch_id, doc_id=doc_id,
-            answer_schema=answer_schema,
-        )  # fmt: skip
+        fields: dict[str, Any] = {
+            "model": model, "sub_model": sub_model, "limits": limits, "batch_id": batch_id,
+            "doc_id": doc_id, "answer_schema": answer_schema,
+        }  # fmt: skip
+        ref = put_context(self._client, value)
+        if session_id is not None:
+            return self._submit_in_session(
+                _session_id(session_id), job_id, query, ref, description, fields
+            )
+        spec = self._job_spec(query, ref, description, **fields)
         if self.store.create_job(job_id, spec):
             self._enqueue(job_id)
         return JobHandle(self.store, job_id)
+
+    def _submit_in_session(
+        self,
+        session_id: str,
+        job_id: str,
+        query: str,
+        ref: ContextRef,
+        description: str | None,
+        fields: dict[str, Any],
+    ) -> JobHandle:
+        if fields["batch_id"] is not None:
+            raise SpecError("a job of a batch cannot continue a session")
+        self._job_spec(query, ref, description, **fields)  # refused before the session moves
+        hold_s = (fields["limits"] or Limits()).max_timeout_s
+        earlier = self.sessions.reserve(session_id, job_id, hold_s)
+        place = SessionPlace(id=session_id, earlier=earlier)
+        spec = self._job_spec(query, ref, description, **fields, session=place)
+        if not self.store.create_job(job_id, spec):
+            self.sessions.release(session_id, job_id, recorded=False)
+            raise SpecError(f"job id {job_id!r} is taken; a session's job needs a new one")
+        self._enqueue(job_id)
+        return JobHandle(self.store, job_id)
+
+    def open_session(self, session_id: str | None = None) -> SessionHandle:
+        """Open a session (a new id unless ``session_id`` names one): ``submit(...,
+        session_id=...)`` then asks its questions in turn. It ends on ``end()`` or after
+        ``session_idle_ttl_s`` without a question."""
+        opened = self.sessions.open(None if session_id is None else _session_id(session_id))
+        return SessionHandle(self.sessions, self.store, opened)
+
+    def session(self, session_id: str) -> SessionHandle:
+        handle = SessionHandle(self.sessions, self.store, _session_id(session_id))
+        handle.info()  # fail now, with a clear message, on an unknown or expired id
+        return handle
 
     @staticmethod
     def _job_spec(query: str, ref: ContextRef, description: str | None, **fields: Any) -> JobSpec:

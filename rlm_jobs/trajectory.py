@@ -58,6 +58,33 @@ def subcall_entry(
     return entry
 
 
+def tool_entry(
+    *,
+    name: str,
+    arguments: str,
+    response: str,
+    ok: bool,
+    latency_s: float,
+    replayed: bool = False,
+) -> dict[str, Any]:
+    """A tool call, shaped like a sub-call so the reference's viewer lists it with them:
+    the arguments as its prompt, the result (JSON) or the error as its response."""
+    entry: dict[str, Any] = {
+        "root_model": f"tool/{name}",
+        "prompt": arguments,
+        "response": response,
+        "usage_summary": {"model_usage_summaries": {}},
+        "execution_time": latency_s,
+        "kind": "tool",
+        "tool": name,
+    }
+    if not ok:
+        entry["error"] = response
+    if replayed:  # answered from the journal: the tool did not run again
+        entry["replayed"] = True
+    return entry
+
+
 class Trajectory:
     """Collects one job's entries; ``sink`` (if any) receives each entry as it is made."""
 

@@ -3,7 +3,8 @@
 ``CellResult`` is what one cell did: the REPL makes it, the wire carries it, the host's
 session and the loop read it. ``SubcallResult`` is one prompt's answer: dispatchers and
 llm workers make it, the sandbox receives its ``ok``/``text``. ``not_run`` is the one way to
-say a prompt was never sent to a model.
+say a prompt was never sent to a model. ``ToolSpec`` names a host-side tool the sandbox
+may call (its answer is a ``SubcallResult`` too: ``ok``, and the JSON result or the error).
 
 ``Record`` is a frozen dataclass whose fields are checked against their annotations: exact
 field sets, exact JSON types, bounds. Stdlib only: the sandbox imports this at every
@@ -112,6 +113,18 @@ class SubcallResult(Record):
     # Set when the call was refused because its job must stop: the status it ends with
     # (a spent batch budget: "BUDGET_EXCEEDED"). Host side only.
     refusal: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolSpec(Record):
+    """A host-side tool as the sandbox knows it: the name it binds, and what ``help()`` shows.
+
+    The tool itself never enters the sandbox; calling the name sends a ``ToolRequest``.
+    """
+
+    name: str = dataclasses.field(metadata=bounds(min_len=1, max_len=64))
+    signature: str = dataclasses.field(default="(...)", metadata=bounds(max_len=2_000))
+    doc: str = dataclasses.field(default="", metadata=bounds(max_len=8_000))
 
 
 # How the text of a call that was never made begins.

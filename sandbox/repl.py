@@ -3,7 +3,9 @@
 The contract: output is what the cell printed; the value of a cell's last
 expression is *not* echoed (the system prompt tells the model to print, and echoing would
 print huge values by accident). A cell that raises returns its traceback as ``error`` and
-keeps what it assigned before the exception. Reserved names are put back after every cell.
+keeps what it assigned before the exception. Reserved names are put back after every cell:
+the RLM names, ``context`` and ``context_<n>`` (the contexts of a session's questions, in
+order: ``rlm_jobs.sessions``), and the host's tools (``sandbox.tools``).
 
 The wall-clock limit is a SIGALRM timer that raises ``CellTimeout``, a ``BaseException``
 so ``except Exception`` in model code does not swallow it; the timer re-fires every
@@ -50,6 +52,7 @@ class Repl:
         subcall_functions: dict[str, Callable[..., Any]],
         *,
         busy: Callable[[], bool] = lambda: False,
+        context_index: int = 0,
     ) -> None:
         # True while the main thread is in the middle of something the timer must not cut
         # (a Redis request): the timeout then waits for the next tick, REFIRE_S later.
@@ -68,13 +71,28 @@ class Repl:
             "FINAL_VAR": self._final_var,
             "answer": self._answer,
         }
+        self._tools: list[str] = []
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.namespace.update(self._reserved)
+        if context is not None:
+            self.set_context(context, context_index)
 
-    def set_context(self, context: Any) -> None:
-        """Give a REPL started without its job's context (a pooled sandbox) the context."""
-        self._reserved["context"] = context
-        self.namespace["context"] = context
+    def set_context(self, context: Any, index: int = 0) -> None:
+        """Give the REPL its job's context: a pooled sandbox's first, or a session's next
+        question's (the earlier ones stay as ``context_<n>``)."""
+        for name in ("context", f"context_{index}"):
+            self._reserved[name] = context
+            self.namespace[name] = context
+
+    def set_tools(self, tools: dict[str, Any]) -> None:
+        """Bind the host's tools (and ``ToolError``), in place of any bound before."""
+        for name in self._tools:
+            self._reserved.pop(name, None)
+            self.namespace.pop(name, None)
+        self._tools = [name for name in tools if name not in RESERVED]
+        for name in self._tools:
+            self._reserved[name] = tools[name]
+            self.namespace[name] = tools[name]
 
     # ---- names the model calls -----------------------------------------------------------
 

@@ -45,9 +45,11 @@ from sandbox.outbox import Outbox
 from sandbox.records import CellResult, SubcallResult
 from sandbox.repl import Repl
 from sandbox.subcalls import SubcallClient, make_functions
+from sandbox.tools import make_tools
 
-# A bootstrap line is small; a larger one is not ours.
-MAX_BOOTSTRAP_BYTES = 64 * 1024
+# A bootstrap line is small (with the most tools and the longest docstrings the wire allows,
+# some 650 KB); a larger one is not ours.
+MAX_BOOTSTRAP_BYTES = 1024 * 1024
 # Long enough for a 100 MB context GET over a Unix socket, short enough to notice a dead server.
 SOCKET_TIMEOUT_S = 120.0
 # Heartbeats that fail this many times in a row (each retried for reconnect_s) mean Redis
@@ -328,7 +330,8 @@ class Runtime:
                     log(f"cannot load the context: {exc!r}")
                     self.send_fatal(f"could not load the context: {exc!r}")
                     return EXIT_FATAL
-                repl.set_context(context)
+                repl.set_context(context, msg.context_index)
+                repl.set_tools(make_tools(self.subcalls, msg.tools))
                 del context
                 determinism.seed_random(msg.seed)
                 self.send(
@@ -420,7 +423,13 @@ def main() -> int:
         log(f"cannot load the context: {exc!r}")
         runtime.send_fatal(f"could not load the context: {exc!r}")
         return EXIT_FATAL
-    repl = Repl(context, make_functions(runtime.subcalls), busy=resp.main_thread_in_request)
+    repl = Repl(
+        context,
+        make_functions(runtime.subcalls),
+        busy=resp.main_thread_in_request,
+        context_index=boot.context_index,
+    )
+    repl.set_tools(make_tools(runtime.subcalls, boot.tools))
     del context
     runtime.send(wire.Ready(seq=runtime.next_seq(), id=wire.new_id(), pid=os.getpid()))
     return runtime.serve(repl)

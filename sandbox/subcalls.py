@@ -1,5 +1,8 @@
 """``llm_query`` & co. inside the sandbox: a request on the wire, a blocking wait for its reply.
 
+Tool calls (``sandbox.tools``) travel the same way: a ``ToolRequest`` answered by a
+``SubcallReply``.
+
 Any thread may call them (model code may run its own thread pool). The reader thread hands
 replies to waiters by request id. Pub/sub may drop a message either way, so a waiter also
 polls the copy of its reply the host stores now and then, and publishes its request again
@@ -15,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from sandbox.records import SubcallResult, WireError
-from sandbox.wire import SubcallReply, SubcallRequest, ToSandbox, new_id
+from sandbox.wire import SubcallReply, SubcallRequest, ToolRequest, ToSandbox, new_id
 
 # Pub/sub loss is rare, so the stored copy is checked only this often.
 REPLY_POLL_S = 1.0
@@ -32,7 +35,7 @@ class _Waiter:
 class SubcallClient:
     def __init__(
         self,
-        send: Callable[[SubcallRequest], None],
+        send: Callable[[SubcallRequest | ToolRequest], None],
         fetch_reply: Callable[[str], ToSandbox | None],
         next_seq: Callable[[], int],
     ) -> None:
@@ -41,6 +44,9 @@ class SubcallClient:
         self._next_seq = next_seq
         self._waiters: dict[str, _Waiter] = {}
         self._lock = threading.Lock()
+
+    def next_seq(self) -> int:
+        return self._next_seq()
 
     def deliver(self, request_id: str, results: list[SubcallResult]) -> bool:
         """Hand a reply to the call waiting for it; False if none waits (finished or unknown)."""
@@ -58,15 +64,26 @@ class SubcallClient:
         request = SubcallRequest(
             seq=self._next_seq(), id=new_id(), kind=kind, prompts=prompts, model=model
         )
+        try:
+            results = self.exchange(request)
+        except WireError as exc:
+            raise ValueError(f"{exc}: send fewer or shorter prompts per call") from None
+        texts = [r.text if r.ok else _as_error(r.text) for r in results[: len(prompts)]]
+        missing = len(prompts) - len(texts)
+        texts += ["Error: the orchestrator sent no answer for this prompt"] * missing
+        return texts
+
+    def exchange(self, request: SubcallRequest | ToolRequest) -> list[SubcallResult]:
+        """Send ``request`` and wait for its ``SubcallReply``, publishing it again meanwhile.
+
+        Raises WireError if the request is larger than the wire carries.
+        """
         waiter = _Waiter()
         # Registered before sending: the reply may arrive before send() returns.
         with self._lock:
             self._waiters[request.id] = waiter
         try:
-            try:
-                self._send(request)
-            except WireError as exc:
-                raise ValueError(f"{exc}: send fewer or shorter prompts per call") from None
+            self._send(request)
             next_resend = time.monotonic() + RESEND_S
             while not waiter.event.wait(REPLY_POLL_S):
                 stored = self._fetch_reply(request.id)
@@ -79,11 +96,7 @@ class SubcallClient:
         finally:
             with self._lock:
                 self._waiters.pop(request.id, None)
-        results = waiter.results or []
-        texts = [r.text if r.ok else _as_error(r.text) for r in results[: len(prompts)]]
-        missing = len(prompts) - len(texts)
-        texts += ["Error: the orchestrator sent no answer for this prompt"] * missing
-        return texts
+        return waiter.results or []
 
 
 def _as_error(text: str) -> str:

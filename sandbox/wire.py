@@ -14,8 +14,8 @@ keys (its ACL user may SUBSCRIBE, PUBLISH and GET, nothing else):
   published while nobody listens, so the messages that must arrive (``RELIABLE``: ready,
   context_loaded, cell_result, fatal) are published again, less and less often, until the
   host answers with ``Ack(reply_to=id)``; the host acknowledges every copy it receives and
-  acts on each id once. A sub-call request is its own retry: it is published again every
-  few seconds until its ``SubcallReply`` comes (``sandbox.subcalls``).
+  acts on each id once. A sub-call or tool request is its own retry: it is published again
+  every few seconds until its ``SubcallReply`` comes (``sandbox.subcalls``).
 
 Every message has a ``type``, a per-sender ``seq`` and an ``id``; replies name the request
 they answer in ``reply_to``. Messages are ``records.Record``s, checked when built and when
@@ -31,7 +31,7 @@ import reprlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
-from sandbox.records import CellResult, Record, SubcallResult, WireError, loads
+from sandbox.records import CellResult, Record, SubcallResult, ToolSpec, WireError, loads
 from sandbox.records import bounds as _bounds
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "SubcallRequest",
     "ToHost",
     "ToSandbox",
+    "ToolRequest",
     "WireError",
     "decode_to_host",
     "decode_to_sandbox",
@@ -86,6 +87,10 @@ MAX_PARTS = -(-MAX_MESSAGE_BYTES // PART_DATA_CHARS)
 MAX_PARTIAL_MESSAGES = 8
 # Seeds fit a signed 64-bit integer, whatever reads the JSON.
 MAX_SEED = 2**63 - 1
+# Tools one sandbox is told about: far more than a prompt can usefully describe.
+MAX_TOOLS = 64
+# Contexts one REPL holds as context_0, context_1, ...: the questions of one session.
+MAX_CONTEXT_INDEX = 100_000
 
 
 def message_key(prefix: str, message_id: str) -> str:
@@ -147,6 +152,12 @@ class LoadContext(Message):
     context_key: str = field(metadata=_bounds(min_len=1, max_len=256))
     # random.seed() before the first cell (sandbox.determinism).
     seed: int = field(metadata=_bounds(ge=0, le=MAX_SEED))
+    # Also bound as context_<index>: a session's later questions load theirs beside the
+    # earlier ones (rlm_jobs.sessions).
+    context_index: int = field(default=0, metadata=_bounds(ge=0, le=MAX_CONTEXT_INDEX))
+    # The host's tools the REPL binds (sandbox.tools); the job's, so a pooled sandbox
+    # learns them here.
+    tools: list[ToolSpec] = field(default_factory=list, metadata=_bounds(max_len=MAX_TOOLS))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,6 +205,19 @@ class SubcallRequest(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ToolRequest(Message):
+    """Call the host's tool ``name``: answered, like a sub-call, by a ``SubcallReply`` with
+    one result (``ok`` and the result as JSON, or the error), and published again until then.
+    """
+
+    TYPE: ClassVar[str] = "tool_request"
+
+    name: str = field(metadata=_bounds(min_len=1, max_len=64))
+    # JSON text of {"args": [...], "kwargs": {...}}; the host checks its size and shape.
+    arguments: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Heartbeat(Message):
     """Alive; also sent at once when the runtime got its Redis connection back."""
 
@@ -229,14 +253,15 @@ class Part(Record):
 
 
 ToSandbox = ExecCell | SubcallReply | Shutdown | LoadContext | Ack
-ToHost = Ready | CellDone | ContextLoaded | SubcallRequest | Heartbeat | Fatal
+ToHost = Ready | CellDone | ContextLoaded | SubcallRequest | ToolRequest | Heartbeat | Fatal
 # What the sandbox publishes until the host acknowledges it.
 RELIABLE: tuple[type[Message], ...] = (Ready, ContextLoaded, CellDone, Fatal)
 _TO_SANDBOX: dict[str, type[Record]] = {
     c.TYPE: c for c in (ExecCell, SubcallReply, Shutdown, LoadContext, Ack)
 }
 _TO_HOST: dict[str, type[Record]] = {
-    c.TYPE: c for c in (Ready, CellDone, ContextLoaded, SubcallRequest, Heartbeat, Fatal, Part)
+    c.TYPE: c
+    for c in (Ready, CellDone, ContextLoaded, SubcallRequest, ToolRequest, Heartbeat, Fatal, Part)
 }
 
 
@@ -258,6 +283,9 @@ class Bootstrap(Record):
     context_key: str | None = None
     # random.seed() once context_key is loaded (sandbox.determinism).
     seed: int = field(default=0, metadata=_bounds(ge=0, le=MAX_SEED))
+    # As in LoadContext: context_key is also bound as context_<index>, and the tools.
+    context_index: int = field(default=0, metadata=_bounds(ge=0, le=MAX_CONTEXT_INDEX))
+    tools: list[ToolSpec] = field(default_factory=list, metadata=_bounds(max_len=MAX_TOOLS))
     heartbeat_s: float = field(default=5.0, metadata=_bounds(gt=0))
     # How long the runtime tries to get a lost Redis connection back (a Redis restart)
     # before it gives up and exits.

@@ -19,8 +19,9 @@ from pydantic import ValidationError
 
 from rlm_jobs.engine import JobControl, LoopObserver
 from rlm_jobs.errors import JobHandedOver, StorageError
-from rlm_jobs.loop import run_loop
 from rlm_jobs.models import JobResult, JobSpec, JobStatus
+from rlm_jobs.sessions import runner
+from rlm_jobs.sessions.store import SessionStore
 from rlm_jobs.store import Store
 from workers.base import RLMTask
 from workers.leases import JobLease
@@ -150,12 +151,16 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
         )
         lease.attach(control)
         try:
-            result = run_loop(spec, job_id, runtime.engine(), control)
+            # A job of a session first replays the session's earlier jobs (rlm_jobs.sessions).
+            result = runner.run_job(spec, job_id, runtime.engine(), control, store)
         except JobHandedOver as stop:
             return _hand_back(runtime, job_id, lease, stop.reason)
         if lease.lost:
             return f"abandoned: lost the lease of job {job_id}; another worker runs it"
         stored = runtime.finish_job(result)
+        if spec.session is not None:  # the session takes its next question from now on
+            sessions = SessionStore(runtime.redis, idle_ttl_s=settings.session_idle_ttl_s)
+            sessions.release(spec.session.id, job_id)
         return (
             f"{result.status.value} (attempt {attempt})" if stored else "duplicate: result existed"
         )

@@ -27,6 +27,7 @@ from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import open_repl_factory
 from rlm_jobs.store import Store
+from rlm_jobs.tools import Toolbox, ToolSet
 from workers.claims import ClaimKeeper
 from workers.dispatcher import CeleryDispatcher
 from workers.leases import LeaseKeeper
@@ -62,6 +63,10 @@ class WorkerRuntime:
         """The orchestrator's engine; its reply collector starts with the first job."""
         with self._lock:
             if self._engine is None:
+                # The operator's tools (RLM_JOBS_TOOLS), imported first: a module that cannot
+                # be imported fails each job with its reason, and leaves nothing half built.
+                tools = ToolSet.from_module(self.settings.tools) if self.settings.tools else None
+                toolbox = Toolbox.build(tools, self.settings) if tools else None
                 # BLPOP blocks its connection: the collector gets its own client.
                 blocking = redis_client(self.settings)
                 self._collector = ReplyCollector(blocking, self.worker_id.replace(":", "-"))
@@ -80,6 +85,7 @@ class WorkerRuntime:
                     ),
                     repl_factory=open_repl_factory(services, pool=self._sandbox_pool),
                     journals=self.journals,
+                    tools=toolbox,
                 )
             return self._engine
 

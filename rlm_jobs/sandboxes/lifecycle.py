@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import redis
@@ -27,6 +27,7 @@ from rlm_jobs.sandboxes.channel import SandboxChannel
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.start_slots import StartSlot
 from sandbox import wire
+from sandbox.records import ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,25 @@ class Launcher:
         self.heartbeat_s = heartbeat_s
         self._redis_address = redis_address(self.client, self.settings)
 
-    def start(self, context_key: str | None, *, seed: int = 0) -> LiveSandbox:
+    def start(
+        self,
+        context_key: str | None,
+        *,
+        seed: int = 0,
+        context_index: int = 0,
+        tools: Sequence[ToolSpec] = (),
+    ) -> LiveSandbox:
         """Launch and wait until ready; nothing is left behind if that fails.
 
         The wait for a start slot comes first and is not part of ``sandbox_start_timeout_s``.
         """
-        sbx = self.launch(context_key, self.services.start_slots.acquire(), seed=seed)
+        sbx = self.launch(
+            context_key,
+            self.services.start_slots.acquire(),
+            seed=seed,
+            context_index=context_index,
+            tools=tools,
+        )
         try:
             self.await_ready(sbx)
         except BaseException:
@@ -105,12 +119,20 @@ class Launcher:
             raise
         return sbx
 
-    def launch(self, context_key: str | None, slot: StartSlot, *, seed: int = 0) -> LiveSandbox:
+    def launch(
+        self,
+        context_key: str | None,
+        slot: StartSlot,
+        *,
+        seed: int = 0,
+        context_index: int = 0,
+        tools: Sequence[ToolSpec] = (),
+    ) -> LiveSandbox:
         """Start the runtime without waiting for it; ``context_key`` None: no context yet.
 
-        ``seed`` seeds ``random`` once the context is loaded (a pooled sandbox gets its seed
-        with ``LoadContext``). The sandbox holds ``slot`` until its start is over
-        (``LiveSandbox.end_start``).
+        ``seed`` seeds ``random`` once the context is loaded (a pooled sandbox gets its seed,
+        its context index and its tools with ``LoadContext``). The sandbox holds ``slot``
+        until its start is over (``LiveSandbox.end_start``).
         """
         sandbox_id = wire.new_id()
         sbx: LiveSandbox | None = None
@@ -135,6 +157,8 @@ class Launcher:
                 message_key_prefix=sbx.channel.prefix,
                 context_key=context_key,
                 seed=seed,
+                context_index=context_index,
+                tools=list(tools),
                 heartbeat_s=self.heartbeat_s,
                 reconnect_s=self.settings.redis_retry_s,
             )

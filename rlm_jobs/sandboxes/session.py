@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from rlm_jobs import keys
@@ -29,12 +30,13 @@ from rlm_jobs.sandboxes.base import (
     SandboxBackend,
     SandboxProcess,
     SubcallHandler,
+    ToolHandler,
 )
 from rlm_jobs.sandboxes.lifecycle import Launcher, LiveSandbox
 from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.services import SandboxServices
 from sandbox import wire
-from sandbox.records import CellResult, SubcallResult
+from sandbox.records import CellResult, SubcallResult, ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +64,18 @@ class SandboxSession:
         *,
         pool: SandboxPool | None = None,
         seed: int = 0,
+        tools: ToolHandler | None = None,
         grace_s: float = HARD_DEADLINE_GRACE_S,
         heartbeat_s: float = 5.0,
     ) -> None:
         self._services = services
         self._client = services.client
         self._settings = services.settings
+        # The latest context (``load_context``) and its index: what a replacement loads.
         self._context = context
+        self._context_index = 0
         self._handler = handler
+        self._tools = tools
         # random.seed() of every sandbox of this session, replacements included.
         self.seed = seed
         self._launcher = Launcher(services, backend, heartbeat_s=heartbeat_s)
@@ -118,12 +124,7 @@ class SandboxSession:
         self._launcher.send_request(sbx, request)
         notes: list[str] = []
 
-        def on_other(msg: wire.ToHost) -> None:
-            if isinstance(msg, wire.SubcallRequest):
-                self._pool.submit(self._serve_subcall, sbx, msg)
-            elif isinstance(msg, wire.Fatal):
-                notes.append(f"[host] the sandbox reported a fatal error: {msg.message}")
-
+        on_other = self._requests_served(sbx, notes)
         try:
             done = self._launcher.await_message(
                 sbx,
@@ -144,6 +145,16 @@ class SandboxSession:
             self._replace(sbx)
             return _result(done, [*notes, REPLACED_NOTE], replaced=True)
         return _result(done, notes)
+
+    def load_context(self, context: ContextRef, *, index: int, seed: int) -> None:
+        """Give the live sandbox another context, keeping its variables (a session's next
+        question): bound as ``context`` and ``context_<index>``, ``random`` seeded with
+        ``seed``. A replacement sandbox later starts from this one."""
+        sbx = self._sbx
+        if self._closed or sbx is None:
+            raise SandboxError("the sandbox session is closed or has no live sandbox")
+        self._context, self._context_index, self.seed = context, index, seed
+        self._load(sbx, keys.context_blob(context.sha256))
 
     def close(self) -> None:
         """End the session at once; safe to call twice.
@@ -182,7 +193,9 @@ class SandboxSession:
         sbx = self._from_pool(context_key)
         self.from_pool = sbx is not None
         if sbx is None:
-            sbx = self._launcher.start(context_key, seed=self.seed)
+            sbx = self._launcher.start(
+                context_key, seed=self.seed, context_index=self._context_index, tools=self._specs
+            )
         self.start_duration_s = time.monotonic() - started
         log.debug("sandbox %s ready in %.3f s", sbx.id, self.start_duration_s)
         return sbx
@@ -196,30 +209,59 @@ class SandboxSession:
             return None
         try:
             self._launcher.await_ready(sbx)
-            # Only now, and only for this sandbox, does any context become readable.
-            acl.grant_context(self._client, self._services.identities, sbx.id, context_key)
-            request = wire.LoadContext(
-                seq=sbx.next_seq(), id=wire.new_id(), context_key=context_key, seed=self.seed
-            )
-            self._launcher.send_request(sbx, request)
-            loaded = self._launcher.await_message(
-                sbx,
-                lambda m: (
-                    isinstance(m, wire.Fatal)
-                    or (isinstance(m, wire.ContextLoaded) and m.reply_to == request.id)
-                ),
-                timeout_s=self._settings.sandbox_start_timeout_s,
-                what="the pooled sandbox did not load its context in time "
-                "(sandbox_start_timeout_s)",
-                request=request,
-            )
-            self._launcher.raise_if_fatal(sbx, loaded)
+            self._load(sbx, context_key)
         except SandboxError as exc:
             # A fresh start reports a real problem (a missing context) in the usual words.
             log.warning("pooled sandbox %s unusable (%s); starting a fresh one", sbx.id, exc)
             self._launcher.teardown_later(sbx)
             return None
         return sbx
+
+    def _requests_served(self, sbx: LiveSandbox, notes: list[str]) -> Callable[[wire.ToHost], None]:
+        """What a wait does with the sandbox's other messages: its sub-call and tool
+        requests are served (model code may ask from its own threads at any time), a fatal
+        error is noted. A request ignored here would never be served: its repeats carry
+        the same id."""
+
+        def on_other(msg: wire.ToHost) -> None:
+            if isinstance(msg, wire.SubcallRequest):
+                self._pool.submit(self._serve_subcall, sbx, msg)
+            elif isinstance(msg, wire.ToolRequest):
+                self._pool.submit(self._serve_tool, sbx, msg)
+            elif isinstance(msg, wire.Fatal):
+                notes.append(f"[host] the sandbox reported a fatal error: {msg.message}")
+
+        return on_other
+
+    @property
+    def _specs(self) -> list[ToolSpec]:
+        return [] if self._tools is None else list(self._tools.specs)
+
+    def _load(self, sbx: LiveSandbox, context_key: str) -> None:
+        """Have the sandbox load ``context_key`` (its user may read it from now on)."""
+        # Only now, and only for this sandbox, does this context become readable.
+        acl.grant_context(self._client, self._services.identities, sbx.id, context_key)
+        request = wire.LoadContext(
+            seq=sbx.next_seq(),
+            id=wire.new_id(),
+            context_key=context_key,
+            seed=self.seed,
+            context_index=self._context_index,
+            tools=self._specs,
+        )
+        self._launcher.send_request(sbx, request)
+        loaded = self._launcher.await_message(
+            sbx,
+            lambda m: (
+                isinstance(m, wire.Fatal)
+                or (isinstance(m, wire.ContextLoaded) and m.reply_to == request.id)
+            ),
+            timeout_s=self._settings.sandbox_start_timeout_s,
+            what="the sandbox did not load its context in time (sandbox_start_timeout_s)",
+            on_other=self._requests_served(sbx, []),
+            request=request,
+        )
+        self._launcher.raise_if_fatal(sbx, loaded)
 
     def _replace(self, sbx: LiveSandbox) -> None:
         with self._lock:
@@ -293,6 +335,28 @@ class SandboxSession:
         except SandboxError as exc:
             log.warning("%s", exc)
 
+    def _serve_tool(self, sbx: LiveSandbox, request: wire.ToolRequest) -> None:
+        if self._tools is None:
+            result = SubcallResult(ok=False, text="this REPL has no tools")
+        else:
+            try:
+                answer = self._tools(request)
+                result = SubcallResult(ok=answer.ok, text=answer.text)
+            except Exception as exc:
+                log.exception("tool handler failed for sandbox %s", sbx.id)
+                result = SubcallResult(
+                    ok=False, text=f"{request.name}: the host failed: {type(exc).__name__}"
+                )
+        if self._sbx is not sbx:
+            return  # the sandbox that asked is gone; its keys must not be recreated
+        reply = wire.SubcallReply(
+            seq=sbx.next_seq(), id=wire.new_id(), reply_to=request.id, results=[result]
+        )
+        try:
+            self._launcher.send(sbx, reply)
+        except SandboxError as exc:
+            log.warning("%s", exc)
+
 
 def _result(done: wire.CellDone, notes: list[str], *, replaced: bool = False) -> CellResult:
     # Host-only facts come from the host, whatever the sandbox put in them.
@@ -314,7 +378,13 @@ def open_repl_factory(
 
     chosen = pool.backend if pool is not None else backend or create_backend(services.settings)
 
-    def open_repl(context: ContextRef, handler: SubcallHandler, *, seed: int = 0) -> Repl:
-        return SandboxSession(services, chosen, context, handler, pool=pool, seed=seed)
+    def open_repl(
+        context: ContextRef,
+        handler: SubcallHandler,
+        *,
+        seed: int = 0,
+        tools: ToolHandler | None = None,
+    ) -> Repl:
+        return SandboxSession(services, chosen, context, handler, pool=pool, seed=seed, tools=tools)
 
     return open_repl

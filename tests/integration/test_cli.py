@@ -20,6 +20,7 @@ import pytest
 
 from rlm_jobs.redis_server import RedisServer
 from tests.support import ROOT, Stack, cli, read_jsonl, wait_for
+from tests.tooldefs import QUESTIONS, TABLES
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -378,9 +379,32 @@ def test_an_unreachable_redis_is_one_line_without_its_password() -> None:
     assert "s3cret" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+def test_a_session_asked_from_the_shell_keeps_its_variables(stack: Stack) -> None:
+    opened = cli("session", "open", env=stack.env)
+    assert opened.returncode == 0, opened.stderr
+    session_id = opened.stdout.strip()
+    answers = ("17", "11", "apples, plums")
+    for table, question, expected in zip(TABLES, QUESTIONS, answers, strict=True):
+        done = cli(
+            "submit", "--session", session_id, "-q", question, "--context", table,
+            "--model", "scripted/session", "--wait", env=stack.env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["answer"] == expected
+    shown = cli("session", "show", session_id, env=stack.env)
+    info = json.loads(shown.stdout)
+    assert (info["status"], len(info["jobs"]), info["busy"]) == ("open", 3, None)
+    ended = cli("session", "end", session_id, env=stack.env)
+    assert ended.stdout.strip() == f"session {session_id}: ended"
+    refused = cli("submit", "--session", session_id, "-q", "x", "--context", "y", env=stack.env)
+    assert refused.returncode == 2
+    assert "has ended (ended on request)" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "command", [[], ["submit"], ["batch"], ["status"], ["watch"], ["results"], ["cancel"],
-                ["trajectory"], ["run"]]
+                ["trajectory"], ["run"], ["session"], ["session", "open"], ["session", "end"]]
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     done = cli(*command, "--help", env={"PATH": os.environ.get("PATH", "")})

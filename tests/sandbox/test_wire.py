@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from sandbox import wire
-from sandbox.records import CellResult, SubcallResult
+from sandbox.records import CellResult, SubcallResult, ToolSpec
 
 
 def exec_cell(**overrides: Any) -> dict[str, Any]:
@@ -49,6 +49,7 @@ def test_every_message_round_trips_through_json() -> None:
         wire.SubcallRequest(seq=3, id="f", kind="rlm", prompts=["p1", "p2"], model="m"),
         wire.Heartbeat(seq=4, id="g"),
         wire.Fatal(seq=5, id="h", message="boom"),
+        wire.ToolRequest(seq=6, id="i", name="fx_rate", arguments='{"args":["EUR"],"kwargs":{}}'),
     ]
     for msg in to_host:
         decoded = wire.decode_to_host(msg.to_json())
@@ -65,6 +66,14 @@ def test_every_message_round_trips_through_json() -> None:
         ),
         wire.Shutdown(seq=2, id="c"),
         wire.LoadContext(seq=3, id="d", context_key="rlm:ctx:1", seed=2**63 - 1),
+        wire.LoadContext(
+            seq=5,
+            id="g",
+            context_key="rlm:ctx:2",
+            seed=1,
+            context_index=3,
+            tools=[ToolSpec(name="fx_rate", signature="(currency: str) -> float", doc="Rate.")],
+        ),
         wire.Ack(seq=4, id="e", reply_to="f"),
     ]
     for msg in to_sandbox:
@@ -111,8 +120,28 @@ def test_serialised_messages_are_ascii_so_lone_surrogates_survive() -> None:
         ({"type": "load_context", "seq": 1, "id": "a", "context_key": "k", "seed": -1}, "seed"),
         ({"type": "load_context", "seq": 1, "id": "a", "context_key": "k", "seed": 2**63}, "seed"),
         ({"type": "ready", "seq": 1, "id": "a", "pid": 1}, "unknown type 'ready'"),
+        (
+            {"type": "load_context", "seq": 1, "id": "a", "context_key": "k", "seed": 0,
+             "context_index": -1},
+            "context_index: must be >= 0",
+        ),
+        (
+            {"type": "load_context", "seq": 1, "id": "a", "context_key": "k", "seed": 0,
+             "tools": [{"name": ""}]},
+            "name: must have at least 1",
+        ),
+        (
+            {"type": "load_context", "seq": 1, "id": "a", "context_key": "k", "seed": 0,
+             "tools": [{"name": "t", "evil": 1}]},
+            "unexpected field 'evil'",
+        ),
+        (
+            {"type": "load_context", "seq": 1, "id": "a", "context_key": "k", "seed": 0,
+             "tools": [{"name": "t"}] * 65},
+            "tools: must have at most 64",
+        ),
     ],
-)
+)  # fmt: skip
 def test_malformed_messages_are_rejected_with_a_readable_reason(data: Any, problem: str) -> None:
     with pytest.raises(wire.WireError) as raised:
         decode_for_sandbox(data)
@@ -127,6 +156,10 @@ def test_host_side_checks_are_as_strict() -> None:
         {"type": "cell_result", "seq": 1, "id": "a", "reply_to": "b",
          "result": {"stdout": "", "stderr": "", "duration_s": float("nan")}},
         {"type": "exec", "seq": 1, "id": "a", "code": "", "timeout_s": 1, "max_output_chars": 100},
+        {"type": "tool_request", "seq": 1, "id": "a", "name": "", "arguments": "{}"},
+        {"type": "tool_request", "seq": 1, "id": "a", "name": "x" * 65, "arguments": "{}"},
+        {"type": "tool_request", "seq": 1, "id": "a", "name": "t", "arguments": {"args": []}},
+        {"type": "tool_request", "seq": 1, "id": "a", "name": "t"},
     ]  # fmt: skip
     for data in bad:
         with pytest.raises(wire.WireError):
@@ -159,6 +192,11 @@ def test_bootstrap_round_trips_and_rejects_unknown_fields() -> None:
         wire.Bootstrap.from_json(json.dumps({**json.loads(boot.to_json()), "evil": 1}))
     with pytest.raises(wire.WireError, match="heartbeat_s"):
         wire.Bootstrap.from_json(json.dumps({**json.loads(boot.to_json()), "heartbeat_s": 0}))
+    with_tools = wire.Bootstrap(
+        sandbox_id="s", channel_in="i", channel_out="o", message_key_prefix="p:",
+        context_index=2, tools=[ToolSpec(name="lookup")],
+    )  # fmt: skip
+    assert wire.Bootstrap.from_json(with_tools.to_json()) == with_tools
 
 
 def big_result(n: int, message_id: str = "big") -> wire.CellDone:

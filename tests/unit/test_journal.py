@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rlm_jobs.clients.base import ChatMessage
+from rlm_jobs.errors import ReplayEnded
 from rlm_jobs.journal import MemoryJournals, _load
 
 FIRST: list[ChatMessage] = [{"role": "user", "content": "What is the code?"}]
@@ -91,3 +94,39 @@ def test_loading_drops_repeated_writes_and_stops_at_a_gap() -> None:
     rows = [json.dumps({"seq": s, "kind": "root"}) for s in (0, 1, 1, 2, 4, 5)]
     assert [e["seq"] for e in _load(rows, "job")] == [0, 1, 2]
     assert [e["seq"] for e in _load([*rows[:2], "not json", rows[3]], "job")] == [0, 1]
+
+
+def test_a_replay_only_journal_never_writes_and_stops_where_it_ends() -> None:
+    # Given a journal written by a finished run
+    journals = MemoryJournals()
+    call_ids = record_run(journals)
+    written = [dict(e) for e in journals.logs["job"]]
+    # When a session replays it only to rebuild its state
+    journal = journals.open("job", replay_only=True)
+    assert journal.root("scripted/test", FIRST).call_ids == call_ids[:1]
+    # Then the first step it does not hold raises, and so does every step after it
+    with pytest.raises(ReplayEnded, match=r"step 2: a sub-call request .* differs"):
+        journal.request("llm", "scripted/sub", ["a", "changed"])
+    with pytest.raises(ReplayEnded, match="step 2"):
+        journal.root("scripted/test", SECOND)
+    assert journal.replay_ended is not None and journal.replay_ended.startswith("step 2")
+    # and the journal is as the run left it
+    assert journals.logs["job"] == written
+
+
+def test_a_replay_only_journal_past_its_end_raises() -> None:
+    journals = MemoryJournals()
+    record_run(journals)
+    journal = journals.open("job", replay_only=True)
+    journal.root("scripted/test", FIRST)
+    journal.request("llm", "scripted/sub", ["a", "b"])
+    journal.root("scripted/test", SECOND)
+    with pytest.raises(ReplayEnded, match="step 4: the journal ends"):
+        journal.request("tool", "lookup", ['{"args": [], "kwargs": {}}'])
+
+
+def test_tool_calls_are_steps_with_ids_of_their_own() -> None:
+    journal = MemoryJournals().open("job")
+    first = journal.request("tool", "lookup", ['{"args": ["a"], "kwargs": {}}'])
+    other = journal.request("tool", "lookup", ['{"args": ["b"], "kwargs": {}}'])
+    assert first.call_ids[0].startswith("job:0.0.") and other.call_ids[0].startswith("job:1.0.")

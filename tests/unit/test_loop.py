@@ -7,13 +7,12 @@ answer; these tests pin each one down in milliseconds.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from rlm_jobs import prompts
-from rlm_jobs.clients.base import ChatMessage
 from rlm_jobs.dispatch import InProcessDispatcher
 from rlm_jobs.engine import Engine, JobControl
 from rlm_jobs.errors import ProviderError, SandboxError
@@ -22,66 +21,7 @@ from rlm_jobs.loop import run_loop, run_loop_with_trajectory
 from rlm_jobs.models import ContextRef, JobSpec, JobStatus, Limits, UsageMeter
 from rlm_jobs.sandboxes.base import SubcallHandler
 from sandbox.records import CellResult
-
-CONTEXT = ContextRef(sha256="0" * 64, kind="str", length=11, total_chars=11)
-
-
-@dataclass(frozen=True)
-class Priced:
-    text: str
-    input_tokens: int = 10
-    output_tokens: int = 5
-    cost_usd: float = 0.001
-    cached: bool = False
-    cached_cost_usd: float = 0.0
-    rate_limited_s: float = 0.0
-
-
-@dataclass
-class ScriptedCompleter:
-    """Answers root calls from a list, in order; an exception in the list is raised."""
-
-    replies: list[str | Exception]
-    usage: tuple[int, int, float] = (10, 5, 0.001)
-    seen: list[list[ChatMessage]] = field(default_factory=list)
-
-    def complete(
-        self,
-        model_name: str,
-        messages: Sequence[ChatMessage],
-        max_output_tokens: int | None = None,
-        *,
-        context: object = None,
-        on_wait: object = None,
-    ) -> Priced:
-        self.seen.append(list(messages))
-        if not self.replies:
-            raise AssertionError("the loop asked for more replies than the test scripted")
-        reply = self.replies.pop(0)
-        if isinstance(reply, Exception):
-            raise reply
-        tokens_in, tokens_out, cost = self.usage
-        return Priced(reply, tokens_in, tokens_out, cost)
-
-
-@dataclass
-class RootOrSub:
-    """Root calls (they open with our system prompt) to one completer, sub-calls to another."""
-
-    root: ScriptedCompleter
-    sub: ScriptedCompleter
-
-    def complete(
-        self,
-        model_name: str,
-        messages: Sequence[ChatMessage],
-        max_output_tokens: int | None = None,
-        *,
-        context: object = None,
-        on_wait: object = None,
-    ) -> Priced:
-        chosen = self.root if messages[0]["role"] == "system" else self.sub
-        return chosen.complete(model_name, messages, max_output_tokens)
+from tests.completers import CONTEXT, RootOrSub, ScriptedCompleter, block
 
 
 @dataclass(eq=False)  # hashable by identity: the loop keeps open REPLs in a set
@@ -104,10 +44,6 @@ def printed(text: str) -> CellResult:
     return CellResult(stdout=text, stderr="")
 
 
-def block(code: str) -> str:
-    return f"Let me look.\n```repl\n{code}\n```\n"
-
-
 def spec(**limits: object) -> JobSpec:
     return JobSpec(
         query="What is the code?",
@@ -126,7 +62,7 @@ def run(
     journals = MemoryJournals()
     engine = Engine(
         dispatcher=InProcessDispatcher(completer, journals.calls, concurrency=1),
-        repl_factory=lambda context, handler, seed=0: repl,
+        repl_factory=lambda context, handler, seed=0, tools=None: repl,
         store_context=lambda value: CONTEXT,
         journals=journals,
     )
@@ -348,7 +284,10 @@ def test_sub_calls_reach_the_dispatcher_through_the_handler() -> None:
     journals = MemoryJournals()
     engine = Engine(
         dispatcher=InProcessDispatcher(completer, journals.calls, concurrency=1),
-        repl_factory=lambda context, handler, seed=0: (setattr(repl, "handler", handler), repl)[1],
+        repl_factory=lambda context, handler, seed=0, tools=None: (
+            setattr(repl, "handler", handler),
+            repl,
+        )[1],
         store_context=lambda value: CONTEXT,
         journals=journals,
     )
@@ -384,7 +323,9 @@ def asking_engine(
 
     repl.cell = cell
 
-    def open_repl(context: ContextRef, handler: SubcallHandler, seed: int = 0) -> AskingRepl:
+    def open_repl(
+        context: ContextRef, handler: SubcallHandler, seed: int = 0, tools: object = None
+    ) -> AskingRepl:
         repl.handler = handler
         return repl
 

@@ -38,6 +38,7 @@ from rlm_jobs.testing.policies.sub import (
     extract,
     field_value,
 )
+from sandbox.records import ToolSpec
 
 
 def ref_for(value: Any) -> ContextRef:
@@ -364,3 +365,27 @@ def test_the_corpus_policy_answers_from_every_document_that_knows() -> None:
         "b.docx: The second half of the vault code is 9032."
     )
     assert "2 of 3 documents answer: ['a.pdf', 'b.docx']" in "".join(run.outputs)
+
+
+def test_a_conversation_knows_its_tools_and_which_question_of_a_session_it_is() -> None:
+    ref = ref_for("apples: 1")
+    tools = [ToolSpec(name="fx_rate", signature="(c)", doc="Rate.\n\nMore."), ToolSpec(name="x")]
+    messages: list[ChatMessage] = [
+        {"role": "system", "content": prompts.system_prompt(ref, tools)},
+        {"role": "user", "content": prompts.first_user_message("first?", ref)},
+        {"role": "assistant", "content": "```repl\nprint(1)\n```"},
+        {"role": "user", "content": prompts.turn_feedback([("print(1)", "1")], 1, 30)},
+        {"role": "assistant", "content": "FINAL(1)"},
+        {
+            "role": "user",
+            "content": prompts.followup_user_message("second?", ref, 1, previous_answer="1"),
+        },
+    ]
+    conv = Conversation.parse(messages)
+    assert conv.tools == ("fx_rate", "x")
+    # Everything else is about the latest question only
+    assert (conv.question, conv.query, conv.turn, conv.outputs) == (2, "second?", 0, ())
+    assert conv.context == ContextInfo("str", 9, 9)
+    first = Conversation.parse(messages[:4])
+    assert (first.question, first.query, first.turn, first.outputs) == (1, "first?", 1, ("1",))
+    assert Conversation.parse(opening("q", "abc")).tools == ()

@@ -16,7 +16,9 @@ from rlm_jobs.testing.policies import (
     generic,
     needle,
     recurse,
+    session,
     simple,
+    tools,
 )
 from rlm_jobs.testing.policies.base import (
     ContextInfo,
@@ -54,6 +56,8 @@ POLICIES: dict[str, Policy] = {
         clock.POLICY,
         documents.CORPUS,
         documents.FIELDS,
+        tools.POLICY,
+        session.POLICY,
     )
 }
 

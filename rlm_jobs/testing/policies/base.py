@@ -64,6 +64,27 @@ def parse_schema(text: str) -> dict[str, Any] | None:
     return schema if isinstance(schema, dict) else None
 
 
+_TOOL_LINE = re.compile(r"^- `([A-Za-z][A-Za-z0-9_]*)\(", re.MULTILINE)
+
+
+def parse_tools(system: str) -> tuple[str, ...]:
+    """The names of the tools listed after ``prompts.TOOLS_HEADER``."""
+    _, marker, rest = system.partition(prompts.TOOLS_HEADER)
+    if not marker:
+        return ()
+    listed = rest.split(prompts.TOOLS_SECTION, 1)[0]
+    return tuple(_TOOL_LINE.findall(listed))
+
+
+def _question_starts(messages: Sequence[ChatMessage]) -> list[int]:
+    """Where each question begins: the first user message, and each that continues a
+    session (``prompts.SESSION_NOTE``)."""
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    return [
+        i for i in users if i == users[0] or messages[i]["content"].startswith(prompts.SESSION_NOTE)
+    ]
+
+
 def block_outputs(feedback: str) -> list[str]:
     """Each block's output in one feedback message, in order."""
     outputs = []
@@ -97,9 +118,18 @@ class Conversation:
     schema: dict[str, Any] | None = None
     # The loop sent the last final answer back: it did not match the schema.
     schema_rejected: bool = False
+    # The tools the system prompt lists, by name.
+    tools: tuple[str, ...] = ()
+    # Which question of a session this is (1 outside sessions); everything above is about
+    # this question only, from its first message on.
+    question: int = 1
 
     @classmethod
     def parse(cls, messages: Sequence[ChatMessage]) -> Conversation:
+        tools = parse_tools(messages[0]["content"]) if messages else ()
+        starts = _question_starts(messages)
+        question = len(starts) or 1
+        messages = messages[starts[-1] :] if starts else messages
         users = [m["content"] for m in messages if m["role"] == "user"]
         first = users[0] if users else ""
         head, marker, query = first.partition(prompts.QUERY_HEADER)
@@ -118,6 +148,8 @@ class Conversation:
             last_call=any(prompts.LAST_CALL in text for text in pending),
             schema=parse_schema(head),
             schema_rejected=any(prompts.SCHEMA_REJECTED in text for text in pending),
+            tools=tools,
+            question=question,
         )
 
     @property
