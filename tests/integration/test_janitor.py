@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 
 from rlm_jobs import keys
+from rlm_jobs.sandboxes.identities import Identities
 from rlm_jobs.sandboxes.janitor import Janitor
 from tests.support import wait_for
 
@@ -12,7 +13,7 @@ from tests.support import wait_for
 def test_a_liveness_key_is_refreshed_well_within_its_ttl_and_deleted_when_gone(
     redis_client: redis.Redis,
 ) -> None:
-    janitor = Janitor(redis_client)
+    janitor = Janitor(redis_client, Identities(redis_client))
     key = keys.sandbox_alive("refreshme")
     janitor.mark_alive("refreshme", 2.0)
     assert 1500 < redis_client.pttl(key) <= 2000
@@ -37,7 +38,7 @@ def test_a_liveness_key_is_refreshed_well_within_its_ttl_and_deleted_when_gone(
 
 
 def test_the_shortest_ttl_sets_the_refresh_pace(redis_client: redis.Redis) -> None:
-    janitor = Janitor(redis_client)
+    janitor = Janitor(redis_client, Identities(redis_client))
     janitor.mark_alive("slow", 600.0)  # the keeper now sleeps 150 s between refreshes
     janitor.mark_alive("fast", 2.0)  # wakes it: both keys are refreshed every 0.5 s
     fast, slow = keys.sandbox_alive("fast"), keys.sandbox_alive("slow")
