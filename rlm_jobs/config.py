@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.retry import Retry
 
+from rlm_jobs import timing
+
 
 class ModelPrice(BaseModel):
     """USD per million tokens."""
@@ -259,10 +261,6 @@ class Settings(BaseSettings):
         return {**DEFAULT_PRICES, **self.prices}
 
 
-# Backoff between tries while Redis is unreachable: from 50 ms doubling to this cap.
-_RETRY_CAP_S = 1.0
-
-
 def redis_retry(settings: Settings) -> Retry:
     """Retries (of connection errors, timeouts and LOADING) that last ``redis_retry_s`` at least.
 
@@ -271,8 +269,10 @@ def redis_retry(settings: Settings) -> Retry:
     """
     if settings.redis_retry_s <= 0:
         return Retry(NoBackoff(), 0)
-    tries = 6 + math.ceil(settings.redis_retry_s / (_RETRY_CAP_S / 2))
-    return Retry(EqualJitterBackoff(cap=_RETRY_CAP_S, base=0.05), tries)
+    tries = 6 + math.ceil(settings.redis_retry_s / (timing.REDIS_RETRY_CAP_S / 2))
+    return Retry(
+        EqualJitterBackoff(cap=timing.REDIS_RETRY_CAP_S, base=timing.REDIS_RETRY_FIRST_S), tries
+    )
 
 
 def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:

@@ -55,7 +55,8 @@ SOCKET_TIMEOUT_S = 120.0
 # Heartbeats that fail this many times in a row (each retried for reconnect_s) mean Redis
 # is gone.
 MAX_HEARTBEAT_FAILURES = 3
-# Pauses between tries to get a lost connection back: doubling from the first to the cap.
+# Pauses between tries to get a lost connection back: doubling from the first to the cap
+# (rlm_jobs.timing.REDIS_RETRY_*, copied: the runtime imports nothing from rlm_jobs).
 RECONNECT_FIRST_S = 0.05
 RECONNECT_CAP_S = 1.0
 # How often the keeper thread looks for messages to publish again.

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from rlm_jobs.redis_server import RedisServer
-from tests.faults import CrashableRedis
+from tests.support.faults import CrashableRedis
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -25,6 +25,7 @@ import uuid
 from celery import Celery
 from kombu.messaging import Producer
 
+from rlm_jobs import timing
 from rlm_jobs.calls import CallStore, StoredCall
 from rlm_jobs.dispatch import CallBatch, ResultCallback, StopCheck
 from sandbox.records import SubcallResult, not_run
@@ -33,14 +34,6 @@ from workers.replies import Inbox, ReplyCollector
 
 log = logging.getLogger(__name__)
 
-# How often a waiting batch checks whether its job must stop (cancel, budget, timeout).
-_STOP_CHECK_S = 0.25
-# How often it looks at the calls it waits for (claims lapsed, replies lost): a dead llm
-# worker's calls go out again within this plus the claim's TTL (llm_claim_ttl_s).
-_CALL_CHECK_S = 1.0
-# A call nobody has taken this long while the llm queue is empty is sent again: its message
-# was lost, or it sits in the prefetch of a worker that died before claiming it.
-_UNCLAIMED_RESEND_S = 10.0
 # A batch goes out as at least this many tasks (one per prompt below it) before prompts
 # share a task. Celery costs milliseconds of CPU per task (message, ack, events), so sharing pays,
 # but a chunk runs inside one worker process: a batch in a few big chunks would keep most
@@ -107,7 +100,7 @@ class CeleryDispatcher:
         open_ids = set(waiting.call_ids)
         while open_ids:
             try:
-                arrived = [inbox.get(timeout=_STOP_CHECK_S)]
+                arrived = [inbox.get(timeout=timing.STOP_CHECK_S)]
             except queue.Empty:
                 arrived = []
             while not inbox.empty():  # a burst: take it whole before looking up again
@@ -168,14 +161,14 @@ class CeleryDispatcher:
 
 
 class _Waiting:
-    """The calls of one batch still awaited, looked at every ``_CALL_CHECK_S``."""
+    """The calls of one batch still awaited, looked at every ``timing.CALL_CHECK_S``."""
 
     def __init__(self, dispatcher: CeleryDispatcher, batch: CallBatch, call_ids: list[str]):
         self._dispatcher = dispatcher
         self._batch = batch
         self.call_ids = call_ids
         now = time.monotonic()
-        self._next_check = now + _CALL_CHECK_S
+        self._next_check = now + timing.CALL_CHECK_S
         self._unclaimed_since: dict[str, float] = {}
 
     def check_if_due(self) -> dict[str, StoredCall]:
@@ -183,7 +176,7 @@ class _Waiting:
         now = time.monotonic()
         if now < self._next_check or not self.call_ids:
             return {}
-        self._next_check = now + _CALL_CHECK_S
+        self._next_check = now + timing.CALL_CHECK_S
         calls = self._dispatcher._calls
         queued, states = calls.check(self._batch.job_id, self.call_ids, LLM_QUEUE)
         found: dict[str, StoredCall] = {}
@@ -198,7 +191,7 @@ class _Waiting:
                 lost.append(call_id)
             elif state == "unclaimed":
                 since = self._unclaimed_since.setdefault(call_id, now)
-                if queued == 0 and now - since >= _UNCLAIMED_RESEND_S:
+                if queued == 0 and now - since >= timing.UNCLAIMED_RESEND_S:
                     self._unclaimed_since[call_id] = now
                     resend.append(call_id)
             else:

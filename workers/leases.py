@@ -12,15 +12,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from rlm_jobs import timing
 from rlm_jobs.engine import JobControl
 from rlm_jobs.store import Store
 
 log = logging.getLogger(__name__)
 
-# Cancellation should feel immediate; one MGET for every job four times a second is cheap.
-CANCEL_POLL_S = 0.25
-# How long releasing a lease waits for a renewal in flight (a Redis outage, at worst).
-RELEASE_WAIT_S = 5.0
 KEEPER_THREAD_NAME = "rlm-lease-keeper"
 
 
@@ -84,7 +81,7 @@ class LeaseKeeper:
     """
 
     def __init__(
-        self, store: Store, *, ttl_s: float, renew_s: float, poll_s: float = CANCEL_POLL_S
+        self, store: Store, *, ttl_s: float, renew_s: float, poll_s: float = timing.STOP_CHECK_S
     ) -> None:
         self._store = store
         self._ttl_s = ttl_s
@@ -126,7 +123,7 @@ class LeaseKeeper:
             if self._leases.get(lease.job_id) is lease:
                 del self._leases[lease.job_id]
         # A renewal already in flight may include this lease: let it land, then release.
-        if self._renewing.acquire(timeout=RELEASE_WAIT_S):
+        if self._renewing.acquire(timeout=timing.LEASE_RELEASE_WAIT_S):
             self._renewing.release()
         if not lease.lost:
             self._store.release_lease(lease.job_id, lease.holder)
@@ -152,7 +149,7 @@ class LeaseKeeper:
         with self._lock:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=RELEASE_WAIT_S)
+            thread.join(timeout=timing.LEASE_RELEASE_WAIT_S)
 
     def _run(self) -> None:
         next_poll = time.monotonic() + self._poll_s

@@ -18,13 +18,11 @@ from typing import Any
 
 import redis
 
-from rlm_jobs import keys
+from rlm_jobs import keys, timing
 from sandbox.records import Record, SubcallResult, WireError
 
 log = logging.getLogger(__name__)
 
-# BLPOP wakes this often to notice a stop request.
-_POLL_S = 1
 # Replies taken per LPOP once BLPOP found some: a fan-out's replies arrive in bursts, and
 # one round trip per burst instead of per reply is what keeps a batch of hundreds cheap.
 _DRAIN_COUNT = 100
@@ -85,7 +83,7 @@ class ReplyCollector:
         key = keys.subcall_replies(self.waiter_id)
         while not self._stop.is_set():
             try:
-                item = self._client.blpop([key], timeout=_POLL_S)
+                item = self._client.blpop([key], timeout=timing.REPLY_POLL_S)
             except redis.RedisError:
                 log.exception("reply collector lost Redis; retrying")
                 self._stop.wait(1.0)
@@ -109,4 +107,4 @@ class ReplyCollector:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=_POLL_S + 2)
+        self._thread.join(timeout=timing.REPLY_POLL_S + 2)

@@ -45,18 +45,16 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 
-log = logging.getLogger(__name__)
+from rlm_jobs import timing
 
-# Pauses between tries to record a delivered message: doubling from the first to the cap.
-_FIRST_PAUSE_S = 0.05
-_PAUSE_CAP_S = 1.0
+log = logging.getLogger(__name__)
 
 
 class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
         """Record a delivered message as unacknowledged, through a Redis outage."""
         deadline = time.monotonic() + float(self.channel.delivery_retry_s)
-        pause = _FIRST_PAUSE_S
+        pause = timing.REDIS_RETRY_FIRST_S
         tries = 0
         while True:
             try:
@@ -66,7 +64,7 @@ class QoS(kombu_redis.QoS):
                     raise
                 tries += 1
                 time.sleep(pause)
-                pause = min(_PAUSE_CAP_S, pause * 2)
+                pause = min(timing.REDIS_RETRY_CAP_S, pause * 2)
                 continue
             if tries:
                 log.warning("kept message %s through a Redis outage", delivery_tag)

@@ -18,11 +18,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
 from bench import stats
 from bench.scenarios import RunContext, log, result
-from rlm_jobs.config import Settings
+from rlm_jobs.config import Settings, redis_client
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.submitter import Document, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
@@ -55,7 +53,8 @@ class FaultCluster:
             "RLM_JOBS_SCRIPTED_BASE_URL": provider.url,
         }
         settings = Settings(redis_url=self.server.url, scripted_base_url=provider.url)
-        self.client = redis.Redis.from_url(self.server.url, socket_timeout=60)
+        # Retries like the workers' clients: the scenario restarts Redis under it.
+        self.client = redis_client(settings)
         self.submitter = Submitter(
             self.client, celery_enqueuer(settings, create_app(settings)), settings
         )

@@ -5,9 +5,9 @@ append-only file, so a Redis restarted on its AOF has every key of a running job
 of its sandboxes' users. The runtimes then cannot log in again and their jobs would lose
 their REPL state. So every user ``acl`` creates is remembered here with its rules (the
 password only as the SHA-256 Redis itself keeps), and one thread per process compares them
-with ``ACL USERS`` every ``CHECK_S`` while any sandbox lives, creating again the missing
-ones whose sandbox still has its liveness key (kept in the AOF). A runtime retries its
-login for ``redis_retry_s``, far longer than that.
+with ``ACL USERS`` every ``timing.ACL_USERS_CHECK_S`` while any sandbox lives, creating
+again the missing ones whose sandbox still has its liveness key (kept in the AOF). A
+runtime retries its login for ``redis_retry_s``, far longer than that.
 
 A user deleted on purpose (teardown, the stale-user sweep) is forgotten *before* it is
 deleted, under the same lock the check holds, so a check can never bring it back.
@@ -20,12 +20,9 @@ import threading
 
 import redis
 
-from rlm_jobs import keys
+from rlm_jobs import keys, timing
 
 log = logging.getLogger(__name__)
-
-# How often the users are compared with Redis's while sandboxes live: one ACL USERS.
-CHECK_S = 1.0
 
 
 class Identities:
@@ -100,10 +97,10 @@ class Identities:
         with self._lock:
             thread = self._thread
         if thread is not None:
-            thread.join(timeout=CHECK_S + 5)
+            thread.join(timeout=timing.ACL_USERS_CHECK_S + 5)
 
     def _run(self) -> None:
-        while not self._stop.wait(CHECK_S):
+        while not self._stop.wait(timing.ACL_USERS_CHECK_S):
             try:
                 self.restore()
             except redis.RedisError as exc:  # Redis still away: the next check tries again

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from rlm_jobs import keys
+from rlm_jobs import keys, timing
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import ConfigError, SandboxDied, SandboxError, SandboxTimeout
 from rlm_jobs.redis_socket import sandbox_redis_socket
@@ -34,18 +34,10 @@ log = logging.getLogger(__name__)
 # What the host sends and then waits on an answer for.
 Request = wire.ExecCell | wire.LoadContext
 
-# How often a waiting host checks that the runtime is still alive.
-LIVENESS_CHECK_S = 0.5
 # Longest a wait blocks on the channel before it looks at its deadline again.
 POLL_S = 0.25
 # Messages one poll reads at most: a flooding sandbox cannot keep a wait from its deadline.
 MAX_MESSAGES_PER_POLL = 256
-# A runtime asked to shut down gets this long before it is killed.
-SHUTDOWN_WAIT_S = 1.0
-# A heartbeat saying the runtime lacks the awaited request is believed only this long after
-# the request was last sent (one sent before the request arrived proves nothing), and
-# heeded at most this often (model code can send heartbeats too).
-RESEND_AFTER_S = 1.0
 
 Accept = Callable[[wire.ToHost], bool]
 OnMessage = Callable[[wire.ToHost], None]
@@ -191,7 +183,7 @@ class Launcher:
 
     def raise_if_fatal(self, sbx: LiveSandbox, msg: wire.ToHost) -> None:
         if isinstance(msg, wire.Fatal):
-            self.wait_exit(sbx, SHUTDOWN_WAIT_S)
+            self.wait_exit(sbx, timing.SANDBOX_SHUTDOWN_WAIT_S)
             raise SandboxError(f"sandbox failed to start: {msg.message} ({sbx.describe()})")
 
     # ---- waiting -------------------------------------------------------------------------
@@ -240,7 +232,7 @@ class Launcher:
         connection is down, as in a Redis restart).
         """
         deadline = time.monotonic() + timeout_s
-        next_liveness = time.monotonic() + LIVENESS_CHECK_S
+        next_liveness = time.monotonic() + timing.SANDBOX_LIVENESS_CHECK_S
         if request is not None:
             handle_other = on_other
 
@@ -261,7 +253,7 @@ class Launcher:
             if msg is not None:
                 return msg
             if time.monotonic() >= next_liveness:
-                next_liveness = time.monotonic() + LIVENESS_CHECK_S
+                next_liveness = time.monotonic() + timing.SANDBOX_LIVENESS_CHECK_S
                 if sbx.process is not None and not sbx.process.alive():
                     sbx.exited = True
                     # What it published before it went is still on its way or queued.
@@ -288,7 +280,7 @@ class Launcher:
         """
         if beat.last_received == request.id:
             return
-        if time.monotonic() - sbx.request_sent_at < RESEND_AFTER_S:
+        if time.monotonic() - sbx.request_sent_at < timing.SANDBOX_RESEND_AFTER_S:
             return
         log.warning(
             "sandbox %s never got %s %s; sending it again", sbx.id, request.TYPE, request.id
@@ -300,7 +292,7 @@ class Launcher:
         try:
             if sbx.process is not None and sbx.process.alive():
                 self.send(sbx, wire.Shutdown(seq=sbx.next_seq(), id=wire.new_id()))
-                self.wait_exit(sbx, SHUTDOWN_WAIT_S)
+                self.wait_exit(sbx, timing.SANDBOX_SHUTDOWN_WAIT_S)
         except SandboxError as exc:
             log.warning("could not ask sandbox %s to shut down: %s", sbx.id, exc)
         finally:

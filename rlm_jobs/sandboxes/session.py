@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from rlm_jobs import keys
+from rlm_jobs import keys, timing
 from rlm_jobs.errors import SandboxDied, SandboxError, SandboxTimeout
 from rlm_jobs.models import ContextRef
 from rlm_jobs.sandboxes import acl
@@ -40,8 +40,6 @@ from sandbox.records import CellResult, SubcallResult, ToolSpec
 
 log = logging.getLogger(__name__)
 
-# A runtime that ignores its own interrupt gets this long before it is killed.
-HARD_DEADLINE_GRACE_S = 5.0
 # Sub-call requests of one sandbox served at once; a batch is one request.
 SUBCALL_THREADS = 16
 
@@ -65,7 +63,7 @@ class SandboxSession:
         pool: SandboxPool | None = None,
         seed: int = 0,
         tools: ToolHandler | None = None,
-        grace_s: float = HARD_DEADLINE_GRACE_S,
+        grace_s: float = timing.SANDBOX_HARD_DEADLINE_GRACE_S,
         heartbeat_s: float = 5.0,
     ) -> None:
         self._services = services

@@ -16,8 +16,8 @@ from rlm_jobs.ingest import Ingestor
 from rlm_jobs.models import JobStatus
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.documents import INVOICE_SCHEMA, corpus_folder, invoices
 from tests.support import sandbox_pids, wait_for
+from tests.support.documents import INVOICE_SCHEMA, corpus_folder, invoices
 
 pytestmark = pytest.mark.timeout(180)
 

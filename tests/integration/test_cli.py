@@ -20,7 +20,7 @@ import pytest
 
 from rlm_jobs.redis_server import RedisServer
 from tests.support import ROOT, Stack, cli, read_jsonl, wait_for
-from tests.tooldefs import QUESTIONS, TABLES
+from tests.support.tools import QUESTIONS, TABLES
 
 pytestmark = pytest.mark.timeout(300)
 

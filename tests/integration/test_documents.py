@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from rlm_jobs.redis_server import RedisServer
-from tests.documents import (
+from tests.support import Stack, cli, read_jsonl
+from tests.support.documents import (
     INVOICE_SCHEMA,
     binary_blob,
     corpus_folder,
@@ -30,7 +31,6 @@ from tests.documents import (
     pdf_with_text,
     scanned_pdf,
 )
-from tests.support import Stack, cli, read_jsonl
 
 pytestmark = pytest.mark.timeout(300)
 QUESTION = "What is the secret code?"

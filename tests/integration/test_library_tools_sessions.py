@@ -18,9 +18,9 @@ from rlm_jobs.config import Settings
 from rlm_jobs.errors import ConfigError
 from rlm_jobs.models import JobStatus
 from rlm_jobs.redis_server import RedisServer
-from tests import tooldefs
 from tests.support import sandbox_pids, wait_for
-from tests.tooldefs import INVOICES, QUESTIONS, TABLES, invoice_total
+from tests.support import tools as tooldefs
+from tests.support.tools import INVOICES, QUESTIONS, TABLES, invoice_total
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -17,8 +17,8 @@ import pytest
 from rlm_jobs.models import JobStatus
 from rlm_jobs.submitter import BatchHandle, Document
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.faults import CrashableRedis, while_redis_is_up
 from tests.support import Cluster, needle_context, sandbox_pids, wait_for
+from tests.support.faults import CrashableRedis, while_redis_is_up
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
 pytestmark = pytest.mark.timeout(300)

@@ -22,7 +22,7 @@ from rlm_jobs.sessions.store import SessionStore
 from rlm_jobs.submitter import JobHandle, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
 from tests.support import Cluster, sandbox_pids, wait_for
-from tests.tooldefs import QUESTIONS, TABLES
+from tests.support.tools import QUESTIONS, TABLES
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
 pytestmark = pytest.mark.timeout(240)

@@ -13,9 +13,9 @@ import redis
 
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests import tooldefs
 from tests.support import Cluster, sandbox_pids, wait_for
-from tests.tooldefs import INVOICES, invoice_total
+from tests.support import tools as tooldefs
+from tests.support.tools import INVOICES, invoice_total
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
 pytestmark = pytest.mark.timeout(240)
@@ -56,7 +56,7 @@ def test_tools_run_on_the_orchestrator_and_a_resumed_job_does_not_call_them_agai
 ) -> None:
     # Given orchestrators with the test's tools module, logging every call they run
     log = str(tmp_path / "tools.log")
-    tools_env = {"RLM_JOBS_TOOLS": "tests.tooldefs", "RLM_TEST_TOOL_LOG": log}
+    tools_env = {"RLM_JOBS_TOOLS": "tests.support.tools", "RLM_TEST_TOOL_LOG": log}
     cluster.provider.configure(root_latency_s=1.0)
     orchestrator = cluster.start(ORCHESTRATE_QUEUE, **tools_env)
     cluster.start(LLM_QUEUE)

@@ -16,7 +16,7 @@ import redis
 from kombu import Connection, Queue
 from kombu.transport import redis as kombu_redis
 
-from tests.faults import CrashableRedis
+from tests.support.faults import CrashableRedis
 
 pytestmark = pytest.mark.timeout(60)
 

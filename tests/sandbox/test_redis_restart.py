@@ -23,8 +23,8 @@ from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import SandboxSession
 from sandbox.records import SubcallResult
 from sandbox.wire import SubcallRequest
-from tests.faults import CrashableRedis
 from tests.support import answer_from_text, wait_for
+from tests.support.faults import CrashableRedis
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ from rlm_jobs.batchfiles import (
 from rlm_jobs.errors import DocumentError, SpecError
 from rlm_jobs.ingest import Ingestor
 from rlm_jobs.submitter import Document
-from tests.documents import binary_blob, corrupt_pdf, docx_file, pdf_with_text
+from tests.support.documents import binary_blob, corrupt_pdf, docx_file, pdf_with_text
 
 
 @pytest.fixture(autouse=True)

@@ -126,7 +126,7 @@ def test_no_module_imports_itself_back() -> None:
 
 
 def test_no_test_module_imports_another() -> None:
-    # Shared helpers live in tests/support.py (and conftest fixtures), never in a test file
+    # Shared helpers live in the tests.support package (and conftest fixtures), never in a test file
     graph = import_graph()
 
     def is_test(module: str) -> bool:

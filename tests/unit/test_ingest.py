@@ -27,7 +27,7 @@ from rlm_jobs.ingest import (
     detect,
 )
 from rlm_jobs.ingest.text import decode
-from tests.documents import binary_blob, corrupt_pdf, docx_file, pdf_with_text, scanned_pdf
+from tests.support.documents import binary_blob, corrupt_pdf, docx_file, pdf_with_text, scanned_pdf
 
 ING = Ingestor()  # no cache: every call converts
 

@@ -1,7 +1,8 @@
-"""The sandbox's stdlib copy of the key names it derives equals the host's (rlm_jobs.keys)."""
+"""What the sandbox keeps a stdlib copy of equals the host's: the key names it derives
+(rlm_jobs.keys) and its reconnect backoff (rlm_jobs.timing)."""
 
-from rlm_jobs import keys
-from sandbox import wire
+from rlm_jobs import keys, timing
+from sandbox import runtime, wire
 
 
 def test_the_sandbox_derives_the_same_message_keys_as_the_host() -> None:
@@ -12,3 +13,10 @@ def test_the_sandbox_derives_the_same_message_keys_as_the_host() -> None:
         assert wire.reply_key(prefix, message_id) == keys.sandbox_reply(sandbox_id, message_id)
         # A reply's key can never be taken for a message's.
         assert wire.reply_key(prefix, message_id) != wire.message_key(prefix, message_id)
+
+
+def test_the_runtime_backs_off_like_the_host_while_redis_is_away() -> None:
+    assert (runtime.RECONNECT_FIRST_S, runtime.RECONNECT_CAP_S) == (
+        timing.REDIS_RETRY_FIRST_S,
+        timing.REDIS_RETRY_CAP_S,
+    )

@@ -21,7 +21,7 @@ from rlm_jobs.loop import run_loop, run_loop_with_trajectory
 from rlm_jobs.models import ContextRef, JobSpec, JobStatus, Limits, UsageMeter
 from rlm_jobs.sandboxes.base import SubcallHandler
 from sandbox.records import CellResult
-from tests.completers import CONTEXT, RootOrSub, ScriptedCompleter, block
+from tests.support.completers import CONTEXT, RootOrSub, ScriptedCompleter, block
 
 
 @dataclass(eq=False)  # hashable by identity: the loop keeps open REPLs in a set

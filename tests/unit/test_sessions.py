@@ -21,7 +21,7 @@ from rlm_jobs.sessions.repl import SessionRepl, conversation_of
 from rlm_jobs.sessions.runner import run_session_job
 from sandbox.records import CellResult
 from sandbox.wire import SubcallRequest
-from tests.completers import CONTEXT, RootOrSub, ScriptedCompleter, block
+from tests.support.completers import CONTEXT, RootOrSub, ScriptedCompleter, block
 
 
 @dataclass(eq=False)

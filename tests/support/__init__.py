@@ -1,6 +1,11 @@
-"""What tests share, imported by them (no test module imports another): real Celery workers
-(`celery -A workers worker` subprocesses, as users run them), a whole cluster for one test,
-waits on conditions, and the sandbox tests' stand-ins and Docker check."""
+"""What tests share, imported by them (no test module imports another).
+
+Here: real Celery workers (`celery -A workers worker` subprocesses, as users run them), a
+whole cluster for one test, waits on conditions, the sandbox tests' stand-ins and Docker
+check, the CLI. Beside it: `documents` (files and schemas to ingest), `faults` (a Redis to
+crash and restart), `completers` (scripted completers for the loop's seams), `tools` (the
+tools tests register, `RLM_JOBS_TOOLS=tests.support.tools`, and what they are asked about).
+"""
 
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from workers.enqueue import celery_enqueuer
 
 T = TypeVar("T")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_for(

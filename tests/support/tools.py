@@ -1,4 +1,4 @@
-"""Tools the tests register (``RLM_JOBS_TOOLS=tests.tooldefs`` for workers): host-side
+"""Tools the tests register (``RLM_JOBS_TOOLS=tests.support.tools`` for workers): host-side
 functions the scripted ``tools`` policy calls from its cells.
 
 Every call is appended to the file ``RLM_TEST_TOOL_LOG`` names (when set), so a test can
