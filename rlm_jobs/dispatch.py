@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from rlm_jobs.calls import ResultStore, StoredCall
@@ -125,7 +125,7 @@ def complete_one(
     try:
         done = router.complete(model, messages, context=context)
     except JobStopped as exc:  # refused before it started (the batch's budget is spent)
-        return replace(not_run(exc.reason), refusal=exc.status.value, worker=worker)
+        return not_run(exc.reason).replace(refusal=exc.status.value, worker=worker)
     except RLMJobsError as exc:
         return SubcallResult(
             ok=False, text=f"Error: {exc}", latency_s=time.monotonic() - started, worker=worker

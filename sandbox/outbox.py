@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 # The host acknowledges within milliseconds; a second without one means it missed it.
 FIRST_RESEND_S = 1.0
@@ -22,11 +21,13 @@ MAX_RESEND_S = 8.0
 Publish = Callable[[list[str]], None]
 
 
-@dataclass
 class _Pending:
-    payloads: list[str]
-    next_at: float
-    interval_s: float
+    __slots__ = ("interval_s", "next_at", "payloads")
+
+    def __init__(self, payloads: list[str], next_at: float, interval_s: float) -> None:
+        self.payloads = payloads
+        self.next_at = next_at
+        self.interval_s = interval_s
 
 
 class Outbox:

@@ -6,21 +6,24 @@ llm workers make it, the sandbox receives its ``ok``/``text``. ``not_run`` is th
 say a prompt was never sent to a model. ``ToolSpec`` names a host-side tool the sandbox
 may call (its answer is a ``SubcallResult`` too: ``ok``, and the JSON result or the error).
 
-``Record`` is a frozen dataclass whose fields are checked against their annotations: exact
-field sets, exact JSON types, bounds. Stdlib only: the sandbox imports this at every
-start, and the runtime's start-up cost is mostly imports.
+``Record`` is a frozen, keyword-only record whose fields are checked against their
+annotations: exact field sets, exact JSON types, bounds. Stdlib only, and not built on
+``dataclasses``: the sandbox imports this at every start, the runtime's start-up cost is
+mostly imports, and ``dataclasses`` (with ``inspect``) and its generated classes cost more
+than the checks themselves. Each class's checks, conversions and dumps are worked out once,
+on first use (``_plan``), because a reply round builds and decodes several records.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
+import operator
 import reprlib
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, Union
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 
 class WireError(ValueError):
@@ -30,41 +33,115 @@ class WireError(ValueError):
 R = TypeVar("R", bound="Record")
 
 
-def bounds(**limits: float) -> Any:
-    """Field metadata: ge/gt for numbers, min_len/max_len for strings and lists."""
-    return {"bounds": limits}
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
 
 
-@dataclass(frozen=True, kw_only=True)
+_MISSING: Any = _Missing()
+
+
+class _Field:
+    """What ``field()`` returns: a default and bounds, read once by ``_plan``."""
+
+    __slots__ = ("default", "factory", "limits")
+
+    def __init__(self, default: Any, factory: Callable[[], Any] | None, limits: dict[str, float]):
+        self.default = default
+        self.factory = factory
+        self.limits = limits
+
+
+def field(
+    *,
+    default: Any = _MISSING,
+    default_factory: Callable[[], Any] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    min_len: int | None = None,
+    max_len: int | None = None,
+) -> Any:
+    """A field with a default (or a factory for one) and bounds: ge/gt/le for numbers,
+    min_len/max_len for strings and lists."""
+    given = {"ge": ge, "gt": gt, "le": le, "min_len": min_len, "max_len": max_len}
+    return _Field(default, default_factory, {k: v for k, v in given.items() if v is not None})
+
+
+@typing.dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
 class Record:
-    """A frozen dataclass whose fields are checked against their annotations when built."""
+    """A frozen record built from keyword arguments, each checked against its annotation.
 
-    def __post_init__(self) -> None:
-        hints = _hints(type(self))
-        for f in dataclasses.fields(self):
-            _check(getattr(self, f.name), hints[f.name], f.name, f.metadata.get("bounds", {}))
+    Fields are the class's annotations (``ClassVar`` ones excepted), a subclass's after its
+    base's; a field's default is its class attribute, or a ``field()``.
+    """
+
+    def __init__(self, **values: Any) -> None:
+        plan = _plan(type(self))
+        own = self.__dict__
+        for spec in plan.fields:
+            name = spec.name
+            if name in values:
+                value = values.pop(name)
+            elif spec.factory is not None:
+                value = spec.factory()
+            elif spec.default is not _MISSING:
+                value = spec.default
+            else:
+                raise TypeError(f"{type(self).__name__}: missing required field {name!r}")
+            spec.check(value, name)
+            own[name] = value
+        if values:
+            raise TypeError(f"{type(self).__name__}: unexpected field {next(iter(values))!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(self.__dict__.values())))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.__dict__.items())
+        return f"{type(self).__name__}({shown})"
+
+    def replace(self: R, **changes: Any) -> R:
+        """A copy with ``changes``, checked like any new record."""
+        return type(self)(**{**self.__dict__, **changes})
 
     @classmethod
     def from_dict(cls: type[R], data: Any) -> R:
         if not isinstance(data, dict):
             raise WireError(f"{cls.__name__} must be a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)}
-        extra = sorted(set(data) - names)
-        if extra:
-            raise WireError(f"{cls.__name__}: unexpected field {reprlib.repr(extra[0])}")
-        hints = _hints(cls)
-        values = {name: _convert(value, hints[name]) for name, value in data.items()}
+        plan = _plan(cls)
+        values = {}
+        for name, value in data.items():
+            spec = plan.by_name.get(name)
+            if spec is None:
+                raise WireError(f"{cls.__name__}: unexpected field {reprlib.repr(name)}")
+            values[name] = value if spec.convert is None else spec.convert(value)
         try:
             return cls(**values)
         except TypeError as exc:  # a required field is missing
-            raise WireError(f"{cls.__name__}: {exc}") from exc
+            raise WireError(str(exc)) from exc
 
     @classmethod
     def from_json(cls: type[R], raw: str | bytes | bytearray) -> R:
         return cls.from_dict(loads(raw))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        own = self.__dict__
+        return {
+            spec.name: own[spec.name] if spec.dump is None else spec.dump(own[spec.name])
+            for spec in _plan(type(self)).fields
+        }
 
     def to_json(self) -> str:
         # ASCII escapes: model output may hold lone surrogates, which cannot be encoded as UTF-8.
@@ -74,7 +151,6 @@ class Record:
 # ---- the shared records -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
 class CellResult(Record):
     """What one cell did."""
 
@@ -93,7 +169,6 @@ class CellResult(Record):
     note: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
 class SubcallResult(Record):
     """The answer to one llm_query/rlm_query prompt, with what it cost."""
 
@@ -115,16 +190,15 @@ class SubcallResult(Record):
     refusal: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
 class ToolSpec(Record):
     """A host-side tool as the sandbox knows it: the name it binds, and what ``help()`` shows.
 
     The tool itself never enters the sandbox; calling the name sends a ``ToolRequest``.
     """
 
-    name: str = dataclasses.field(metadata=bounds(min_len=1, max_len=64))
-    signature: str = dataclasses.field(default="(...)", metadata=bounds(max_len=2_000))
-    doc: str = dataclasses.field(default="", metadata=bounds(max_len=8_000))
+    name: str = field(min_len=1, max_len=64)
+    signature: str = field(default="(...)", max_len=2_000)
+    doc: str = field(default="", max_len=8_000)
 
 
 # How the text of a call that was never made begins.
@@ -136,97 +210,223 @@ def not_run(reason: str) -> SubcallResult:
     return SubcallResult(ok=False, text=f"{NOT_RUN_PREFIX}{reason}")
 
 
-# ---- checking ---------------------------------------------------------------------------
+# ---- plans: each class's checks, conversions and dumps, worked out once -----------------
 
-_hint_cache: dict[type, dict[str, Any]] = {}
+Check = Callable[[Any, str], None]
+Convert = Callable[[Any], Any]
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _hint_cache.get(cls)
-    if hints is None:
-        hints = typing.get_type_hints(cls)
-        _hint_cache[cls] = hints
-    return hints
+class _Spec:
+    __slots__ = ("check", "convert", "default", "dump", "factory", "name")
+
+    def __init__(self, name: str, hint: Any, declared: Any) -> None:
+        self.name = name
+        self.default, self.factory, limits = _MISSING, None, {}
+        if isinstance(declared, _Field):
+            self.default, self.factory, limits = declared.default, declared.factory, declared.limits
+        elif declared is not _MISSING:
+            self.default = declared
+        self.check = _checker(hint, limits)
+        self.convert = _converter(hint)
+        self.dump = _dumper(hint)
+
+
+class _Plan:
+    __slots__ = ("by_name", "fields")
+
+    def __init__(self, fields: list[_Spec]) -> None:
+        self.fields = fields
+        self.by_name = {spec.name: spec for spec in fields}
+
+
+_plans: dict[type, _Plan] = {}
+
+
+def _plan(cls: type) -> _Plan:
+    plan = _plans.get(cls)
+    if plan is None:
+        plan = _plans[cls] = _build_plan(cls)
+    return plan
+
+
+def _build_plan(cls: type) -> _Plan:
+    hints = typing.get_type_hints(cls)
+    bases = [b for b in cls.__mro__[1:] if issubclass(b, Record) and b is not Record]
+    fields = list(_plan(bases[0]).fields) if bases else []
+    # Since 3.10 a class's __annotations__ are its own, never a base's.
+    for name in cls.__annotations__:
+        hint = hints[name]
+        if typing.get_origin(hint) is ClassVar or hint is ClassVar:
+            continue
+        spec = _Spec(name, hint, cls.__dict__.get(name, _MISSING))
+        fields = [f for f in fields if f.name != name] + [spec]
+    return _Plan(fields)
 
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _check(value: Any, hint: Any, name: str, limits: dict[str, float]) -> None:
-    """Raise WireError unless ``value`` is exactly of type ``hint`` and within ``limits``."""
+def _checker(hint: Any, limits: dict[str, float]) -> Check:
+    """A function raising WireError unless its value is exactly of type ``hint``, in bounds."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return
-        (inner,) = [o for o in options if o is not type(None)]
-        _check(value, inner, name, limits)
-        return
+        (inner,) = [o for o in typing.get_args(hint) if o is not type(None)]
+        inner_check = _checker(inner, limits)
+
+        def check_optional(value: Any, name: str) -> None:
+            if value is not None:
+                inner_check(value, name)
+
+        return check_optional
     if origin is Literal:
-        if value not in typing.get_args(hint):
-            shown = reprlib.repr(value)
-            raise WireError(f"{name}: {shown} is not one of {list(typing.get_args(hint))}")
-        return
-    if origin is list:
-        if not isinstance(value, list):
-            raise WireError(f"{name}: expected a list, got {_type_name(value)}")
+        options = typing.get_args(hint)
+
+        def check_literal(value: Any, name: str) -> None:
+            if value not in options:
+                raise WireError(f"{name}: {reprlib.repr(value)} is not one of {list(options)}")
+
+        return check_literal
+    check = _type_checker(hint)
+    in_bounds = _bounds_checker(limits)
+    if in_bounds is None:
+        return check
+
+    def check_bounded(value: Any, name: str) -> None:
+        check(value, name)
+        in_bounds(value, name)
+
+    return check_bounded
+
+
+def _type_checker(hint: Any) -> Check:
+    if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
-        for i, element in enumerate(value):
-            _check(element, item, f"{name}[{i}]", {})
-    elif hint is bool:
-        if not isinstance(value, bool):
-            raise WireError(f"{name}: expected a boolean, got {_type_name(value)}")
-    elif hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise WireError(f"{name}: expected an integer, got {_type_name(value)}")
-    elif hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise WireError(f"{name}: expected a number, got {_type_name(value)}")
-        try:
-            finite = math.isfinite(value)
-        except OverflowError:  # an integer too big for a float
-            finite = False
-        if not finite:
-            raise WireError(f"{name}: expected a finite number")
-    elif hint is str:
-        if not isinstance(value, str):
-            raise WireError(f"{name}: expected a string, got {_type_name(value)}")
-    elif isinstance(hint, type) and issubclass(hint, Record):
-        if not isinstance(value, hint):
-            raise WireError(f"{name}: expected {hint.__name__}, got {_type_name(value)}")
-    else:  # pragma: no cover - a schema bug, not bad input
-        raise TypeError(f"{name}: unsupported annotation {hint!r}")
-    _check_bounds(value, name, limits)
+        check_item = _checker(item, {})
 
+        def check_list(value: Any, name: str) -> None:
+            if not isinstance(value, list):
+                raise WireError(f"{name}: expected a list, got {_type_name(value)}")
+            for i, element in enumerate(value):
+                try:
+                    check_item(element, "")
+                except WireError as exc:  # the index only once something is wrong
+                    raise WireError(f"{name}[{i}]{exc}") from None
 
-def _check_bounds(value: Any, name: str, limits: dict[str, float]) -> None:
-    if "ge" in limits and value < limits["ge"]:
-        raise WireError(f"{name}: must be >= {limits['ge']:g}")
-    if "gt" in limits and value <= limits["gt"]:
-        raise WireError(f"{name}: must be > {limits['gt']:g}")
-    if "le" in limits and value > limits["le"]:
-        raise WireError(f"{name}: must be <= {limits['le']:g}")
-    if "min_len" in limits and len(value) < limits["min_len"]:
-        raise WireError(f"{name}: must have at least {limits['min_len']:g} items or characters")
-    if "max_len" in limits and len(value) > limits["max_len"]:
-        raise WireError(f"{name}: must have at most {limits['max_len']:g} items or characters")
+        return check_list
+    if hint is bool:
 
+        def check_bool(value: Any, name: str) -> None:
+            if not isinstance(value, bool):
+                raise WireError(f"{name}: expected a boolean, got {_type_name(value)}")
 
-def _convert(value: Any, hint: Any) -> Any:
-    """JSON values to field values: nested records are built from their objects."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        inner = [o for o in typing.get_args(hint) if o is not type(None)]
-        return value if value is None else _convert(value, inner[0])
-    if origin is list and isinstance(value, list):
-        (item,) = typing.get_args(hint)
-        return [_convert(element, item) for element in value]
+        return check_bool
+    if hint is int:
+
+        def check_int(value: Any, name: str) -> None:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise WireError(f"{name}: expected an integer, got {_type_name(value)}")
+
+        return check_int
+    if hint is float:
+
+        def check_float(value: Any, name: str) -> None:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise WireError(f"{name}: expected a number, got {_type_name(value)}")
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an integer too big for a float
+                finite = False
+            if not finite:
+                raise WireError(f"{name}: expected a finite number")
+
+        return check_float
+    if hint is str:
+
+        def check_str(value: Any, name: str) -> None:
+            if not isinstance(value, str):
+                raise WireError(f"{name}: expected a string, got {_type_name(value)}")
+
+        return check_str
     if isinstance(hint, type) and issubclass(hint, Record):
-        return hint.from_dict(value)
-    if hint is str and isinstance(value, str) and not value.isascii():
-        return _without_lone_surrogates(value)
-    return value
+
+        def check_record(value: Any, name: str) -> None:
+            if not isinstance(value, hint):
+                raise WireError(f"{name}: expected {hint.__name__}, got {_type_name(value)}")
+
+        return check_record
+    raise TypeError(f"unsupported annotation {hint!r}")  # a schema bug, not bad input
+
+
+# Each bound: how a value (or its length) must compare with it, and what a failure says.
+_BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], bool, str]] = {
+    "ge": (operator.ge, False, "must be >= {:g}"),
+    "gt": (operator.gt, False, "must be > {:g}"),
+    "le": (operator.le, False, "must be <= {:g}"),
+    "min_len": (operator.ge, True, "must have at least {:g} items or characters"),
+    "max_len": (operator.le, True, "must have at most {:g} items or characters"),
+}
+
+
+def _bounds_checker(limits: dict[str, float]) -> Check | None:
+    tests = [
+        (compare, of_length, bound, failure.format(bound))
+        for kind, bound in limits.items()
+        for compare, of_length, failure in [_BOUNDS[kind]]
+    ]
+    if not tests:
+        return None
+
+    def check_bounds(value: Any, name: str) -> None:
+        for compare, of_length, bound, failure in tests:
+            if not compare(len(value) if of_length else value, bound):
+                raise WireError(f"{name}: {failure}")
+
+    return check_bounds
+
+
+def _converter(hint: Any) -> Convert | None:
+    """JSON values to field values (nested records built from their objects); None: as is."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        (inner,) = [o for o in typing.get_args(hint) if o is not type(None)]
+        convert = _converter(inner)
+        if convert is None:
+            return None
+        return lambda value: value if value is None else convert(value)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        convert_item = _converter(item)
+        if convert_item is None:
+            return None
+        return lambda value: [convert_item(v) for v in value] if isinstance(value, list) else value
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return hint.from_dict
+    if hint is str:
+        return lambda value: (
+            _without_lone_surrogates(value)
+            if isinstance(value, str) and not value.isascii()
+            else value
+        )
+    return None
+
+
+def _dumper(hint: Any) -> Convert | None:
+    """Field values to JSON values; None: as is (a list is copied)."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        (inner,) = [o for o in typing.get_args(hint) if o is not type(None)]
+        dump = _dumper(inner)
+        if dump is None:
+            return None
+        return lambda value: value if value is None else dump(value)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        dump_item = _dumper(item)
+        if dump_item is None:
+            return list
+        return lambda value: [dump_item(v) for v in value]
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return lambda value: value.to_dict()
+    return None
 
 
 def _without_lone_surrogates(text: str) -> str:

@@ -29,7 +29,6 @@ runtime starts for every job, and its start-up cost is mostly imports.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import os
@@ -350,7 +349,7 @@ class Runtime:
                 self._busy = False
             notes = self._take_protocol_notes()
             if notes:
-                result = dataclasses.replace(result, stderr=result.stderr + notes)
+                result = result.replace(stderr=result.stderr + notes)
             self.send_result(msg.id, result)
 
     def send_result(self, request_id: str, result: CellResult) -> None:
@@ -372,7 +371,7 @@ class Runtime:
                 timed_out=result.timed_out,
                 duration_s=result.duration_s,
             )
-            self.send(dataclasses.replace(done, result=cut))
+            self.send(done.replace(result=cut))
 
     def _take_protocol_notes(self) -> str:
         with self._notes_lock:

@@ -24,15 +24,12 @@ decoded on either side. Stdlib only: the sandbox imports this at every start.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import reprlib
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
-from sandbox.records import CellResult, Record, SubcallResult, ToolSpec, WireError, loads
-from sandbox.records import bounds as _bounds
+from sandbox.records import CellResult, Record, SubcallResult, ToolSpec, WireError, field, loads
 
 __all__ = [
     "INLINE_LIMIT_BYTES",
@@ -103,30 +100,27 @@ def reply_key(prefix: str, request_id: str) -> str:
     return prefix + "reply:" + request_id
 
 
-@dataclass(frozen=True, kw_only=True)
 class Message(Record):
     TYPE: ClassVar[str] = ""
 
-    seq: int = field(metadata=_bounds(ge=0))
-    id: str = field(metadata=_bounds(min_len=1, max_len=64))
+    seq: int = field(ge=0)
+    id: str = field(min_len=1, max_len=64)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.TYPE, **dataclasses.asdict(self)}
+        return {"type": self.TYPE, **super().to_dict()}
 
 
 # ---- orchestrator -> sandbox ------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
 class ExecCell(Message):
     TYPE: ClassVar[str] = "exec"
 
     code: str
-    timeout_s: float = field(metadata=_bounds(gt=0))
-    max_output_chars: int = field(metadata=_bounds(ge=100))
+    timeout_s: float = field(gt=0)
+    max_output_chars: int = field(ge=100)
 
 
-@dataclass(frozen=True, kw_only=True)
 class SubcallReply(Message):
     TYPE: ClassVar[str] = "subcall_reply"
 
@@ -135,12 +129,10 @@ class SubcallReply(Message):
     results: list[SubcallResult]
 
 
-@dataclass(frozen=True, kw_only=True)
 class Shutdown(Message):
     TYPE: ClassVar[str] = "shutdown"
 
 
-@dataclass(frozen=True, kw_only=True)
 class LoadContext(Message):
     """Load ``context`` from this key (a pooled sandbox gets its job this way).
 
@@ -149,37 +141,34 @@ class LoadContext(Message):
 
     TYPE: ClassVar[str] = "load_context"
 
-    context_key: str = field(metadata=_bounds(min_len=1, max_len=256))
+    context_key: str = field(min_len=1, max_len=256)
     # random.seed() before the first cell (sandbox.determinism).
-    seed: int = field(metadata=_bounds(ge=0, le=MAX_SEED))
+    seed: int = field(ge=0, le=MAX_SEED)
     # Also bound as context_<index>: a session's later questions load theirs beside the
     # earlier ones (rlm_jobs.sessions).
-    context_index: int = field(default=0, metadata=_bounds(ge=0, le=MAX_CONTEXT_INDEX))
+    context_index: int = field(default=0, ge=0, le=MAX_CONTEXT_INDEX)
     # The host's tools the REPL binds (sandbox.tools); the job's, so a pooled sandbox
     # learns them here.
-    tools: list[ToolSpec] = field(default_factory=list, metadata=_bounds(max_len=MAX_TOOLS))
+    tools: list[ToolSpec] = field(default_factory=list, max_len=MAX_TOOLS)
 
 
-@dataclass(frozen=True, kw_only=True)
 class Ack(Message):
     """The host has a message of the sandbox's (``RELIABLE``): stop publishing it."""
 
     TYPE: ClassVar[str] = "ack"
 
-    reply_to: str = field(metadata=_bounds(min_len=1, max_len=64))
+    reply_to: str = field(min_len=1, max_len=64)
 
 
 # ---- sandbox -> orchestrator ------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
 class Ready(Message):
     TYPE: ClassVar[str] = "ready"
 
     pid: int
 
 
-@dataclass(frozen=True, kw_only=True)
 class CellDone(Message):
     TYPE: ClassVar[str] = "cell_result"
 
@@ -187,24 +176,21 @@ class CellDone(Message):
     result: CellResult
 
 
-@dataclass(frozen=True, kw_only=True)
 class ContextLoaded(Message):
     TYPE: ClassVar[str] = "context_loaded"
 
     reply_to: str
-    size_bytes: int = field(metadata=_bounds(ge=0))
+    size_bytes: int = field(ge=0)
 
 
-@dataclass(frozen=True, kw_only=True)
 class SubcallRequest(Message):
     TYPE: ClassVar[str] = "subcall_request"
 
     kind: Literal["llm", "rlm"]
-    prompts: list[str] = field(metadata=_bounds(min_len=1))
+    prompts: list[str] = field(min_len=1)
     model: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
 class ToolRequest(Message):
     """Call the host's tool ``name``: answered, like a sub-call, by a ``SubcallReply`` with
     one result (``ok`` and the result as JSON, or the error), and published again until then.
@@ -212,12 +198,11 @@ class ToolRequest(Message):
 
     TYPE: ClassVar[str] = "tool_request"
 
-    name: str = field(metadata=_bounds(min_len=1, max_len=64))
+    name: str = field(min_len=1, max_len=64)
     # JSON text of {"args": [...], "kwargs": {...}}; the host checks its size and shape.
     arguments: str
 
 
-@dataclass(frozen=True, kw_only=True)
 class Heartbeat(Message):
     """Alive; also sent at once when the runtime got its Redis connection back."""
 
@@ -228,7 +213,6 @@ class Heartbeat(Message):
     last_received: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
 class Fatal(Message):
     """The runtime cannot go on (e.g. its context could not be loaded)."""
 
@@ -237,19 +221,18 @@ class Fatal(Message):
     message: str
 
 
-@dataclass(frozen=True, kw_only=True)
 class Part(Record):
     """One piece of a sandbox -> host message too large to publish whole."""
 
     TYPE: ClassVar[str] = "part"
 
-    message_id: str = field(metadata=_bounds(min_len=1, max_len=64))
-    index: int = field(metadata=_bounds(ge=0))
-    total: int = field(metadata=_bounds(ge=2, le=MAX_PARTS))
-    data: str = field(metadata=_bounds(min_len=1, max_len=PART_DATA_CHARS))
+    message_id: str = field(min_len=1, max_len=64)
+    index: int = field(ge=0)
+    total: int = field(ge=2, le=MAX_PARTS)
+    data: str = field(min_len=1, max_len=PART_DATA_CHARS)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.TYPE, **dataclasses.asdict(self)}
+        return {"type": self.TYPE, **super().to_dict()}
 
 
 ToSandbox = ExecCell | SubcallReply | Shutdown | LoadContext | Ack
@@ -265,7 +248,6 @@ _TO_HOST: dict[str, type[Record]] = {
 }
 
 
-@dataclass(frozen=True, kw_only=True)
 class Bootstrap(Record):
     """Written to the runtime's stdin (never argv or env): who it is and how to reach Redis."""
 
@@ -282,14 +264,14 @@ class Bootstrap(Record):
     # LoadContext (its ACL user cannot read any context until then).
     context_key: str | None = None
     # random.seed() once context_key is loaded (sandbox.determinism).
-    seed: int = field(default=0, metadata=_bounds(ge=0, le=MAX_SEED))
+    seed: int = field(default=0, ge=0, le=MAX_SEED)
     # As in LoadContext: context_key is also bound as context_<index>, and the tools.
-    context_index: int = field(default=0, metadata=_bounds(ge=0, le=MAX_CONTEXT_INDEX))
-    tools: list[ToolSpec] = field(default_factory=list, metadata=_bounds(max_len=MAX_TOOLS))
-    heartbeat_s: float = field(default=5.0, metadata=_bounds(gt=0))
+    context_index: int = field(default=0, ge=0, le=MAX_CONTEXT_INDEX)
+    tools: list[ToolSpec] = field(default_factory=list, max_len=MAX_TOOLS)
+    heartbeat_s: float = field(default=5.0, gt=0)
     # How long the runtime tries to get a lost Redis connection back (a Redis restart)
     # before it gives up and exits.
-    reconnect_s: float = field(default=60.0, metadata=_bounds(ge=0))
+    reconnect_s: float = field(default=60.0, ge=0)
 
 
 def new_id() -> str:

@@ -7,7 +7,6 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import CancelledError, Future, wait
-from dataclasses import replace
 
 import redis
 from celery import shared_task
@@ -121,7 +120,7 @@ class LlmChunk:
             result = SubcallResult(ok=False, text="Error: malformed sub-call record")
             outcome = "malformed"
         elif cancelled:  # the job ends CANCELLED, whoever reads this result first
-            result = replace(not_run(cancelled), refusal=JobStatus.CANCELLED.value)
+            result = not_run(cancelled).replace(refusal=JobStatus.CANCELLED.value)
             outcome = "not run"
         else:
             result = complete_one(

@@ -9,7 +9,6 @@ waits on a Celery result inside a task.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 _DRAIN_COUNT = 100
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Reply(Record):
     """What an llm worker sends back for one call: its id and the one result record."""
 

@@ -13,7 +13,6 @@ background (``rlm_jobs.sandboxes.janitor``).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -358,7 +357,7 @@ class SandboxSession:
 
 def _result(done: wire.CellDone, notes: list[str], *, replaced: bool = False) -> CellResult:
     # Host-only facts come from the host, whatever the sandbox put in them.
-    return dataclasses.replace(done.result, sandbox_replaced=replaced, note="\n".join(notes))
+    return done.result.replace(sandbox_replaced=replaced, note="\n".join(notes))
 
 
 def open_repl_factory(

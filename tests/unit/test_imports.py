@@ -27,7 +27,8 @@ def _modules() -> dict[str, Path]:
     found = {}
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
-            if ".venv" not in path.parts:
+            # Hidden folders are not the project's (bench/.ref-venv holds the reference).
+            if not any(part.startswith(".") for part in path.relative_to(ROOT).parts):
                 found[_module_name(path)] = path
     return found
 

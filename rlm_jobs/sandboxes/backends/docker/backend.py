@@ -10,7 +10,6 @@ or the environment.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import socket
 import threading
 from typing import Any
@@ -67,8 +66,7 @@ class DockerBackend:
                 "(RLM_JOBS_SANDBOX_REDIS_SOCKET)"
             )
         socket_mount = self._socket_mount(host_socket)
-        boot = dataclasses.replace(
-            bootstrap,
+        boot = bootstrap.replace(
             redis_unix_socket=socket_mount.path_in_sandbox,
             redis_host=None,
             redis_port=None,

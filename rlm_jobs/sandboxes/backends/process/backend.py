@@ -11,7 +11,6 @@ backend's ``OutputReader`` and explains a crash in ``describe_exit``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -169,9 +168,7 @@ class ProcessBackend:
             seccomp_fd=filter_fd,
             program=RUNTIME,
         )
-        inside = dataclasses.replace(
-            boot, redis_unix_socket=socket.socket, redis_host=None, redis_port=None
-        )
+        inside = boot.replace(redis_unix_socket=socket.socket, redis_host=None, redis_port=None)
         return argv, child_environment(), "/", inside
 
     def _plain_command(self, workdir: Path) -> tuple[list[str], dict[str, str], str]:
