@@ -139,7 +139,7 @@ class SessionPlace(Strict):
 
 
 class JobSpec(Strict):
-    """What a job is: everything needed to run it again from scratch."""
+    """What a job is: everything needed to run it (its journal holds how far it got)."""
 
     query: Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
     context: ContextRef
