@@ -42,6 +42,26 @@ log = logging.getLogger(__name__)
 SPREAD_TASKS = 32
 
 
+def send_llm_task(
+    app: Celery, producer: Producer, job_id: str, call_ids: list[str], *, forwarded: bool = False
+) -> None:
+    """One llm task for ``call_ids``; ``forwarded``: the part of a chunk its first worker
+    had no slots for (``workers.llm_slots``), run wherever it lands."""
+    # Built without a ``task-sent`` event (``task_send_sent_event`` stays on for the
+    # orchestrate task, which ``send_task`` would apply to every task): an llm task shows
+    # up in Flower when a worker receives it, and the event was one more publish per task.
+    amqp = app.amqp
+    message = amqp.create_task_message(
+        uuid.uuid4().hex,
+        LLM_TASK,
+        [job_id, call_ids],
+        {"forwarded": True} if forwarded else None,
+        create_sent_event=False,
+        ignore_result=True,
+    )
+    amqp.send_task_message(producer, LLM_TASK, message, queue=LLM_QUEUE)
+
+
 def chunk_sizes(n: int, max_chunk: int, spread: int = SPREAD_TASKS) -> list[int]:
     """How ``n`` prompts are split into tasks: as even as possible, none above ``max_chunk``.
 
@@ -142,19 +162,7 @@ class CeleryDispatcher:
                 self._send_one(producer, job_id, chunk)
 
     def _send_one(self, producer: Producer, job_id: str, call_ids: list[str]) -> None:
-        # Built without a ``task-sent`` event (``task_send_sent_event`` stays on for the
-        # orchestrate task, which ``send_task`` would apply to every task): an llm task
-        # shows up in Flower when a worker receives it, and the event was one more publish
-        # per task from the orchestrator.
-        amqp = self._app.amqp
-        message = amqp.create_task_message(
-            uuid.uuid4().hex,
-            LLM_TASK,
-            [job_id, call_ids],
-            create_sent_event=False,
-            ignore_result=True,
-        )
-        amqp.send_task_message(producer, LLM_TASK, message, queue=LLM_QUEUE)
+        send_llm_task(self._app, producer, job_id, call_ids)
 
     def close(self) -> None:
         self._collector.close()

@@ -18,6 +18,8 @@ from rlm_jobs.errors import StorageError
 from rlm_jobs.status import JobStatus
 from sandbox.records import SubcallResult, not_run
 from workers.base import RLMTask
+from workers.dispatcher import send_llm_task
+from workers.llm_slots import LlmSlots
 from workers.messages import valid_call_ids, valid_id
 from workers.names import LLM_TASK
 from workers.replies import Reply
@@ -39,7 +41,7 @@ _RETRY_AFTER_S = 1.0
 # with prompts in chunks their cost is paid per chunk, not per prompt. Only the client's
 # ``task-sent`` is left out (``CeleryDispatcher._send``).
 @shared_task(name=LLM_TASK, bind=True, base=RLMTask)
-def llm_complete(self: RLMTask, job_id: str, call_ids: list[str]) -> str:
+def llm_complete(self: RLMTask, job_id: str, call_ids: list[str], forwarded: bool = False) -> str:
     """A chunk of one job's sub-calls: prompts from Redis, run concurrently on the process's
     llm pool, each reply pushed to the orchestrator its record names as soon as it is ready.
 
@@ -47,7 +49,8 @@ def llm_complete(self: RLMTask, job_id: str, call_ids: list[str]) -> str:
     that dies mid-chunk stops renewing, and the orchestrator sends the unanswered calls
     again within seconds. Returns when every call is answered, so the message is
     acknowledged only then; a redelivery finds the calls answered (their records are gone)
-    or claimed, and skips them.
+    or claimed, and skips them. The calls the process has no free slot for go back to the
+    queue as a task of their own (``forwarded``, which runs wherever it lands).
     """
     try:
         job_id = valid_id(job_id, "job id")
@@ -58,7 +61,7 @@ def llm_complete(self: RLMTask, job_id: str, call_ids: list[str]) -> str:
     runtime = self.runtime
     chunk = LlmChunk(runtime, job_id, worker=self.request.hostname or runtime.worker_id)
     try:
-        outcome = chunk.run(call_ids)
+        outcome = chunk.run(call_ids, forwarded=forwarded is True)
     except (redis.RedisError, StorageError, CancelledError) as exc:
         # Redis failed, or the worker is shutting down: what was answered stays answered,
         # the rest is tried again (by this worker or another one).
@@ -78,19 +81,49 @@ class LlmChunk:
         # Children share their root's cancel flag (``Store.cancel_reason``).
         self._root_id = keys.root_job_id(job_id)
         self._token = f"{worker}:{uuid.uuid4().hex[:12]}"
+        # Slots counted for calls of this chunk that have not started (given back if it
+        # fails before they do).
+        self._unstarted = 0
 
-    def run(self, call_ids: list[str]) -> str:
+    def run(self, call_ids: list[str], *, forwarded: bool = False) -> str:
         """Answer every call still waiting; what happened, for the worker's log."""
+        slots = self._runtime.llm_slots
+        granted = slots.hold(len(call_ids)) if forwarded else slots.reserve(len(call_ids))
+        here, away = call_ids[:granted], call_ids[granted:]
+        outcomes: Counter[str] = Counter()
+        self._unstarted = granted
+        try:
+            if away:
+                self._forward(away)
+                outcomes["forwarded"] = len(away)
+            if here:
+                outcomes += self._run_here(here, slots)
+        except BaseException:
+            slots.release(self._unstarted)
+            raise
+        return ", ".join(f"{what} {n}" for what, n in sorted(outcomes.items()) if n)
+
+    def _forward(self, call_ids: list[str]) -> None:
+        # Not claimed here, so any worker may take them; sent before this chunk's own calls
+        # start, so they wait in the queue no longer than they would have waited here.
+        app = self._runtime.app
+        with app.producer_or_acquire() as producer:
+            send_llm_task(app, producer, self.job_id, call_ids, forwarded=True)
+
+    def _run_here(self, call_ids: list[str], slots: LlmSlots) -> Counter[str]:
         keeper = self._runtime.claim_keeper()
         cancelled, taken = self._calls.take(self._root_id, call_ids, self._token, keeper.ttl_s)
         mine = {c: t for c, t in taken.items() if isinstance(t, Taken) or t == "malformed"}
+        slots.release(len(call_ids) - len(mine))  # answered or claimed elsewhere
+        self._unstarted = len(mine)
         keeper.hold(dict.fromkeys(mine, self._token))
         read_at = time.monotonic()
         pool = self._runtime.llm_pool()
         futures: list[Future[str]] = []
         try:
             for call_id, call in mine.items():
-                futures.append(pool.submit(self._answer, call_id, call, cancelled, read_at))
+                futures.append(pool.submit(self._answer_in_slot, call_id, call, cancelled, read_at))
+                self._unstarted -= 1
         finally:
             # Every call ends before the task does, failed or not: a retry must never
             # overlap calls of this delivery still running.
@@ -101,7 +134,15 @@ class LlmChunk:
         for state in taken.values():
             if state in ("gone", "busy"):
                 outcomes[state] += 1
-        return ", ".join(f"{what} {n}" for what, n in sorted(outcomes.items()) if n)
+        return outcomes
+
+    def _answer_in_slot(
+        self, call_id: str, call: Taken | str, cancelled: str | None, read_at: float
+    ) -> str:
+        try:
+            return self._answer(call_id, call, cancelled, read_at)
+        finally:
+            self._runtime.llm_slots.release()
 
     def _answer(
         self, call_id: str, call: Taken | str, cancelled: str | None, read_at: float

@@ -31,6 +31,7 @@ from rlm_jobs.tools import Toolbox, ToolSet
 from workers.claims import ClaimKeeper
 from workers.dispatcher import CeleryDispatcher
 from workers.leases import LeaseKeeper
+from workers.llm_slots import LlmSlots
 from workers.names import ORCHESTRATE_QUEUE, RUN_JOB_TASK
 from workers.replies import ReplyCollector
 
@@ -58,6 +59,8 @@ class WorkerRuntime:
         self._llm_pool: ThreadPoolExecutor | None = None
         self._lease_keeper: LeaseKeeper | None = None
         self._claim_keeper: ClaimKeeper | None = None
+        # The llm pool's threads, counted: a chunk starts only the prompts that fit.
+        self.llm_slots = LlmSlots(settings.llm_worker_concurrency)
 
     def engine(self) -> Engine:
         """The orchestrator's engine; its reply collector starts with the first job."""

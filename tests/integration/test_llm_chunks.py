@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,25 @@ class LlmStack:
     def wait_tasks_finished(self, count: int, timeout_s: float) -> list[str]:
         wait_for(lambda: len(self.tasks_finished()) >= count, timeout_s, f"{count} llm tasks")
         return self.tasks_finished()
+
+    def outcomes(self) -> Counter[str]:
+        """What happened to each prompt, summed over every finished task ('ok', 'gone',
+        'not run', ...; 'forwarded' counts prompts a task sent on to another task)."""
+        total: Counter[str] = Counter()
+        for finished in self.tasks_finished():
+            for part in finished.strip("'").split(", "):
+                what, _, count = part.rpartition(" ")
+                total[what] += int(count)
+        return total
+
+    def wait_prompts_ended(self, n: int, timeout_s: float) -> Counter[str]:
+        """The outcomes once every one of ``n`` prompts ended in some task."""
+
+        def ended() -> int:
+            return sum(c for what, c in self.outcomes().items() if what != "forwarded")
+
+        wait_for(lambda: ended() >= n, timeout_s, f"{n} prompts ended")
+        return self.outcomes()
 
     def tasks_received(self) -> int:
         return sum(
@@ -218,9 +238,11 @@ def test_a_chunk_of_a_job_cancelled_mid_way_calls_the_provider_no_more(stack: Ll
     assert 1 <= calls <= 2 < CHUNK_SIZE
     assert all(r.ok for r in results[:calls])
     assert [r.text for r in results[calls:]] == ["Error: not run: test cancel"] * (n - calls)
-    finished = stack.wait_tasks_finished(8, 10)
-    assert finished[0] == f"'not run {CHUNK_SIZE - calls}, ok {calls}'"
-    assert finished[1:] == [f"'not run {CHUNK_SIZE}'"] * 7
+    # Each chunk ran what its one slot allowed and sent the rest on (forwarded): every
+    # prompt after the first answers ended unrun, wherever it went.
+    outcomes = stack.wait_prompts_ended(n, 15)
+    assert (outcomes["ok"], outcomes["not run"]) == (calls, n - calls)
+    assert outcomes["forwarded"] >= CHUNK_SIZE - 1
 
 
 def test_a_batch_its_job_gave_up_on_leaves_queued_prompts_unrun(stack: LlmStack) -> None:
@@ -238,9 +260,10 @@ def test_a_batch_its_job_gave_up_on_leaves_queued_prompts_unrun(stack: LlmStack)
     assert results[0].ok
     assert [r.text for r in results[1:]] == ["Error: not run: budget exceeded"] * (n - 1)
     # The workers see the prompts gone (the dispatcher deleted them) and skip them all.
-    finished = stack.wait_tasks_finished(8, 15)
+    outcomes = stack.wait_prompts_ended(n, 15)
     assert stack.provider_calls() <= 2
-    assert finished[1:] == [f"'gone {CHUNK_SIZE}'"] * 7
+    assert outcomes["ok"] == stack.provider_calls()
+    assert outcomes["gone"] == n - outcomes["ok"]
 
 
 def test_a_chunk_delivered_twice_answers_each_prompt_once(stack: LlmStack) -> None:
@@ -362,7 +385,9 @@ def test_a_worker_reserves_chunks_by_their_prompts_not_by_their_count(stack: Llm
     assert "ended unseen" not in worker.log()
 
 
-def test_a_chunk_bigger_than_the_slots_is_taken_alone(stack: LlmStack) -> None:
+def test_a_chunk_bigger_than_the_free_slots_runs_what_fits_and_sends_the_rest_on(
+    stack: LlmStack,
+) -> None:
     stack.provider.configure(sub_latency_s=0.5)
     stack.start(concurrency=4, RLM_JOBS_LLM_WORKER_CONCURRENCY="4")
     waiter = "big-waiter"
@@ -370,13 +395,44 @@ def test_a_chunk_bigger_than_the_slots_is_taken_alone(stack: LlmStack) -> None:
     for call_ids in chunks:
         stack.app.send_task(LLM_TASK, args=["job-6", call_ids], queue=LLM_QUEUE)
 
-    # One chunk of 6 fills the 4 slots: the other two stay in the queue for other workers
-    # (until the chunk ends, which is after the provider's first answers).
-    wait_for(lambda: broker_holds(stack) == (2, 1), 10, "one chunk taken, two waiting")
+    # The first chunk of 6 starts 4 calls on the 4 slots and sends 2 back to the queue
+    # (for a worker with room): the queue holds the other two chunks and that one, and the
+    # worker, its slots full, takes nothing more until the first answers.
+    wait_for(lambda: broker_holds(stack) == (3, 1), 10, "4 calls started, 2 sent on")
     samples = []
     while not stack.provider.requests():
         samples.append(broker_holds(stack))
-    assert samples and set(samples) == {(2, 1)}
+    assert samples and set(samples) == {(3, 1)}
     wait_for(lambda: len(replies(stack, waiter)) == 18, 30, "all three chunks answered")
-    assert stack.wait_tasks_finished(3, 10) == ["'ok 6'"] * 3
+    outcomes = stack.wait_prompts_ended(18, 10)
+    assert outcomes["ok"] == 18
+    assert stack.tasks_finished()[0] == "'forwarded 2, ok 4'"
     assert stack.provider_calls() == 18
+
+
+def test_prompts_a_worker_has_no_slot_for_go_to_a_worker_that_has(stack: LlmStack) -> None:
+    # Two workers of 4 slots and one chunk of 8: without sending on what does not fit, 4
+    # prompts would wait a whole provider latency on the first worker beside an idle one.
+    stack.provider.configure(sub_latency_s=1.0)
+    first = stack.start(concurrency=4, RLM_JOBS_LLM_WORKER_CONCURRENCY="4")
+    second = stack.start(concurrency=4, RLM_JOBS_LLM_WORKER_CONCURRENCY="4")
+    dispatcher = CeleryDispatcher(
+        stack.app, stack.calls, stack.collector, chunk_size=8, spread_tasks=1
+    )
+    batch = CallBatch.of_prompts(
+        "job-7",
+        MODEL,
+        [prompt(i) for i in range(8)],
+        [f"job-7:{uuid.uuid4().hex}" for _ in range(8)],
+        CallContext(job_id="job-7", kind="sub"),
+    )
+
+    results = dispatcher.run_batch(batch, on_result=lambda i, r: None, stop=lambda: None)
+
+    assert [r.text for r in results] == [f"C{i}" for i in range(8)]
+    # Half on each worker: the one that took the chunk ran 4 and sent 4 on.
+    served = Counter(r.worker for r in results)
+    assert sorted(served.values()) == [4, 4]
+    assert {w.split("@", 1)[0] for w in served} == {first.name, second.name}
+    assert sorted(stack.wait_tasks_finished(2, 10)) == ["'forwarded 4, ok 4'", "'ok 4'"]
+    assert stack.provider_calls() == 8
