@@ -269,9 +269,8 @@ def _type_name(value: Any) -> str:
 
 def _checker(hint: Any, limits: dict[str, float]) -> Check:
     """A function raising WireError unless its value is exactly of type ``hint``, in bounds."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        (inner,) = [o for o in typing.get_args(hint) if o is not type(None)]
+    inner = _optional_inner(hint)
+    if inner is not None:
         inner_check = _checker(inner, limits)
 
         def check_optional(value: Any, name: str) -> None:
@@ -279,7 +278,7 @@ def _checker(hint: Any, limits: dict[str, float]) -> Check:
                 inner_check(value, name)
 
         return check_optional
-    if origin is Literal:
+    if typing.get_origin(hint) is Literal:
         options = typing.get_args(hint)
 
         def check_literal(value: Any, name: str) -> None:
@@ -299,6 +298,19 @@ def _checker(hint: Any, limits: dict[str, float]) -> Check:
     return check_bounded
 
 
+def _instance_checker(
+    accepted: type | tuple[type, ...], what: str, *, bool_too: bool = True
+) -> Check:
+    """A check that a value is an instance of ``accepted`` (``bool_too=False``: and not a
+    bool, which JSON and Python both count as an integer otherwise)."""
+
+    def check(value: Any, name: str) -> None:
+        if not isinstance(value, accepted) or (not bool_too and isinstance(value, bool)):
+            raise WireError(f"{name}: expected {what}, got {_type_name(value)}")
+
+    return check
+
+
 def _type_checker(hint: Any) -> Check:
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
@@ -315,24 +327,14 @@ def _type_checker(hint: Any) -> Check:
 
         return check_list
     if hint is bool:
-
-        def check_bool(value: Any, name: str) -> None:
-            if not isinstance(value, bool):
-                raise WireError(f"{name}: expected a boolean, got {_type_name(value)}")
-
-        return check_bool
+        return _instance_checker(bool, "a boolean")
     if hint is int:
-
-        def check_int(value: Any, name: str) -> None:
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise WireError(f"{name}: expected an integer, got {_type_name(value)}")
-
-        return check_int
+        return _instance_checker(int, "an integer", bool_too=False)
     if hint is float:
+        check_number = _instance_checker((int, float), "a number", bool_too=False)
 
         def check_float(value: Any, name: str) -> None:
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise WireError(f"{name}: expected a number, got {_type_name(value)}")
+            check_number(value, name)
             try:
                 finite = math.isfinite(value)
             except OverflowError:  # an integer too big for a float
@@ -342,19 +344,9 @@ def _type_checker(hint: Any) -> Check:
 
         return check_float
     if hint is str:
-
-        def check_str(value: Any, name: str) -> None:
-            if not isinstance(value, str):
-                raise WireError(f"{name}: expected a string, got {_type_name(value)}")
-
-        return check_str
+        return _instance_checker(str, "a string")
     if isinstance(hint, type) and issubclass(hint, Record):
-
-        def check_record(value: Any, name: str) -> None:
-            if not isinstance(value, hint):
-                raise WireError(f"{name}: expected {hint.__name__}, got {_type_name(value)}")
-
-        return check_record
+        return _instance_checker(hint, hint.__name__)
     raise TypeError(f"unsupported annotation {hint!r}")  # a schema bug, not bad input
 
 
@@ -385,20 +377,33 @@ def _bounds_checker(limits: dict[str, float]) -> Check | None:
     return check_bounds
 
 
-def _converter(hint: Any) -> Convert | None:
-    """JSON values to field values (nested records built from their objects); None: as is."""
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        (inner,) = [o for o in typing.get_args(hint) if o is not type(None)]
-        convert = _converter(inner)
-        if convert is None:
+def _optional_inner(hint: Any) -> Any:
+    """The type inside ``X | None``; None when ``hint`` is not optional."""
+    if typing.get_origin(hint) not in (Union, types.UnionType):
+        return None
+    (inner,) = [o for o in typing.get_args(hint) if o is not type(None)]
+    return inner
+
+
+def _mapper(hint: Any, leaf: Callable[[Any], Convert | None], copy_lists: bool) -> Convert | None:
+    """A function applying ``leaf(type)``'s function through optionals and lists; None
+    where it would change nothing (a list is still copied when ``copy_lists``)."""
+    inner = _optional_inner(hint)
+    if inner is not None:
+        apply = _mapper(inner, leaf, copy_lists)
+        if apply is None:
             return None
-        return lambda value: value if value is None else convert(value)
+        return lambda value: value if value is None else apply(value)
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
-        convert_item = _converter(item)
-        if convert_item is None:
-            return None
-        return lambda value: [convert_item(v) for v in value] if isinstance(value, list) else value
+        apply_item = _mapper(item, leaf, copy_lists)
+        if apply_item is None:
+            return list if copy_lists else None
+        return lambda value: [apply_item(v) for v in value] if isinstance(value, list) else value
+    return leaf(hint)
+
+
+def _convert_leaf(hint: Any) -> Convert | None:
     if isinstance(hint, type) and issubclass(hint, Record):
         return hint.from_dict
     if hint is str:
@@ -410,23 +415,20 @@ def _converter(hint: Any) -> Convert | None:
     return None
 
 
-def _dumper(hint: Any) -> Convert | None:
-    """Field values to JSON values; None: as is (a list is copied)."""
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        (inner,) = [o for o in typing.get_args(hint) if o is not type(None)]
-        dump = _dumper(inner)
-        if dump is None:
-            return None
-        return lambda value: value if value is None else dump(value)
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
-        dump_item = _dumper(item)
-        if dump_item is None:
-            return list
-        return lambda value: [dump_item(v) for v in value]
+def _dump_leaf(hint: Any) -> Convert | None:
     if isinstance(hint, type) and issubclass(hint, Record):
         return lambda value: value.to_dict()
     return None
+
+
+def _converter(hint: Any) -> Convert | None:
+    """JSON values to field values (nested records built from their objects); None: as is."""
+    return _mapper(hint, _convert_leaf, copy_lists=False)
+
+
+def _dumper(hint: Any) -> Convert | None:
+    """Field values to JSON values; None: as is (a list is copied)."""
+    return _mapper(hint, _dump_leaf, copy_lists=True)
 
 
 def _without_lone_surrogates(text: str) -> str:
