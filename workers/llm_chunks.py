@@ -10,6 +10,7 @@ from concurrent.futures import CancelledError, Future, wait
 
 import redis
 from celery import shared_task
+from kombu.exceptions import OperationalError as BrokerError
 
 from rlm_jobs import keys
 from rlm_jobs.calls import StoredCall, Taken
@@ -62,9 +63,10 @@ def llm_complete(self: RLMTask, job_id: str, call_ids: list[str], forwarded: boo
     chunk = LlmChunk(runtime, job_id, worker=self.request.hostname or runtime.worker_id)
     try:
         outcome = chunk.run(call_ids, forwarded=forwarded is True)
-    except (redis.RedisError, StorageError, CancelledError) as exc:
-        # Redis failed, or the worker is shutting down: what was answered stays answered,
-        # the rest is tried again (by this worker or another one).
+    except (redis.RedisError, BrokerError, StorageError, CancelledError) as exc:
+        # Redis failed (as a broker, kombu says so with its own error: forwarding publishes),
+        # or the worker is shutting down: what was answered stays answered, the rest is
+        # tried again (by this worker or another one).
         log.warning("llm chunk of job %s: %r; retrying the unanswered prompts", job_id, exc)
         raise self.retry(exc=exc, countdown=_RETRY_AFTER_S, max_retries=_MAX_RETRIES) from exc
     return outcome
