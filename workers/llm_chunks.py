@@ -40,7 +40,7 @@ _RETRY_AFTER_S = 1.0
 
 # Task events stay on (``send_events``): the README promises Flower lists every task, and
 # with prompts in chunks their cost is paid per chunk, not per prompt. Only the client's
-# ``task-sent`` is left out (``CeleryDispatcher._send``).
+# ``task-sent`` is left out (``workers.dispatcher.send_llm_task``).
 @shared_task(name=LLM_TASK, bind=True, base=RLMTask)
 def llm_complete(self: RLMTask, job_id: str, call_ids: list[str], forwarded: bool = False) -> str:
     """A chunk of one job's sub-calls: prompts from Redis, run concurrently on the process's
@@ -83,9 +83,6 @@ class LlmChunk:
         # Children share their root's cancel flag (``Store.cancel_reason``).
         self._root_id = keys.root_job_id(job_id)
         self._token = f"{worker}:{uuid.uuid4().hex[:12]}"
-        # Slots counted for calls of this chunk that have not started (given back if it
-        # fails before they do).
-        self._unstarted = 0
 
     def run(self, call_ids: list[str], *, forwarded: bool = False) -> str:
         """Answer every call still waiting; what happened, for the worker's log."""
@@ -93,16 +90,15 @@ class LlmChunk:
         granted = slots.hold(len(call_ids)) if forwarded else slots.reserve(len(call_ids))
         here, away = call_ids[:granted], call_ids[granted:]
         outcomes: Counter[str] = Counter()
-        self._unstarted = granted
-        try:
-            if away:
+        if away:
+            try:
                 self._forward(away)
-                outcomes["forwarded"] = len(away)
-            if here:
-                outcomes += self._run_here(here, slots)
-        except BaseException:
-            slots.release(self._unstarted)
-            raise
+            except BaseException:
+                slots.release(granted)
+                raise
+            outcomes["forwarded"] = len(away)
+        if here:
+            outcomes += self._run_here(here, slots)
         return ", ".join(f"{what} {n}" for what, n in sorted(outcomes.items()) if n)
 
     def _forward(self, call_ids: list[str]) -> None:
@@ -113,20 +109,23 @@ class LlmChunk:
             send_llm_task(app, producer, self.job_id, call_ids, forwarded=True)
 
     def _run_here(self, call_ids: list[str], slots: LlmSlots) -> Counter[str]:
+        """Run ``call_ids`` on the slots reserved for them: a call that starts gives its slot
+        back when it ends; the others give theirs back here."""
         keeper = self._runtime.claim_keeper()
-        cancelled, taken = self._calls.take(self._root_id, call_ids, self._token, keeper.ttl_s)
-        mine = {c: t for c, t in taken.items() if isinstance(t, Taken) or t == "malformed"}
-        slots.release(len(call_ids) - len(mine))  # answered or claimed elsewhere
-        self._unstarted = len(mine)
-        keeper.hold(dict.fromkeys(mine, self._token))
-        read_at = time.monotonic()
-        pool = self._runtime.llm_pool()
+        unstarted = len(call_ids)
+        mine: dict[str, Taken | str] = {}
         futures: list[Future[str]] = []
         try:
+            cancelled, taken = self._calls.take(self._root_id, call_ids, self._token, keeper.ttl_s)
+            mine = {c: t for c, t in taken.items() if isinstance(t, Taken) or t == "malformed"}
+            keeper.hold(dict.fromkeys(mine, self._token))
+            read_at = time.monotonic()
+            pool = self._runtime.llm_pool()
             for call_id, call in mine.items():
                 futures.append(pool.submit(self._answer_in_slot, call_id, call, cancelled, read_at))
-                self._unstarted -= 1
+                unstarted -= 1
         finally:
+            slots.release(unstarted)
             # Every call ends before the task does, failed or not: a retry must never
             # overlap calls of this delivery still running.
             wait(futures)
