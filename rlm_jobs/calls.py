@@ -15,6 +15,7 @@ commands can leave a call answered twice or not at all.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -23,12 +24,14 @@ import redis
 from pydantic import ValidationError
 
 from rlm_jobs import keys
-from rlm_jobs.clients.base import ChatMessage
+from rlm_jobs.clients.base import ChatMessage, Standing
 from rlm_jobs.clients.calls import CallContext
 from rlm_jobs.errors import StorageError
 from rlm_jobs.models import Usage
 from rlm_jobs.scripts import source
 from sandbox.records import SubcallResult
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class Taken:
     model: str
     messages: list[ChatMessage]
     context: CallContext
+    # The background response a worker that died while running the call left behind.
+    response_id: str | None = None
 
 
 # What ``check`` says of a call still awaited.
@@ -115,6 +120,7 @@ class CallStore:
         self._take = client.register_script(source("call_take"))
         self._complete = client.register_script(source("call_complete"))
         self._check = client.register_script(source("call_check"))
+        self._response = client.register_script(source("call_response"))
         self._renew = client.register_script(source("renew"))
 
     # ---- the orchestrator's side ---------------------------------------------------------
@@ -206,6 +212,33 @@ class CallStore:
         taken = renew_keys(self._renew, {k: claims[c] for k, c in by_key.items()}, claim_ttl_s)
         return [by_key[k] for k in taken]
 
+    def keep_response(self, call_id: str, token: str, response_id: str | None) -> bool:
+        """Keep the call's background response id in its record (None forgets it), if
+        ``token`` still holds its claim; False when the record is gone (the call was
+        answered or given up) or another worker holds the claim."""
+        written = self._response(
+            keys=[keys.subcall(call_id), keys.subcall_claim(call_id)],
+            args=[token, response_id or ""],
+        )
+        return int(written) == 1
+
+    def standing(self, call_id: str, token: str, response_id: str) -> Standing:
+        """Where the call stands for the worker holding ``token`` and waiting for
+        ``response_id``: "gone" once its record is (answered or given up: nobody takes
+        this answer) or once another worker holds its claim without this response's id
+        (it asks afresh: nobody fetches this one); "theirs" when the new owner fetches
+        this response. A lapsed claim nobody took yet is still "ours": this worker's
+        keeper takes it back at its next renewal."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(keys.subcall(call_id), ["waiter", "response"])  # every record has a waiter
+        pipe.get(keys.subcall_claim(call_id))
+        (waiter, kept), holder = pipe.execute()
+        if waiter is None:
+            return "gone"
+        if holder is None or _text(holder) == token:
+            return "ours"
+        return "theirs" if kept is not None and _text(kept) == response_id else "gone"
+
     def complete(self, job_id: str, call_id: str, stored: StoredCall, reply: str) -> bool:
         """Answer the call; False when it was answered already or given up."""
         done = self._complete(
@@ -228,6 +261,7 @@ def _taken(
     batch: str | None,
     cache: str | None,
     kind: str | None,
+    response: str | None = None,
 ) -> Taken | Literal["malformed"]:
     """A claimed record as a call to make; "malformed" if it cannot be one."""
     if job is None or model is None or messages is None or kind not in ("root", "sub"):
@@ -244,7 +278,7 @@ def _taken(
         kind="root" if kind == "root" else "sub",
         cache=None if not cache else cache == "1",
     )
-    return Taken(job, model, parsed, context)
+    return Taken(job, model, parsed, context, response or None)
 
 
 def _is_message(value: Any) -> bool:
@@ -254,6 +288,40 @@ def _is_message(value: Any) -> bool:
         and value["role"] in ("system", "user", "assistant")
         and isinstance(value["content"], str)
     )
+
+
+class RecordHandle:
+    """A claimed call's ``ResponseHandle``: its background response id, kept in the call's
+    record (which ends with the call), so whoever takes the call over finds it."""
+
+    def __init__(self, calls: CallStore, call_id: str, token: str, response_id: str | None) -> None:
+        self._calls = calls
+        self._call_id = call_id
+        self._token = token
+        self.response_id = response_id
+
+    def keep(self, response_id: str | None) -> bool:
+        self.response_id = response_id
+        try:
+            return self._calls.keep_response(self._call_id, self._token, response_id)
+        except redis.RedisError as exc:
+            # The response is paid for: going on with its id in memory beats asking again.
+            # Only a takeover during the outage would ask the provider a second time.
+            _log.warning(
+                "could not keep response %s of call %s: %r", response_id, self._call_id, exc
+            )
+            return True
+
+    def standing(self) -> Standing:
+        if self.response_id is None:
+            return "ours"  # nothing generated for this call yet
+        try:
+            return self._calls.standing(self._call_id, self._token, self.response_id)
+        except redis.RedisError as exc:
+            # Past an outage the call's own answer needs Redis anyway; cancelling a
+            # response that may still be wanted would pay for it again.
+            _log.debug("could not read where call %s stands: %r", self._call_id, exc)
+            return "ours"
 
 
 def renew_keys(script: Any, holders: Mapping[str, str], ttl_s: float) -> list[str]:

@@ -112,6 +112,17 @@ class Settings(BaseSettings):
 
     # Long generations take a minute or two; past this the call is retried.
     request_timeout_s: float = Field(default=180.0, gt=0)
+    # Which calls the service makes as background responses kept under their call's record
+    # (OpenAI's Responses API; the scripted provider speaks it too), so an llm worker that
+    # dies mid-call leaves the response to the worker that takes the call over instead of
+    # paying for it again: "root" for the root model's calls (long, and the costly ones),
+    # "all" for sub-calls too. Off by default: a compatible server (vLLM, OpenRouter) may
+    # not have the Responses API, and Anthropic has no background mode (its calls go on
+    # as ordinary ones).
+    background_calls: Literal["none", "root", "all"] = "none"
+    # A background response is polled this often at first, then every tenth of the time
+    # waited so far (at most 5 s): a long generation costs few polls.
+    background_poll_s: float = Field(default=0.25, gt=0, le=10)
     # Five tries ride out a typical rate-limit window without hiding an outage.
     max_retries: int = Field(default=5, ge=0, le=20)
     # Backoff doubles from the base up to the cap, with full jitter.
@@ -295,6 +306,20 @@ def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
         retry=redis_retry(settings),
     )
     return redis.Redis(connection_pool=pool)
+
+
+def redis_answers(settings: Settings) -> bool:
+    """Whether Redis answers one PING now, without riding out an outage: for a process
+    that is ending, whose cleanup must not wait for a Redis that may never come back."""
+    client = redis_client(settings.model_copy(update={"redis_retry_s": 0}))
+    # A Redis that is black-holed or hung, not only refused, must not hold the caller long.
+    client.connection_pool.connection_kwargs.update(socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def child_environment() -> dict[str, str]:

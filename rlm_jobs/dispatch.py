@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rlm_jobs.calls import ResultStore, StoredCall
-from rlm_jobs.clients.base import ChatMessage
+from rlm_jobs.clients.base import ChatMessage, ResponseHandle
 from rlm_jobs.clients.calls import CallContext, OnWait
 from rlm_jobs.errors import JobStopped, RLMJobsError
 
@@ -91,6 +91,7 @@ class Completer(Protocol):
         *,
         context: CallContext | None = None,
         on_wait: OnWait | None = None,
+        handle: ResponseHandle | None = None,
     ) -> _Priced: ...
 
 
@@ -118,12 +119,14 @@ def complete_one(
     *,
     context: CallContext | None = None,
     worker: str = "",
+    handle: ResponseHandle | None = None,
 ) -> SubcallResult:
     """One call, with every failure turned into a result saying so (for a sub-call, the
-    error slot the model reads; for a root call, what the loop raises)."""
+    error slot the model reads; for a root call, what the loop raises). ``handle`` keeps
+    its background response, if it is made as one (``LLMRouter.complete``)."""
     started = time.monotonic()
     try:
-        done = router.complete(model, messages, context=context)
+        done = router.complete(model, messages, context=context, handle=handle)
     except JobStopped as exc:  # refused before it started (the batch's budget is spent)
         return not_run(exc.reason).replace(refusal=exc.status.value, worker=worker)
     except RLMJobsError as exc:

@@ -18,6 +18,9 @@
     ├── JobHandedOver            a run stopped unfinished so another can resume the job
     └── ReplayEnded              a replay-only run reached what its journal does not hold
 
+Outside the tree on purpose: ``CallAbandoned``, an llm worker's call that stopped being its
+own while it ran (every handler of ``RLMJobsError`` would turn it into an answer).
+
 Retry decisions look at the type, never at the message text.
 """
 
@@ -135,3 +138,9 @@ class ReplayEnded(RLMJobsError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class CallAbandoned(Exception):
+    """A call stopped being this worker's while it ran (answered or given up meanwhile, or
+    taken over by another worker): nothing is answered from here. Not an ``RLMJobsError``,
+    so no retry and no error result catches it; the llm worker does."""

@@ -141,8 +141,9 @@ def job_calls(job_id: str) -> str:
 
 
 def subcall(call_id: str) -> str:
-    """HASH: a sub-call waiting for its answer (job, model, prompt, waiter, claimed), so task
-    messages carry only its id; deleted when answered or given up, else SANDBOX_KEY_TTL_S."""
+    """HASH: a sub-call waiting for its answer (job, model, prompt, waiter, claimed, and the
+    id of its background response once a worker has one), so task messages carry only its
+    id; deleted when answered or given up, else SANDBOX_KEY_TTL_S."""
     return f"{PREFIX}:call:{call_id}"
 
 

@@ -13,9 +13,9 @@ from celery import shared_task
 from kombu.exceptions import OperationalError as BrokerError
 
 from rlm_jobs import keys
-from rlm_jobs.calls import StoredCall, Taken
+from rlm_jobs.calls import RecordHandle, StoredCall, Taken
 from rlm_jobs.dispatch import complete_one
-from rlm_jobs.errors import StorageError
+from rlm_jobs.errors import CallAbandoned, StorageError
 from rlm_jobs.status import JobStatus
 from sandbox.records import SubcallResult, not_run
 from workers.base import RLMTask
@@ -165,13 +165,18 @@ class LlmChunk:
             result = not_run(cancelled).replace(refusal=JobStatus.CANCELLED.value)
             outcome = "not run"
         else:
-            result = complete_one(
-                self._runtime.router,
-                call.model,
-                call.messages,
-                context=call.context,
-                worker=self.worker,
-            )
+            handle = RecordHandle(self._calls, call_id, self._token, call.response_id)
+            try:
+                result = complete_one(
+                    self._runtime.router,
+                    call.model,
+                    call.messages,
+                    context=call.context,
+                    worker=self.worker,
+                    handle=handle,
+                )
+            except CallAbandoned:  # answered, given up or taken over meanwhile
+                return "gone"
             outcome = "ok" if result.ok else "error"
         reply = Reply(call_id=call_id, result=result).to_json()
         if not self._calls.complete(self.job_id, call_id, StoredCall(result), reply):

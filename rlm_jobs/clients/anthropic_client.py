@@ -12,7 +12,7 @@ from typing import Any
 import anthropic
 from anthropic.types import Message, MessageParam
 
-from rlm_jobs.clients.base import ChatMessage, Completion
+from rlm_jobs.clients.base import ChatMessage, Completion, ResponseHandle
 from rlm_jobs.clients.translate import malformed, translate_sdk_error
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import ConfigError, ProviderError
@@ -48,8 +48,15 @@ class AnthropicClient:
         self._timeout_s = timeout_s
 
     def complete(
-        self, messages: Sequence[ChatMessage], *, model: str, max_output_tokens: int
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        model: str,
+        max_output_tokens: int,
+        handle: ResponseHandle | None = None,
     ) -> Completion:
+        # Anthropic has no background responses (its Message Batches take minutes to
+        # hours): ``handle`` is ignored and a call cut off by a dead worker is asked again.
         system, turns = split_system(messages)
         kwargs: dict[str, Any] = {} if system is None else {"system": system}
         try:

@@ -1,5 +1,6 @@
 """OpenAI chat completions, and every server that speaks that wire format (vLLM, OpenRouter,
-the scripted provider).
+the scripted provider); with a ``ResponseHandle``, a background response of OpenAI's
+Responses API instead (``openai_responses``).
 
 Imported lazily by the client registry, so importing ``rlm_jobs.clients`` costs nothing.
 """
@@ -7,19 +8,30 @@ Imported lazily by the client registry, so importing ``rlm_jobs.clients`` costs 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal
 
 import openai
 
-from rlm_jobs.clients.base import ChatMessage, Completion
+from rlm_jobs.clients.base import ChatMessage, Completion, ResponseHandle
+from rlm_jobs.clients.openai_responses import (
+    RESPONSES_PATH,
+    PollClock,
+    create_body,
+    is_count,
+    parse_response,
+)
 from rlm_jobs.clients.translate import malformed, translate_sdk_error
 from rlm_jobs.config import Settings
-from rlm_jobs.errors import ConfigError, ProviderError
+from rlm_jobs.errors import CallAbandoned, ConfigError, ProviderError, ProviderRetryableError
 
 __all__ = ["OpenAIClient", "openai_from_settings", "scripted_from_settings"]
+
+_log = logging.getLogger(__name__)
 
 # Passed explicitly so the SDK never falls back to reading OPENAI_BASE_URL itself:
 # Settings is the only reader of the environment.
@@ -50,17 +62,26 @@ class OpenAIClient:
         timeout_s: float,
         provider: str = "openai",
         max_tokens_param: MaxTokensParam = "max_tokens",
+        poll_s: float,
         extra_headers: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self._sdk = sdk
+        self._poll_s = poll_s
         self._timeout_s = timeout_s
         self._provider = provider
         self._max_tokens_param = max_tokens_param
         self._extra_headers = extra_headers
 
     def complete(
-        self, messages: Sequence[ChatMessage], *, model: str, max_output_tokens: int
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        model: str,
+        max_output_tokens: int,
+        handle: ResponseHandle | None = None,
     ) -> Completion:
+        if handle is not None:
+            return self._background(messages, model, max_output_tokens, handle)
         # Sent through the SDK's own request path (auth, timeouts, status errors) but as a
         # plain body, decoded as plain JSON: the typed ``chat.completions.create`` walks
         # its parameter types and builds response models, a large part of the SDK's CPU
@@ -70,25 +91,108 @@ class OpenAIClient:
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
             self._max_tokens_param: max_output_tokens,
         }
-        options: openai.RequestOptions = {"timeout": self._timeout_s}
+        return self._completion(self._request("post", CHAT_COMPLETIONS_PATH, body))
+
+    def close(self) -> None:
+        self._sdk.close()
+
+    def _background(
+        self,
+        messages: Sequence[ChatMessage],
+        model: str,
+        max_output_tokens: int,
+        handle: ResponseHandle,
+    ) -> Completion:
+        """A background response (``openai_responses``): created once and kept in
+        ``handle``, or, when ``handle`` holds one already, fetched where another worker
+        left it. Raises ``CallAbandoned`` once the call is no longer this caller's."""
+        response_id = handle.response_id
+        if response_id is None:
+            body = create_body(messages, model=model, max_output_tokens=max_output_tokens)
+            response_id, done = parse_response(
+                self._provider, self._request("post", RESPONSES_PATH, body)
+            )
+            if done is not None:
+                return done
+            if not handle.keep(response_id):
+                self._cancel(response_id)  # nobody will fetch it
+                raise CallAbandoned(f"call given up or taken over; {response_id} cancelled")
+        clock = PollClock(self._poll_s, self._timeout_s)
+        path = f"{RESPONSES_PATH}/{response_id}"
+        while True:
+            wait_s = clock.next_wait_s()
+            if wait_s is None:
+                # Stuck at the provider: stop it (unless the call is someone else's now, who
+                # may be polling it too), and let the next attempt ask afresh.
+                if not handle.keep(None):
+                    raise CallAbandoned(f"call given up or taken over; {response_id} left")
+                self._cancel(response_id)
+                raise ProviderRetryableError(
+                    f"{self._provider} response {response_id} not done within {self._timeout_s:g}s",
+                    code="timeout",
+                )
+            time.sleep(wait_s)
+            standing = handle.standing()
+            if standing == "gone":
+                self._cancel(response_id)  # nobody will take it: stop paying for it
+                raise CallAbandoned(f"nobody will take this answer; {response_id} cancelled")
+            if standing == "theirs":
+                raise CallAbandoned(f"call taken over; {response_id} left to its new owner")
+            try:
+                # A poll that hangs must not outlast the deadline by a whole timeout.
+                polled = self._request("get", path, timeout_s=max(1.0, clock.remaining_s()))
+                _, done = parse_response(self._provider, polled)
+            except ProviderRetryableError as exc:
+                if exc.code not in ("failed", "cancelled"):
+                    # A failed poll (connection, 5xx, 429, a broken body) is only a poll:
+                    # look again, without spending one of the router's retries or cooling
+                    # the model down for the cluster.
+                    _log.warning("polling %s failed (%s); polling on", response_id, exc)
+                    continue
+                self._forget(handle, response_id)
+                raise
+            except ProviderError as exc:
+                self._forget(handle, response_id)
+                if exc.status_code == 404:  # expired, or a provider that lost it
+                    raise ProviderRetryableError(
+                        f"{self._provider} no longer has response {response_id}",
+                        status_code=404,
+                        code="expired",
+                    ) from exc
+                raise
+            if done is not None:
+                return done
+
+    @staticmethod
+    def _forget(handle: ResponseHandle, response_id: str) -> None:
+        """The response will not answer the call: the next attempt asks afresh."""
+        if not handle.keep(None):
+            raise CallAbandoned(f"call given up or taken over; {response_id} ended")
+
+    def _cancel(self, response_id: str) -> None:
+        """Stop a response nobody will fetch; best effort, and quick."""
+        try:
+            self._request("post", f"{RESPONSES_PATH}/{response_id}/cancel", {}, timeout_s=10.0)
+        except ProviderError as exc:
+            _log.warning("could not cancel response %s: %s", response_id, exc)
+
+    def _request(
+        self, method: str, path: str, body: object | None = None, *, timeout_s: float | None = None
+    ) -> object:
+        """One request through the SDK's own request path (auth, timeouts, status errors),
+        decoded as plain JSON; every failure as our error types."""
+        options: openai.RequestOptions = {"timeout": timeout_s or self._timeout_s}
         if self._extra_headers is not None:
             options["headers"] = dict(self._extra_headers())
         try:
-            response = self._sdk.post(
-                CHAT_COMPLETIONS_PATH,
-                cast_to=object,
-                body=body,
-                options=options,
-            )
+            if method == "get":
+                return self._sdk.get(path, cast_to=object, options=options)
+            return self._sdk.post(path, cast_to=object, body=body, options=options)
         except openai.OpenAIError as exc:
             raise self._translate(exc) from exc
         except json.JSONDecodeError as exc:
             # The SDK lets this escape as is when a 200 carries a broken JSON body.
             raise malformed(self._provider, f"body is not JSON ({exc})") from exc
-        return self._completion(response)
-
-    def close(self) -> None:
-        self._sdk.close()
 
     def _translate(self, exc: openai.OpenAIError) -> ProviderError:
         return translate_sdk_error(openai, self._provider, exc, self._timeout_s)
@@ -112,13 +216,9 @@ class OpenAIClient:
             raise malformed(self._provider, "message content is not text")
         input_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
         output_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-        if not _is_count(input_tokens) or not _is_count(output_tokens):
+        if not is_count(input_tokens) or not is_count(output_tokens):
             raise malformed(self._provider, "no token usage")
         return Completion(text=text, input_tokens=input_tokens, output_tokens=output_tokens)
-
-
-def _is_count(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def openai_from_settings(settings: Settings) -> OpenAIClient:
@@ -137,6 +237,7 @@ def openai_from_settings(settings: Settings) -> OpenAIClient:
         sdk,
         timeout_s=settings.request_timeout_s,
         max_tokens_param="max_tokens" if settings.openai_base_url else "max_completion_tokens",
+        poll_s=settings.background_poll_s,
     )
 
 
@@ -157,4 +258,5 @@ def scripted_from_settings(settings: Settings) -> OpenAIClient:
         timeout_s=settings.request_timeout_s,
         provider="scripted",
         extra_headers=worker_identity,
+        poll_s=settings.background_poll_s,
     )

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from rlm_jobs.clients.base import ChatMessage, Completion, LLMClient
+from rlm_jobs.clients.base import ChatMessage, Completion, LLMClient, ResponseHandle
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import ProviderRetryableError
 
@@ -146,10 +146,17 @@ class RetryingClient:
         self._uniform = uniform
 
     def complete(
-        self, messages: Sequence[ChatMessage], *, model: str, max_output_tokens: int
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        model: str,
+        max_output_tokens: int,
+        handle: ResponseHandle | None = None,
     ) -> Completion:
         return call_with_retries(
-            lambda: self.inner.complete(messages, model=model, max_output_tokens=max_output_tokens),
+            lambda: self.inner.complete(
+                messages, model=model, max_output_tokens=max_output_tokens, handle=handle
+            ),
             self.policy,
             sleep=self._sleep,
             uniform=self._uniform,

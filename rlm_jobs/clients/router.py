@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from rlm_jobs.clients import CLIENT_FACTORIES, ClientFactory, build_client
-from rlm_jobs.clients.base import ChatMessage, Completion, LLMClient
+from rlm_jobs.clients.base import ChatMessage, Completion, LLMClient, ResponseHandle
 from rlm_jobs.clients.calls import CallContext, CallObserver, NullCallObserver, OnWait
 from rlm_jobs.clients.retry import RetryPolicy, Sleep, gave_up, retry_delay_s
 from rlm_jobs.config import Settings
@@ -94,8 +94,14 @@ class LLMRouter:
         *,
         context: CallContext | None = None,
         on_wait: OnWait | None = None,
+        handle: ResponseHandle | None = None,
     ) -> PricedCompletion:
+        """``handle``: where the call's background response is kept, when the call may be
+        one (``background_calls`` covers its kind); without one it is an ordinary call."""
         ctx = context or CallContext()
+        background = self.settings.background_calls
+        if background == "none" or (background == "root" and ctx.kind != "root"):
+            handle = None
         provider, model = _split(model_name)
         client = self.client(provider)
         max_out = max_output_tokens or self.settings.max_output_tokens
@@ -108,7 +114,9 @@ class LLMRouter:
                 state = controls.budgets.state(ctx.batch_id)
                 if state is not None:
                     reason = state.exhausted()
-                    if reason:
+                    # A response already asked for (a call taken over) is paid for: it is
+                    # fetched and counted, not refused.
+                    if reason and (handle is None or handle.response_id is None):
                         raise JobStopped(JobStatus.BUDGET_EXCEEDED, reason)
                     budget_batch = ctx.batch_id
             if self.settings.cache if ctx.cache is None else ctx.cache:
@@ -118,7 +126,7 @@ class LLMRouter:
                     return self._from_cache(model_name, ctx, hit, started)
         reserved = message_tokens(messages)
         completion, waited = self._attempts(
-            client, model_name, model, messages, max_out, reserved, on_wait
+            client, model_name, model, messages, max_out, reserved, on_wait, handle
         )
         cost = cost_usd(model_name, completion.input_tokens, completion.output_tokens, self._prices)
         if controls is not None:
@@ -178,24 +186,27 @@ class LLMRouter:
         max_output_tokens: int,
         reserved_tokens: int,
         on_wait: OnWait | None,
+        handle: ResponseHandle | None,
     ) -> tuple[Completion, float]:
         """The call with its retries; returns the completion and the seconds spent waiting
-        for rate-limit slots. Every attempt takes its own slot: each one reaches the provider.
+        for rate-limit slots. Every attempt that asks the provider takes its own slot; one
+        that fetches a background response already asked for (a call taken over, a poll
+        that failed) does not: it generates nothing.
         """
         limiter = self.controls.limiter if self.controls is not None else None
         waited = 0.0
         attempt = 0
         while True:
-            if limiter is not None:
+            if limiter is not None and (handle is None or handle.response_id is None):
                 wait_s = limiter.acquire(model_name, reserved_tokens, on_wait)
                 if wait_s > 0:
                     waited += wait_s
                     self.observer.rate_limit_wait(model_name, wait_s)
             try:
-                return (
-                    client.complete(messages, model=model, max_output_tokens=max_output_tokens),
-                    waited,
+                completion = client.complete(
+                    messages, model=model, max_output_tokens=max_output_tokens, handle=handle
                 )
+                return completion, waited
             except ProviderRetryableError as exc:
                 self.observer.provider_error(model_name, exc.code)
                 retry_after = exc.retry_after_s

@@ -1,7 +1,9 @@
 """``ScriptedProvider``: an offline LLM server on 127.0.0.1 that the official SDKs talk to.
 
 It serves ``scripted/<policy>`` models (see ``rlm_jobs.testing.policies``) over the OpenAI
-chat-completions and Anthropic messages wire formats, counts tokens by a fixed rule
+chat-completions, OpenAI responses (background mode: billed when created, fetched by id
+once its latency has passed, whoever asks; cancel) and Anthropic messages wire formats,
+counts tokens by a fixed rule
 (``wire.count_tokens``), keeps a usage ledger and a request log, and injects faults on
 demand. Run it standalone for demos, docker compose and benchmarks::
 

@@ -1,5 +1,6 @@
-"""The scripted provider's HTTP server: completions in both wire formats, plus control
-endpoints under ``/_scripted/`` (ledger, requests, reset, config, faults, health).
+"""The scripted provider's HTTP server: chat completions, messages and responses (with
+``GET /v1/responses/{id}`` and its ``/cancel`` for background ones), plus control endpoints
+under ``/_scripted/`` (ledger, requests, reset, config, faults, health).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import contextlib
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -16,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rlm_jobs.testing import wire
-from rlm_jobs.testing.exchange import Exchange
+from rlm_jobs.testing.exchange import Exchange, response_status, send_fault
 from rlm_jobs.testing.policies import Policy
 from rlm_jobs.testing.state import Fault, ScriptedState
 
@@ -26,7 +28,18 @@ _COMPLETION_ROUTES: dict[str, Callable[[object], wire.ChatRequest]] = {
     "/v1/chat/completions": wire.parse_openai,
     "/chat/completions": wire.parse_openai,
     "/v1/messages": wire.parse_anthropic,
+    "/v1/responses": wire.parse_responses,
+    "/responses": wire.parse_responses,
 }
+
+
+def _response_id(path: str) -> str:
+    """The id in ``/v1/responses/{id}`` (or ``/responses/{id}``), or ''."""
+    for prefix in ("/v1/responses/", "/responses/"):
+        rest = path.removeprefix(prefix)
+        if rest != path and rest and "/" not in rest:
+            return rest
+    return ""
 
 
 class ScriptedHTTPServer(ThreadingHTTPServer):
@@ -46,6 +59,14 @@ class ScriptedHTTPServer(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client killed mid-request (the fault tests kill workers) resets its connection:
+        # that is the test going to plan, not a server error worth a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            _log.debug("client %s went away mid-request", client_address)
+            return
+        super().handle_error(request, client_address)
 
     def track(self, connection: socket.socket, open_: bool) -> None:
         with self._connections_lock:
@@ -129,6 +150,8 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             self.send_json(200, vars(state.current_config()))
         elif path == "/_scripted/health":
             self.send_json(200, {"ok": True, "policies": sorted(self.server.policies)})
+        elif response_id := _response_id(path):
+            self._response(response_id, cancel=False)
         else:
             self.send_json(404, {"error": {"message": f"no route GET {path}"}})
 
@@ -137,6 +160,10 @@ class ScriptedHandler(BaseHTTPRequestHandler):
         parse = _COMPLETION_ROUTES.get(path)
         if parse is not None:
             self._complete(path, parse)
+            return
+        if path.endswith("/cancel") and (response_id := _response_id(path[: -len("/cancel")])):
+            self._read_json()  # read, not needed: the connection stays usable
+            self._response(response_id, cancel=True)
             return
         try:
             body = self._read_json()
@@ -162,6 +189,21 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             self.send_json(200, {"pending": state.inject(fault)})
         else:
             self.send_json(404, {"error": {"message": f"no route POST {path}"}})
+
+    def _response(self, response_id: str, *, cancel: bool) -> None:
+        state = self.server.state
+        # Faults injected for a model fail its polls too (not its cancels).
+        model = None if cancel else state.response_model(response_id)
+        fault = state.take_fault(model) if model is not None else None
+        if fault is not None:
+            send_fault(self, "responses", fault, state, self.server.stopping)
+            return
+        body = response_status(state, response_id, cancel=cancel)
+        if body is None:
+            message = f"No response found with id '{response_id}'."
+            self.send_json(404, wire.error_body("responses", 404, message))
+        else:
+            self.send_json(200, body)
 
     # ---- completions ----------------------------------------------------------------------
 

@@ -43,6 +43,33 @@ class LedgerEntry:
     calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    # GETs of background responses: free, as at OpenAI, but counted.
+    retrievals: int = 0
+    # Background responses stopped by a cancel before they were done.
+    cancellations: int = 0
+
+
+@dataclass
+class StoredResponse:
+    """A background response: generated (and billed) when it was created, ready to be
+    fetched once its latency has passed, whoever asks for it."""
+
+    model: str
+    text: str
+    input_tokens: int
+    output_tokens: int
+    truncated: bool
+    created_at: float
+    # time.monotonic() when it is done.
+    ready_at: float
+    cancelled: bool = False
+
+    def status(self, now: float) -> str:
+        if self.cancelled:
+            return "cancelled"
+        if now < self.ready_at:
+            return "in_progress"
+        return "incomplete" if self.truncated else "completed"
 
 
 @dataclass(frozen=True)
@@ -72,6 +99,7 @@ class ScriptedState:
     _faults: list[Fault] = field(default_factory=list)
     _ledger: dict[str, LedgerEntry] = field(default_factory=dict)
     _requests: list[RequestRecord] = field(default_factory=list)
+    _responses: dict[str, StoredResponse] = field(default_factory=dict)
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
     def configure(
@@ -129,6 +157,30 @@ class ScriptedState:
             entry.input_tokens += input_tokens
             entry.output_tokens += output_tokens
 
+    def keep_response(self, response_id: str, response: StoredResponse) -> None:
+        with self._changed:
+            self._responses[response_id] = response
+
+    def response_model(self, response_id: str) -> str | None:
+        with self._changed:
+            response = self._responses.get(response_id)
+            return None if response is None else response.model
+
+    def fetch_response(self, response_id: str, *, cancel: bool = False) -> StoredResponse | None:
+        """A background response by id (a GET counted as a retrieval), cancelled first if
+        asked and not done yet; None for an id it never made."""
+        with self._changed:
+            response = self._responses.get(response_id)
+            if response is None:
+                return None
+            entry = self._ledger.setdefault(ledger_key(response.model), LedgerEntry())
+            if not cancel:
+                entry.retrievals += 1
+            elif time.monotonic() < response.ready_at and not response.cancelled:
+                response.cancelled = True
+                entry.cancellations += 1
+            return replace(response)
+
     def ledger(self) -> dict[str, LedgerEntry]:
         with self._changed:
             return {model: replace(entry) for model, entry in self._ledger.items()}
@@ -161,4 +213,5 @@ class ScriptedState:
             self._faults.clear()
             self._ledger.clear()
             self._requests.clear()
+            self._responses.clear()
             self._changed.notify_all()

@@ -1,7 +1,8 @@
-"""The two wire formats the scripted provider speaks, close enough for the official SDKs.
+"""The wire formats the scripted provider speaks, close enough for the official SDKs.
 
-OpenAI chat completions and Anthropic messages: request parsing, success bodies with
-ids, usage, finish/stop reasons and the model echoed back, and each provider's error shape.
+OpenAI chat completions, OpenAI responses (background mode included) and Anthropic
+messages: request parsing, success bodies with ids, usage, finish/stop reasons and the
+model echoed back, and each provider's error shape.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any, Literal
 
 from rlm_jobs.clients.base import ChatMessage
 
-Wire = Literal["openai", "anthropic"]
+Wire = Literal["openai", "responses", "anthropic"]
 _ROLES = ("system", "user", "assistant")
+# The Responses API refuses smaller caps.
+MIN_OUTPUT_TOKENS = 16
 
 
 class WireError(ValueError):
@@ -36,6 +39,8 @@ class ChatRequest:
     model: str
     messages: list[ChatMessage]
     max_tokens: int | None
+    # Responses API only: generated after the reply, fetched by id (``response_object``).
+    background: bool = False
 
 
 def _text(content: object, where: str) -> str:
@@ -82,16 +87,35 @@ def _positive_int(value: object, name: str) -> int | None:
     return value
 
 
+def _openai_messages(raw: object) -> list[ChatMessage]:
+    messages = _messages(raw, (*_ROLES, "developer"))
+    for message in messages:
+        if message["role"] not in _ROLES:  # "developer" is OpenAI's newer name for system
+            message["role"] = "system"
+    return messages
+
+
 def parse_openai(body: object) -> ChatRequest:
     data, model = _common(body)
     max_tokens = _positive_int(data.get("max_completion_tokens"), "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _positive_int(data.get("max_tokens"), "max_tokens")
-    messages = _messages(data.get("messages"), (*_ROLES, "developer"))
-    for message in messages:
-        if message["role"] not in _ROLES:  # "developer" is OpenAI's newer name for system
-            message["role"] = "system"
-    return ChatRequest("openai", model, messages, max_tokens)
+    return ChatRequest("openai", model, _openai_messages(data.get("messages")), max_tokens)
+
+
+def parse_responses(body: object) -> ChatRequest:
+    data, model = _common(body)
+    max_tokens = _positive_int(data.get("max_output_tokens"), "max_output_tokens")
+    if max_tokens is not None and max_tokens < MIN_OUTPUT_TOKENS:
+        raise WireError(f"max_output_tokens: must be at least {MIN_OUTPUT_TOKENS}")
+    raw = data.get("input")
+    messages = _openai_messages([{"role": "user", "content": raw}] if isinstance(raw, str) else raw)
+    background = data.get("background", False)
+    if not isinstance(background, bool):
+        raise WireError("background: must be a boolean")
+    if background and data.get("store", True) is not True:
+        raise WireError("background: background mode requires store=true")
+    return ChatRequest("responses", model, messages, max_tokens, background)
 
 
 def parse_anthropic(body: object) -> ChatRequest:
@@ -128,6 +152,55 @@ def openai_completion(
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         },
+    }
+
+
+def response_object(
+    response_id: str,
+    model: str,
+    status: str,
+    *,
+    created_at: float,
+    background: bool,
+    text: str = "",
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+) -> dict[str, Any]:
+    """A Responses API object: no output while "queued" or "in_progress"."""
+    finished = status in ("completed", "incomplete")
+    output = (
+        [
+            {
+                "type": "message",
+                "id": f"msg_{response_id.removeprefix('resp_')}",
+                "status": status,
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ]
+        if finished
+        else []
+    )
+    usage = (
+        {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        }
+        if finished
+        else None
+    )
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(created_at),
+        "status": status,
+        "background": background,
+        "model": model,
+        "output": output,
+        "usage": usage,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
     }
 
 

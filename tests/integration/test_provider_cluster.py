@@ -23,7 +23,7 @@ from rlm_jobs.store import JobRecord
 from rlm_jobs.submitter import Document, JobHandle, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
 from rlm_jobs.testing.state import RequestRecord
-from tests.support import Worker, sandbox_pids, wait_for
+from tests.support import Worker, wait_for, wait_sandboxes_gone
 from workers.app import LLM_QUEUE, ORCHESTRATE_QUEUE, create_app
 from workers.enqueue import celery_enqueuer
 
@@ -89,7 +89,7 @@ def cluster(
     c = Cluster(redis_server, provider, tmp_path)
     yield c
     c.stop()
-    wait_for(lambda: not sandbox_pids(str(redis_server.workdir)), 15, "sandboxes to exit")
+    wait_sandboxes_gone(str(redis_server.workdir))
 
 
 def busiest_second(requests: list[RequestRecord]) -> int:

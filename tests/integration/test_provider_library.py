@@ -18,7 +18,7 @@ from rlm_jobs.config import RateLimit, Settings
 from rlm_jobs.models import JobStatus
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing import ScriptedProvider
-from tests.support import sandbox_pids, wait_for
+from tests.support import wait_sandboxes_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,7 +54,7 @@ def rlm_factory(settings: Settings, redis_server: RedisServer) -> Iterator[Any]:
     yield factory
     for rlm in made:
         rlm.close()
-    wait_for(lambda: not sandbox_pids(str(redis_server.workdir)), 15, "sandboxes to exit")
+    wait_sandboxes_gone(str(redis_server.workdir))
 
 
 def sub_calls(trajectory: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -128,4 +128,4 @@ def test_a_rate_limit_paces_a_library_mode_job(
     assert result.status is JobStatus.COMPLETED
     times = sorted(r.timestamp for r in scripted_provider.requests())
     assert len(times) == 14 and times[-1] - times[0] >= 13 * 0.1 * 0.95
-    wait_for(lambda: not sandbox_pids(str(redis_server.workdir)), 15, "sandboxes to exit")
+    wait_sandboxes_gone(str(redis_server.workdir))

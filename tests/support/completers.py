@@ -39,6 +39,7 @@ class ScriptedCompleter:
         *,
         context: object = None,
         on_wait: object = None,
+        handle: object = None,
     ) -> Priced:
         self.seen.append(list(messages))
         if not self.replies:
@@ -65,6 +66,7 @@ class RootOrSub:
         *,
         context: object = None,
         on_wait: object = None,
+        handle: object = None,
     ) -> Priced:
         chosen = self.root if messages[0]["role"] == "system" else self.sub
         return chosen.complete(model_name, messages, max_output_tokens)

@@ -108,7 +108,12 @@ class ScriptedClient:
         self.closed = False
 
     def complete(
-        self, messages: Sequence[ChatMessage], *, model: str, max_output_tokens: int
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        model: str,
+        max_output_tokens: int,
+        handle: object = None,
     ) -> Completion:
         return Completion(self.flaky(), 1, 1)
 
