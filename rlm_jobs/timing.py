@@ -28,6 +28,10 @@ STOP_CHECK_S = 0.25
 LEASE_RELEASE_WAIT_S = 5.0
 # How long the reply collector's BLPOP blocks before it looks for a stop request.
 REPLY_POLL_S = 1.0
+# How long a stopping orchestrator lets its reaper finish the sweep under way (a requeue cut
+# off between its claim and its send would leave the job to wait out the claim); short,
+# since a sweep riding out a Redis outage must not hold a shutdown up.
+REAPER_STOP_WAIT_S = 3.0
 
 # ---- lost work ----------------------------------------------------------------------------
 

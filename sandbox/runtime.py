@@ -14,7 +14,9 @@ large messages in parts, the ones that must arrive again until the host acknowle
 Threads: the main thread runs cells (so SIGALRM can interrupt them); a reader thread takes
 pub/sub messages and routes them (cells to the main thread, sub-call replies to their
 waiters, acknowledgements to the outbox); a keeper thread publishes again what the host has
-not acknowledged, sends heartbeats and exits the process when Redis or the parent is gone.
+not acknowledged, sends heartbeats and exits the process when Redis or the parent is gone
+(with ``Bootstrap.stdin_lifeline``: also when the host's end of stdin closes, which it does
+when the host dies, whatever process is left in between).
 
 A Redis restart costs nothing but time: every command, and the subscription, is tried
 again for ``Bootstrap.reconnect_s`` (authentication included: a restarted Redis has
@@ -33,6 +35,7 @@ import itertools
 import json
 import os
 import queue
+import select
 import sys
 import threading
 import time
@@ -129,8 +132,12 @@ def retrying(what: str, attempt: Callable[[], T], within_s: float, parent: int) 
 class Runtime:
     """Commands go over ``client`` (any thread); the input channel has its own connection."""
 
-    def __init__(self, boot: wire.Bootstrap, client: resp.Connection) -> None:
+    def __init__(
+        self, boot: wire.Bootstrap, client: resp.Connection, lifeline: int | None = None
+    ) -> None:
         self.boot = boot
+        # Our end of the host's stdin pipe (``Bootstrap.stdin_lifeline``), if it keeps one.
+        self._lifeline = lifeline
         self.redis = client
         self._seq = itertools.count()
         self._inbox: queue.Queue[wire.ExecCell | wire.Shutdown | wire.LoadContext] = queue.Queue()
@@ -298,8 +305,7 @@ class Runtime:
         failures = 0
         next_heartbeat = time.monotonic() + self.boot.heartbeat_s
         while True:
-            time.sleep(KEEPER_TICK_S)
-            if os.getppid() != self._parent:
+            if not self._host_alive_after_tick():
                 log("the parent process is gone; exiting")
                 os._exit(EXIT_PARENT_LOST)
             try:
@@ -313,6 +319,20 @@ class Runtime:
                 if failures >= MAX_HEARTBEAT_FAILURES:
                     log(f"Redis unreachable ({exc}); exiting")
                     os._exit(EXIT_REDIS_LOST)
+
+    def _host_alive_after_tick(self) -> bool:
+        """Wait one tick, watching the lifeline (no thread of its own: a sandbox's threads
+        count against its process limit); False once the host is gone."""
+        if self._lifeline is None:
+            time.sleep(KEEPER_TICK_S)
+        else:
+            try:
+                readable, _, _ = select.select([self._lifeline], [], [], KEEPER_TICK_S)
+                if readable and not os.read(self._lifeline, 4096):
+                    return False  # end of file: the host's end closed
+            except (OSError, ValueError):
+                return False  # closed under us (by model code): nobody vouches for the host
+        return os.getppid() == self._parent
 
     # ---- main loop -----------------------------------------------------------------------
 
@@ -401,14 +421,16 @@ def main() -> int:
     except (wire.WireError, OSError) as exc:
         log(f"bad bootstrap on stdin: {exc}")
         return EXIT_BAD_BOOTSTRAP
+    lifeline = os.dup(0) if boot.stdin_lifeline else None
     sys.stdin.close()
     sys.stdin = open(os.devnull)  # noqa: SIM115 - model code's input() gets EOF for good
+    os.dup2(sys.stdin.fileno(), 0)  # and so does anything reading descriptor 0
     if not determinism.hash_seed_fixed():
         log("PYTHONHASHSEED is not fixed: hash() and set order will differ in a replay")
     context: Any = None
     try:
         client = retrying("connecting", lambda: connect(boot), boot.reconnect_s, os.getppid())
-        runtime = Runtime(boot, client)
+        runtime = Runtime(boot, client, lifeline)
         sub = runtime.subscribe()
         # Before anything is published: acknowledgements must find their way back.
         threading.Thread(target=runtime.read_forever, args=(sub,), daemon=True).start()

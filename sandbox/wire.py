@@ -272,6 +272,10 @@ class Bootstrap(Record):
     # How long the runtime tries to get a lost Redis connection back (a Redis restart)
     # before it gives up and exits.
     reconnect_s: float = field(default=60.0, ge=0)
+    # The host keeps stdin open for as long as it lives (the process backend): end of file
+    # on it means the host is gone, however it ended, and the runtime exits. bwrap's
+    # --die-with-parent alone misses a host killed while bwrap was still starting.
+    stdin_lifeline: bool = False
 
 
 def new_id() -> str:

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from rlm_jobs import keys
+from rlm_jobs import keys, timing
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ class Reaper:
         store = self._runtime.store
         requeued = []
         for job_id in store.running_without_lease():
+            if self._stop.is_set():  # stopping: leave the rest to live workers' reapers
+                break
             if keys.root_job_id(job_id) != job_id:
                 continue  # a child RLM: its root's lease covers it
             record = store.get(job_id)
@@ -67,7 +69,11 @@ class Reaper:
                 return
 
     def stop(self) -> None:
+        """Stop after the sweep under way, if it ends soon: a requeue or a sandbox sweep cut
+        off by the process's exit would leave its half done (a claimed requeue never sent)."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timing.REAPER_STOP_WAIT_S)
 
 
 def _guarded(step: Callable[[], object]) -> None:

@@ -94,8 +94,8 @@ class Identities:
     def close(self) -> None:
         """Stop checking (the process's sandboxes are gone)."""
         self._stop.set()
-        with self._lock:
-            thread = self._thread
+        # Read without the lock: a check riding out a Redis outage holds it that long.
+        thread = self._thread
         if thread is not None:
             thread.join(timeout=timing.ACL_USERS_CHECK_S + 5)
 

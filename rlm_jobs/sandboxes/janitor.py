@@ -51,6 +51,10 @@ class Janitor:
         self._tasks: queue.Queue[Task | None] = queue.Queue()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        # Held around the liveness keys' Redis I/O (taken before ``_lock`` when both are),
+        # so a refresh cannot write a key again after ``mark_gone`` deleted it, while
+        # ``drain`` and ``close`` never wait behind a command riding out an outage.
+        self._io_lock = threading.Lock()
         self._pending = 0
         self._workers: list[threading.Thread] = []
         self._alive: set[str] = set()
@@ -113,8 +117,10 @@ class Janitor:
         for _ in workers:
             self._tasks.put(None)
         self._wake_keeper.set()
+        # A thread stuck on Redis (daemon) is not waited for long when asked not to wait.
+        join_s = 5.0 if timeout_s > 0 else 0.5
         for thread in [*workers, *([keeper] if keeper is not None else [])]:
-            thread.join(timeout=5)
+            thread.join(timeout=join_s)
 
     def _work(self) -> None:
         while True:
@@ -156,9 +162,9 @@ class Janitor:
 
     def mark_gone(self, sandbox_id: str) -> None:
         """Call after the ACL user is deleted."""
-        with self._lock:
-            self._alive.discard(sandbox_id)
-            # Under the lock: a refresh cannot write the key again after this delete.
+        with self._io_lock:
+            with self._lock:
+                self._alive.discard(sandbox_id)
             self._client.delete(keys.sandbox_alive(sandbox_id))
 
     def _keep_alive(self) -> None:
@@ -166,14 +172,16 @@ class Janitor:
             self._wake_keeper.wait(self._alive_ttl_s / ALIVE_REFRESHES_PER_TTL)
             self._wake_keeper.clear()
             try:
-                with self._lock:
-                    if self._closed:
-                        return
-                    if not self._alive:
+                with self._io_lock:
+                    with self._lock:
+                        if self._closed:
+                            return
+                        alive = list(self._alive)
+                        ttl_ms = max(1, int(self._alive_ttl_s * 1000))
+                    if not alive:
                         continue
-                    ttl_ms = max(1, int(self._alive_ttl_s * 1000))
                     pipe = self._client.pipeline(transaction=False)
-                    for sandbox_id in self._alive:
+                    for sandbox_id in alive:
                         pipe.set(keys.sandbox_alive(sandbox_id), "1", px=ttl_ms)
                     pipe.execute()
             except redis.RedisError as exc:
@@ -191,21 +199,26 @@ class Janitor:
             pipe.exists(keys.sandbox_alive(sandbox_id))
         alive = pipe.execute()
         stale = [user for user, present in zip(candidates, alive, strict=True) if not present]
-        if stale:
-            for user in stale:
-                self._identities.forget(user[len(keys.SANDBOX_USER_PREFIX) :])
+        if not stale:
+            return []
+        # Keys first, the user last: a sweeper that dies in between leaves a stale user,
+        # which the next sweep finds and finishes (the reverse would leave keys nobody
+        # looks for). Only hosts write there, and this one's host is dead.
+        swept = []
+        for user in stale:
+            sandbox_id = user[len(keys.SANDBOX_USER_PREFIX) :]
+            try:
+                acl.delete_keys(self._client, sandbox_id)
+            except SandboxError as exc:  # its user stays: the next sweep tries again
+                log.warning("could not delete dead sandbox %s's keys: %s", sandbox_id, exc)
+                continue
+            self._identities.forget(sandbox_id)
+            swept.append(user)
+        if swept:
             # ACL DELUSER also disconnects any client still logged in as that user.
-            self._client.acl_deluser(*stale)
-            log.warning("removed %d sandbox ACL users left by dead orchestrators", len(stale))
-            for user in stale:
-                # Wire copies expire by themselves; keys hostile code wrote without a TTL
-                # would not.
-                sandbox_id = user[len(keys.SANDBOX_USER_PREFIX) :]
-                try:
-                    acl.delete_keys(self._client, sandbox_id)
-                except SandboxError as exc:
-                    log.warning("could not delete dead sandbox %s's keys: %s", sandbox_id, exc)
-        return stale
+            self._client.acl_deluser(*swept)
+            log.warning("removed %d sandbox ACL users left by dead orchestrators", len(swept))
+        return swept
 
 
 def _run_logged(task: Task) -> None:

@@ -299,19 +299,28 @@ class Launcher:
             self.teardown(sbx.id, sbx)
 
     def teardown(self, sandbox_id: str, sbx: LiveSandbox | None) -> None:
-        """Kill, then remove user, keys and subscription; every step runs even if one fails."""
+        """Kill, then remove keys, user and subscription; every step runs even if one fails.
+
+        With ``services.redis_lost`` (the owner is ending and Redis does not answer) only
+        the process is stopped: each Redis step would wait out ``redis_retry_s`` first, and
+        the hub, closed with the services, drops the subscription."""
         janitor = self.services.janitor
         steps: list[tuple[str, Callable[[], object]]] = [
             ("free its start slot", lambda: sbx.end_start() if sbx else None),
             ("kill the process", lambda: sbx.process.kill() if sbx and sbx.process else None),
-            (
-                "delete the ACL user",
-                lambda: acl.delete_user(self.client, self.services.identities, sandbox_id),
-            ),
-            ("drop its liveness key", lambda: janitor.mark_gone(sandbox_id)),
-            ("delete its keys", lambda: acl.delete_keys(self.client, sandbox_id)),
-            ("unsubscribe", lambda: sbx.channel.close() if sbx else None),
         ]
+        if not self.services.redis_lost:
+            # Keys before the user, the user before its liveness key: a process that dies
+            # part way leaves a user without a liveness key, which a sweep finishes.
+            steps += [
+                ("delete its keys", lambda: acl.delete_keys(self.client, sandbox_id)),
+                (
+                    "delete the ACL user",
+                    lambda: acl.delete_user(self.client, self.services.identities, sandbox_id),
+                ),
+                ("drop its liveness key", lambda: janitor.mark_gone(sandbox_id)),
+                ("unsubscribe", lambda: sbx.channel.close() if sbx else None),
+            ]
         for what, step in steps:
             try:
                 step()

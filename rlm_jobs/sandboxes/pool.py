@@ -43,8 +43,9 @@ DEFAULT_MAX_IDLE_S = 600.0
 IDLE_CHECK_S = 1.0
 # How often starting sandboxes are checked for Ready.
 STARTING_POLL_S = 0.02
-# After a failed start the thread waits this long, doubling up to the cap, so a missing
-# image or a full host does not turn into a busy loop.
+# After a failed start (the launch raised, or the sandbox failed, exited or timed out before
+# Ready) the thread waits this long, doubling up to the cap, so a missing or stale image or
+# a full host does not turn into a busy loop.
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 30.0
 # close() waits this long for the refill thread (a launch in progress must finish first).
@@ -72,6 +73,9 @@ class SandboxPool:
         self._idle: deque[LiveSandbox] = deque()
         self._starting: list[LiveSandbox] = []
         self._closed = False
+        # Failed starts in a row, and when the next start may go (the backoff above).
+        self._failures = 0
+        self._retry_at = 0.0
         self.started = 0  # sandboxes launched by the pool, for tests and metrics
         self._thread: threading.Thread | None = None
         if self.size > 0:
@@ -126,11 +130,14 @@ class SandboxPool:
             self._cond.notify_all()
         atexit.unregister(self.close)
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(CLOSE_JOIN_S)
+            # With Redis lost, a refill stuck on it ends with the process (a daemon thread).
+            self._thread.join(0.5 if self.services.redis_lost else CLOSE_JOIN_S)
         for sbx in victims:
             # Synchronously: this may run at exit, when new threads cannot start.
             self._launcher.teardown(sbx.id, sbx)
-        self.services.janitor.drain(CLOSE_JOIN_S)
+        # Queued teardowns ride out a Redis outage; with Redis lost, the process's own end
+        # stops their sandboxes instead (services.redis_lost says how).
+        self.services.janitor.drain(0.0 if self.services.redis_lost else CLOSE_JOIN_S)
 
     def __enter__(self) -> SandboxPool:
         return self
@@ -145,7 +152,6 @@ class SandboxPool:
             self.services.janitor.sweep_stale_users()
         except (redis.RedisError, RLMJobsError) as exc:
             log.warning("could not sweep stale sandbox ACL users: %s", exc)
-        failures = 0
         next_idle_check = 0.0
         while True:
             with self._cond:
@@ -160,6 +166,10 @@ class SandboxPool:
                 if short <= 0:
                     self._cond.wait(STARTING_POLL_S if self._starting else IDLE_CHECK_S)
                     continue
+                if now < self._retry_at:
+                    wait_s = self._retry_at - now
+                    self._cond.wait(min(wait_s, STARTING_POLL_S) if self._starting else wait_s)
+                    continue
                 # Never blocks: this thread must keep freeing the slots of its own starts.
                 slot = self.services.start_slots.try_acquire()
                 if slot is None:
@@ -168,13 +178,9 @@ class SandboxPool:
             try:
                 sbx = self._launcher.launch(None, slot)
             except Exception as exc:
-                failures += 1
-                delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (failures - 1))
-                log.warning("could not pre-start a sandbox (%s); retrying in %.1f s", exc, delay)
                 with self._cond:
-                    self._cond.wait_for(lambda: self._closed, delay)
+                    self._start_failed(f"could not pre-start a sandbox ({exc})")
                 continue
-            failures = 0
             with self._cond:
                 self.started += 1
                 if not self._closed:
@@ -205,11 +211,20 @@ class SandboxPool:
                 sbx.end_start()
                 self._starting.remove(sbx)
                 self._discard(sbx, problem)
+                self._start_failed(f"pooled sandbox {sbx.id} {problem}")
             elif sbx.ready:
                 sbx.end_start()
                 self._starting.remove(sbx)
                 self._idle.append(sbx)
+                self._failures = 0
                 self._cond.notify_all()
+
+    def _start_failed(self, what: str) -> None:
+        """Called with the lock held: the next start waits, longer after each failure."""
+        self._failures += 1
+        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (self._failures - 1))
+        self._retry_at = time.monotonic() + delay
+        log.warning("%s; next start in %.1f s", what, delay)
 
     def _check_idle(self, now: float) -> None:
         """Called with the lock held: drop idle sandboxes that died or grew old."""

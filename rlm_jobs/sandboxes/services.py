@@ -21,7 +21,7 @@ from rlm_jobs.config import Settings
 from rlm_jobs.sandboxes import acl
 from rlm_jobs.sandboxes.hub import PubSubHub
 from rlm_jobs.sandboxes.identities import Identities
-from rlm_jobs.sandboxes.janitor import Janitor
+from rlm_jobs.sandboxes.janitor import CLOSE_DRAIN_S, Janitor
 from rlm_jobs.sandboxes.start_slots import StartSlots
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,15 @@ class SandboxServices:
         self.identities = Identities(client)
         self.janitor = Janitor(client, self.identities)
         self.start_slots = StartSlots(settings.sandbox_start_concurrency)
+        # Set by an owner that is ending while Redis does not answer: teardowns then only
+        # stop their sandboxes, and closing does not wait for those queued before (each
+        # Redis step would wait out the outage): their sandboxes end with the process
+        # (bwrap --die-with-parent) or, in Docker, are removed by live orchestrators'
+        # sweep. What the teardowns would have removed from Redis does not outlive them for
+        # long: a restarted Redis has lost the ACL users (the owner told them again), live
+        # orchestrators sweep those whose liveness key expired, with their keys, and the
+        # wire's copies expire.
+        self.redis_lost = False
         self._closed = False
         _warn_if_default_user_open(client)
         atexit.register(self.close)
@@ -45,7 +54,7 @@ class SandboxServices:
             return
         self._closed = True
         atexit.unregister(self.close)
-        self.janitor.close()
+        self.janitor.close(0.0 if self.redis_lost else CLOSE_DRAIN_S)
         self.identities.close()
         self.hub.close()
 

@@ -14,7 +14,7 @@ import redis
 from rlm_jobs.models import JobStatus
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.support import Cluster, Worker, needle_context, sandbox_pids, wait_for
+from tests.support import Cluster, Worker, needle_context, wait_sandboxes_gone
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
 pytestmark = pytest.mark.timeout(180)
@@ -32,7 +32,7 @@ def cluster(
     c = Cluster(redis_server, scripted_provider, tmp_path)
     yield c
     c.stop()
-    wait_for(lambda: not sandbox_pids(c.marker), 15, "sandbox processes to exit")
+    wait_sandboxes_gone(c.marker)
 
 
 def start(cluster: Cluster, queue: str, pool: str | None) -> Worker:

@@ -83,7 +83,8 @@ CLEAN_TIMEOUT_S = 20.0
 # How long a live orchestrator gets to remove a dead one's containers.
 WITNESS_WAIT_S = 6.0
 # Sandbox liveness keys live this long here; a dead orchestrator's ACL users are swept
-# within this plus a sweep interval (1 s here), so the kill test waits USERS_WAIT_S for it.
+# within this plus a sweep interval (1 s here), their keys just after; the kill test waits
+# USERS_WAIT_S for both.
 ALIVE_TTL_S = 4
 USERS_WAIT_S = ALIVE_TTL_S + 11.0
 
@@ -858,7 +859,7 @@ class KillReport:
     # Gone before any new orchestrator started (docker: while another one was alive).
     gone_without_a_restart: bool = False
     # Sandbox ACL users of the dead orchestrator still in Redis USERS_WAIT_S after its
-    # death, and those of its sandboxes that still had keys in their namespace then.
+    # death, and the keys still in their namespaces then.
     users_left: set[str] = field(default_factory=set)
     keys_left: set[str] = field(default_factory=set)
 
@@ -903,13 +904,22 @@ def kill_orchestrator_mid_job(stack: Stack) -> KillReport:
         # A new orchestrator removes containers whose launcher is gone as it starts.
         stack.start_orchestrator()
     wait_for(lambda: not stack.containers(dead), 30, "orphaned containers to be reaped")
-    eventually(lambda: not report.users & set(stack.sandbox_users()), USERS_WAIT_S)
-    report.users_left = report.users & set(stack.sandbox_users())
-    report.keys_left = {
-        sandbox_id
-        for sandbox_id in report.users
-        if next(stack.client.scan_iter(match=keys.sandbox_prefix(sandbox_id) + "*"), None)
-    }
+
+    def users_left() -> set[str]:
+        return report.users & set(stack.sandbox_users())
+
+    def keys_left() -> set[str]:
+        """The keys still in the dead sandboxes' namespaces (named, so a failure says which)."""
+        return {
+            str(key)
+            for sandbox_id in report.users
+            for key in stack.client.scan_iter(match=keys.sandbox_prefix(sandbox_id) + "*")
+        }
+
+    # The sweep deletes a sandbox's keys, then its user: wait for both.
+    eventually(lambda: not users_left() and not keys_left(), USERS_WAIT_S)
+    report.users_left = users_left()
+    report.keys_left = keys_left()
     # Keep the module's shared Redis clean for the tests after this one.
     identities = Identities(stack.client)  # the dead workers' users: nobody remembers them
     for sandbox_id in report.users:

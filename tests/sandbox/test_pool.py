@@ -215,3 +215,38 @@ def test_stale_sandbox_users_are_swept(
     assert keys.sandbox_user(pool.idle[0].id) in users
     assert not redis_client.exists(keys.sandbox_prefix("deadbeef") + "hoard")
     assert redis_client.exists(keys.sandbox_prefix("livebeef") + "msg")
+
+
+class _RefusedLogin:
+    """A real backend whose runtimes cannot log in (a wrong password, no retrying): each
+    exits before it is ready, as a stale sandbox image's do."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.launches: list[float] = []
+
+    def launch(self, bootstrap: Any) -> Any:
+        self.launches.append(time.monotonic())
+        return self._inner.launch(bootstrap.replace(password="wrong", reconnect_s=0))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_sandboxes_that_exit_before_ready_are_restarted_with_a_growing_pause(
+    services: SandboxServices, settings: Settings, backend_name: str
+) -> None:
+    backend = _RefusedLogin(create_backend(settings, backend_name))
+    pool = SandboxPool(services, backend, size=1)  # type: ignore[arg-type]
+    try:
+        assert eventually(lambda: len(backend.launches) >= 4, START_S)
+    finally:
+        pool.close()
+        services.janitor.drain(30)
+    assert not pool.idle
+    # The pauses between starts double (0.5 s, 1 s, 2 s, plus the start itself), where
+    # they used to be one status poll: a stale image flooded the log and the host
+    gaps = [b - a for a, b in zip(backend.launches, backend.launches[1:], strict=False)]
+    assert gaps[1] >= 1.0 and gaps[2] >= 2.0, gaps
+    assert gaps[2] > gaps[0], gaps

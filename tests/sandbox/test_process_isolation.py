@@ -19,7 +19,9 @@ from rlm_jobs.contexts import put_context
 from rlm_jobs.errors import ConfigError
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sandboxes.backends.process import ProcessBackend
+from rlm_jobs.sandboxes.backends.process.sandbox import ProcessSandbox
 from rlm_jobs.sandboxes.session import SandboxSession
+from sandbox import runtime
 from tests.support import MakeServices, OpenSession, answer_from_text, eventually
 
 
@@ -382,3 +384,46 @@ def test_sandboxes_die_with_their_orchestrator(redis_server: RedisServer) -> Non
 def _remove_when_empty(group: Path) -> None:
     eventually(lambda: not (group / "cgroup.procs").read_text().split(), timeout_s=5)
     group.rmdir()
+
+
+def test_a_sandbox_whose_host_end_of_stdin_closes_exits(open_session: OpenSession) -> None:
+    # The stdin lifeline: what a host killed while bwrap was still starting leaves behind
+    # (bwrap alive, --die-with-parent never armed) is a closed pipe, and the runtime must
+    # end on that alone
+    session = open_session()
+    assert run(session, "print(1 + 1)").stdout == "2\n"
+    proc = session.process
+    assert isinstance(proc, ProcessSandbox)
+    popen = proc._popen
+    assert popen.stdin is not None and popen.poll() is None
+    popen.stdin.close()
+    assert eventually(lambda: popen.poll() is not None, timeout_s=10)
+    assert popen.returncode == runtime.EXIT_PARENT_LOST, proc.describe_exit()
+
+
+def test_a_forked_child_of_the_host_does_not_keep_its_sandboxes_alive(
+    open_session: OpenSession,
+) -> None:
+    # Given a host process that forks (multiprocessing in a library user's program)
+    session = open_session()
+    assert run(session, "print(3)").stdout == "3\n"
+    proc = session.process
+    assert isinstance(proc, ProcessSandbox)
+    popen = proc._popen
+    assert popen.stdin is not None
+    hold, release = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child lives on, doing nothing, until told
+        os.read(hold, 1)
+        os._exit(0)
+    try:
+        # When the host's own end closes (as when the host dies) while the child lives
+        popen.stdin.close()
+        # Then the sandbox ends all the same: the child held no copy of the lifeline
+        assert eventually(lambda: popen.poll() is not None, timeout_s=10)
+        assert popen.returncode == runtime.EXIT_PARENT_LOST, proc.describe_exit()
+    finally:
+        os.write(release, b"x")
+        os.waitpid(child, 0)
+        os.close(hold)
+        os.close(release)

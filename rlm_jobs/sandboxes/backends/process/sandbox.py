@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,29 @@ from rlm_jobs.sandboxes.backends.process.output import OutputTail
 log = logging.getLogger(__name__)
 
 WAIT_AFTER_KILL_S = 10.0
+
+# Started sandboxes of this process, for the fork handler (weak: a dropped one is gone).
+_started: weakref.WeakSet[ProcessSandbox] = weakref.WeakSet()
+
+
+def _drop_lifelines_in_child() -> None:
+    """After fork, in the child: a copy of a sandbox's lifeline would keep the sandbox alive
+    after this process died, as long as the child lives (close-on-exec covers only exec).
+    Each copy is pointed at /dev/null: no lock is taken (another thread of the parent may
+    have held one), and the descriptor number stays the file object's own."""
+    fds = [s._popen.stdin.fileno() for s in list(_started) if s._popen.stdin is not None]
+    if not fds:
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+os.register_at_fork(after_in_child=_drop_lifelines_in_child)
 
 
 class ProcessSandbox:
@@ -44,6 +68,7 @@ class ProcessSandbox:
         self._oom_kills = 0
         self._log_tail = ""
         self._released = False
+        _started.add(self)
 
     def alive(self) -> bool:
         return self._popen.poll() is None
@@ -64,6 +89,9 @@ class ProcessSandbox:
                 # Catches anything that left the process group (setsid) before it could run on.
                 self._oom_kills = self._groups.oom_kills()
                 self._groups.destroy()
+            if self._popen.stdin is not None:  # the lifeline: nobody waits on it any more
+                with contextlib.suppress(OSError):
+                    self._popen.stdin.close()
             self._log_tail = self._output.text(wait_s=1.0)
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)

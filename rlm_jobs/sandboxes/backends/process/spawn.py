@@ -74,11 +74,13 @@ def spawn(
 
 
 def write_bootstrap(proc: ProcessSandbox, popen: subprocess.Popen[bytes], boot: Bootstrap) -> None:
-    """One JSON line on stdin, then stdin closes (never argv or the environment)."""
+    """One JSON line on stdin (never argv or the environment). Stdin then stays open as the
+    runtime's lifeline (``Bootstrap.stdin_lifeline``): only this process holds its write end
+    (close-on-exec), so it closes when we end, however we end, and the runtime exits."""
     assert popen.stdin is not None
     try:
-        popen.stdin.write(boot.to_json().encode() + b"\n")
-        popen.stdin.close()
+        popen.stdin.write(boot.replace(stdin_lifeline=True).to_json().encode() + b"\n")
+        popen.stdin.flush()
     except OSError as exc:
         proc.kill()
         raise SandboxError(
