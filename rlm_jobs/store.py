@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -30,6 +30,9 @@ from rlm_jobs.calls import renew_keys
 from rlm_jobs.errors import StorageError
 from rlm_jobs.models import JobResult, JobSpec, JobStatus, Usage
 from rlm_jobs.scripts import source
+
+# Commands queued on a job's finishing transaction (``Store.finish``).
+AlsoStep = Callable[["redis.client.Pipeline"], object]
 
 
 def _s(value: Any) -> str:
@@ -157,21 +160,27 @@ class Store:
         )
         return bool(done)
 
-    def finish(self, result: JobResult) -> bool:
-        """Store the job's one result; False when it already had one (a duplicate run)."""
-        done = self._finish(
-            keys=[keys.job(result.job_id), keys.job_lease(result.job_id), keys.running_jobs()],
-            args=[
-                result.status.value,
-                result.reason,
-                result.model_dump_json(),
-                time.time(),
-                result.usage.total_tokens,
-                result.usage.cost_usd,
-                keys.RESULT_TTL_S,
-                result.job_id,
-            ],
-        )
+    def finish(self, result: JobResult, *, also: AlsoStep | None = None) -> bool:
+        """Store the job's one result; False when it already had one (a duplicate run).
+
+        ``also`` queues more commands that must happen with it, in one transaction (a
+        session taking its next question): nobody sees the job ended and not them.
+        """
+        finish_keys = [keys.job(result.job_id), keys.job_lease(result.job_id), keys.running_jobs()]
+        args = [
+            result.status.value,
+            result.reason,
+            result.model_dump_json(),
+            time.time(),
+            result.usage.total_tokens,
+            result.usage.cost_usd,
+            keys.RESULT_TTL_S,
+            result.job_id,
+        ]
+        if also is None:
+            done = self._finish(keys=finish_keys, args=args)
+        else:
+            done = self._finish_with(finish_keys, args, also)
         if done == -1:
             raise StorageError(f"cannot finish job {result.job_id!r}: it has no record")
         if done == 1:
@@ -187,6 +196,21 @@ class Store:
                 pipe.expire(key, keys.RESULT_TTL_S)
             pipe.execute()
         return bool(done == 1)
+
+    def _finish_with(self, finish_keys: list[str], args: list[Any], also: AlsoStep) -> Any:
+        # The pipeline loads its scripts once, before the client's retries: a Redis that
+        # restarted meanwhile has forgotten them and answers NOSCRIPT (the transaction's
+        # commands are scripts: none ran). Built again, the pipeline loads them again.
+        for attempt in (1, 2):
+            pipe = self.r.pipeline(transaction=True)
+            self._finish(keys=finish_keys, args=args, client=pipe)
+            also(pipe)
+            try:
+                return pipe.execute()[0]
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def children(self, job_id: str) -> list[str]:
         return sorted(_s(c) for c in self.r.smembers(keys.job_children(job_id)))

@@ -21,8 +21,7 @@ from rlm_jobs.engine import JobControl, LoopObserver
 from rlm_jobs.errors import JobHandedOver, StorageError
 from rlm_jobs.models import JobResult, JobSpec, JobStatus
 from rlm_jobs.sessions import runner
-from rlm_jobs.sessions.store import SessionStore
-from rlm_jobs.store import Store
+from rlm_jobs.store import JobRecord, Store
 from workers.base import RLMTask
 from workers.leases import JobLease
 from workers.messages import valid_id
@@ -65,9 +64,11 @@ def run_job(self: RLMTask, job_id: str) -> str:
     except Exception as exc:  # a bug or an outage: the job must end, not stay QUEUED
         log.exception("job %s: orchestrator error", job_id)
         with contextlib.suppress(Exception):
-            runtime.finish_job(
-                JobResult(job_id=job_id, status=JobStatus.FAILED, reason=f"internal error: {exc!r}")
+            failed = JobResult(
+                job_id=job_id, status=JobStatus.FAILED, reason=f"internal error: {exc!r}"
             )
+            session_id = session_of(runtime.store.get(job_id))
+            runtime.finish_job(failed, session_id=session_id)
         return f"failed: {exc!r}"
     log.info("job %s: %s", job_id, outcome)
     return outcome
@@ -122,14 +123,19 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
         return f"skipped: job {job_id} is running on {store.lease_holder(job_id)}"
     keeper = runtime.lease_keeper()
     lease = keeper.register(job_id, holder)
+    # A session takes its next question as its job ends (one transaction), however it ends.
+    session_id = session_of(record)
     try:
         attempt = store.mark_running(job_id, runtime.worker_id)
-        if attempt is None:
+        if attempt is None:  # cancelled while queued (JobHandle.cancel), say
+            if session_id is not None:
+                runtime.sessions.release(session_id, job_id)
             return f"skipped: job {job_id} already finished"
         if attempt > settings.max_attempts:
             return _finish_early(
                 runtime, job_id, JobStatus.FAILED,
                 f"gave up after {settings.max_attempts} attempts: its workers kept dying",
+                session_id,
             )  # fmt: skip
         try:
             spec = record.spec
@@ -138,10 +144,10 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
         # The keeper polls for cancels from now on; one cancelled while queued stops here.
         reason = lease.cancelled() or store.cancel_reason(job_id)
         if reason:
-            return _finish_early(runtime, job_id, JobStatus.CANCELLED, reason)
+            return _finish_early(runtime, job_id, JobStatus.CANCELLED, reason, session_id)
         spent = runtime.controls.budgets.exhausted(spec.batch_id) if spec.batch_id else None
         if spent:  # its batch's budget ran out while it was queued: it ends without running
-            return _finish_early(runtime, job_id, JobStatus.BUDGET_EXCEEDED, spent)
+            return _finish_early(runtime, job_id, JobStatus.BUDGET_EXCEEDED, spent, session_id)
         store.reset_trajectory(job_id)
         control = JobControl.for_root(
             spec,
@@ -157,10 +163,7 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
             return _hand_back(runtime, job_id, lease, stop.reason)
         if lease.lost:
             return f"abandoned: lost the lease of job {job_id}; another worker runs it"
-        stored = runtime.finish_job(result)
-        if spec.session is not None:  # the session takes its next question from now on
-            sessions = SessionStore(runtime.redis, idle_ttl_s=settings.session_idle_ttl_s)
-            sessions.release(spec.session.id, job_id)
+        stored = runtime.finish_job(result, session_id=session_id)
         return (
             f"{result.status.value} (attempt {attempt})" if stored else "duplicate: result existed"
         )
@@ -179,6 +182,22 @@ def _hand_back(runtime: WorkerRuntime, job_id: str, lease: JobLease, reason: str
     return f"handed over: {reason}; another worker resumes it from its journal"
 
 
-def _finish_early(runtime: WorkerRuntime, job_id: str, status: JobStatus, reason: str) -> str:
-    runtime.finish_job(JobResult(job_id=job_id, status=status, reason=reason))
+def session_of(record: JobRecord) -> str | None:
+    """The session a job belongs to, if any (None too when its spec cannot be read)."""
+    try:
+        spec = record.spec
+    except ValidationError:
+        return None
+    return spec.session.id if spec.session is not None else None
+
+
+def _finish_early(
+    runtime: WorkerRuntime,
+    job_id: str,
+    status: JobStatus,
+    reason: str,
+    session_id: str | None = None,
+) -> str:
+    result = JobResult(job_id=job_id, status=status, reason=reason)
+    runtime.finish_job(result, session_id=session_id)
     return f"{status.value}: {reason}"

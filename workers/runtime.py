@@ -7,16 +7,18 @@ lifetime, one per Celery app (``RLMCelery.runtime``).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
 from celery import Celery
 
 from rlm_jobs.clients.router import LLMRouter
-from rlm_jobs.config import Settings, redis_client
+from rlm_jobs.config import Settings, redis_answers, redis_client
 from rlm_jobs.engine import Engine
 from rlm_jobs.journal import JournalStore
 from rlm_jobs.metrics import Metrics
@@ -26,7 +28,8 @@ from rlm_jobs.sandboxes.pool import SandboxPool
 from rlm_jobs.sandboxes.registry import create_backend
 from rlm_jobs.sandboxes.services import SandboxServices
 from rlm_jobs.sandboxes.session import open_repl_factory
-from rlm_jobs.store import Store
+from rlm_jobs.sessions.store import SessionStore
+from rlm_jobs.store import AlsoStep, Store
 from rlm_jobs.tools import Toolbox, ToolSet
 from workers.claims import ClaimKeeper
 from workers.dispatcher import CeleryDispatcher
@@ -34,6 +37,8 @@ from workers.leases import LeaseKeeper
 from workers.llm_slots import LlmSlots
 from workers.names import ORCHESTRATE_QUEUE, RUN_JOB_TASK
 from workers.replies import ReplyCollector
+
+log = logging.getLogger(__name__)
 
 
 class WorkerRuntime:
@@ -45,6 +50,7 @@ class WorkerRuntime:
         assert settings.redis_url
         self.redis = redis_client(settings)
         self.store = Store(self.redis)
+        self.sessions = SessionStore(self.redis, idle_ttl_s=settings.session_idle_ttl_s)
         self.journals = JournalStore(self.redis)
         self.calls = self.journals.calls
         # Rate limits, response cache and batch budgets, shared with the whole cluster.
@@ -113,9 +119,17 @@ class WorkerRuntime:
                 )
             return self._lease_keeper
 
-    def finish_job(self, result: JobResult) -> bool:
-        """Store a root job's one result and count it; False if it had one already."""
-        stored = self.store.finish(result)
+    def finish_job(self, result: JobResult, *, session_id: str | None = None) -> bool:
+        """Store a root job's one result and count it; False if it had one already. The
+        job's session, if it has one, takes its next question in the same transaction."""
+        also: AlsoStep | None = None
+        if session_id is not None:
+            session = session_id  # (narrowed for the closure)
+
+            def also(pipe: redis.client.Pipeline) -> object:
+                return self.sessions.release(session, result.job_id, pipe=pipe)
+
+        stored = self.store.finish(result, also=also)
         if stored:
             self.metrics.job_finished(result.status)
         return stored
@@ -160,6 +174,12 @@ class WorkerRuntime:
             self._claim_keeper.close()
         if self._lease_keeper is not None:
             self._lease_keeper.close()
+        if self._sandbox_services is not None and not redis_answers(self.settings):
+            log.warning(
+                "Redis does not answer: stopping this worker's sandboxes without removing "
+                "their ACL users and keys (live orchestrators sweep them; copies expire)"
+            )
+            self._sandbox_services.redis_lost = True
         if self._sandbox_pool is not None:
             self._sandbox_pool.close()  # ends its sandboxes and waits for queued teardowns
         if self._sandbox_services is not None:

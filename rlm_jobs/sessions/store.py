@@ -77,14 +77,25 @@ class SessionStore:
                 raise SessionError(self._refusal(session_id, outcome, rest))
         raise SessionError(f"session {session_id!r} is changing under us; try again")
 
-    def release(self, session_id: str, job_id: str, *, recorded: bool = True) -> bool:
-        """The session's job is over (or was never recorded): it takes the next one."""
+    def release(
+        self,
+        session_id: str,
+        job_id: str,
+        *,
+        recorded: bool = True,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> bool:
+        """The session's job is over (or was never recorded): it takes the next one.
+
+        With ``pipe``, only queued there (the job's finishing transaction, ``Store.finish``)
+        and True."""
         with redis_errors("releasing a session's job"):
             done = self._release(
                 keys=[keys.session(session_id), keys.session_jobs(session_id)],
                 args=[job_id, time.time(), _ttl(self.idle_ttl_s), "0" if recorded else "1"],
+                client=pipe,
             )
-        return bool(done)
+        return pipe is not None or bool(done)
 
     def end(self, session_id: str, reason: str = "ended on request") -> str | None:
         """End the session; returns its unfinished job, if any (the caller cancels it)."""

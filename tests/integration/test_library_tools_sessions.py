@@ -18,8 +18,8 @@ from rlm_jobs.config import Settings
 from rlm_jobs.errors import ConfigError
 from rlm_jobs.models import JobStatus
 from rlm_jobs.redis_server import RedisServer
-from tests.support import sandbox_pids, wait_for
 from tests.support import tools as tooldefs
+from tests.support import wait_sandboxes_gone
 from tests.support.tools import INVOICES, QUESTIONS, TABLES, invoice_total
 
 pytestmark = pytest.mark.timeout(180)
@@ -32,7 +32,7 @@ def library_settings(
     yield scripted_settings.model_copy(
         update={"redis_url": redis_server.url, "sandbox_redis_socket": redis_server.unix_socket}
     )
-    wait_for(lambda: not sandbox_pids(str(redis_server.workdir)), 15, "sandboxes to exit")
+    wait_sandboxes_gone(str(redis_server.workdir))
 
 
 def tool_calls(trajectory: list[dict[str, Any]]) -> list[dict[str, Any]]:

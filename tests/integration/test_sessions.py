@@ -16,12 +16,13 @@ import redis
 from rlm_jobs import keys
 from rlm_jobs.config import Settings
 from rlm_jobs.errors import SessionError
-from rlm_jobs.models import JobStatus
+from rlm_jobs.models import JobResult, JobStatus
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.sessions.store import SessionStore
+from rlm_jobs.store import Store
 from rlm_jobs.submitter import JobHandle, Submitter
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.support import Cluster, sandbox_pids, wait_for
+from tests.support import Cluster, wait_for, wait_sandboxes_gone
 from tests.support.tools import QUESTIONS, TABLES
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
@@ -36,7 +37,7 @@ def cluster(
         c = Cluster(redis_server, provider, tmp_path)
         yield c
         c.stop()
-        wait_for(lambda: not sandbox_pids(c.marker), 15, "sandbox processes to exit")
+        wait_sandboxes_gone(c.marker)
 
 
 def root_calls(cluster: Cluster) -> int:
@@ -127,6 +128,22 @@ def test_ending_a_session_cancels_its_unfinished_job_and_refuses_more(
         session.end()
 
 
+def test_a_session_job_cancelled_while_queued_frees_its_session(cluster: Cluster) -> None:
+    # Given a session question cancelled before any orchestrator took it (it ends at once)
+    session = cluster.submitter.open_session()
+    queued = ask(cluster, session.id, 0)
+    queued.cancel()
+    assert queued.status() is JobStatus.CANCELLED
+    # When an orchestrator takes its message (and skips it: it has a result)
+    cluster.start(ORCHESTRATE_QUEUE)
+    # Then the session is free and idle, not held for the job's time limit
+    wait_for(lambda: session.info()["busy"] is None, 30, "the session to be released")
+    assert 0 < session.info()["expires_in_s"] <= cluster.settings.session_idle_ttl_s
+    # And it takes the next question
+    following = ask(cluster, session.id, 1)
+    assert session.info()["busy"] == following.id
+
+
 def test_an_idle_session_ends_after_its_ttl_but_not_while_a_job_holds_it(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
@@ -149,6 +166,34 @@ def test_an_idle_session_ends_after_its_ttl_but_not_while_a_job_holds_it(
         submitter.submit("q", "c", model="scripted/session", session_id=idle.id)
     with pytest.raises(SessionError, match="no session 'idle'"):
         submitter.session(idle.id)
+
+
+def test_a_session_takes_its_next_question_in_the_step_its_job_ends(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    # Given a session whose job is running (held for the job's time limit)
+    settings = Settings(redis_url=redis_server.url, session_idle_ttl_s=30)
+    submitter = Submitter(redis_client, lambda job_id: None, settings)
+    session = submitter.open_session()
+    job = submitter.submit("q", "c", model="scripted/session", session_id=session.id)
+    assert session.info()["busy"] == job.id
+    assert session.info()["expires_in_s"] > 30
+    # When the job's result is stored the way workers store it (workers/runtime.py)
+    sessions = SessionStore(redis_client, idle_ttl_s=30)
+    result = JobResult(job_id=job.id, status=JobStatus.COMPLETED, reason="", answer="42")
+    finished = Store(redis_client).finish(
+        result, also=lambda pipe: sessions.release(session.id, job.id, pipe=pipe)
+    )
+    # Then whoever sees the job ended sees the session free, on its idle TTL
+    assert finished and job.status() is JobStatus.COMPLETED
+    info = session.info()
+    assert info["busy"] is None and 0 < info["expires_in_s"] <= 30
+    # And a duplicate run's result changes neither
+    again = Store(redis_client).finish(
+        result.model_copy(update={"answer": "other"}),
+        also=lambda pipe: sessions.release(session.id, job.id, pipe=pipe),
+    )
+    assert not again and job.result()["answer"] == "42"
 
 
 def test_session_ids_and_duplicates_are_checked(
