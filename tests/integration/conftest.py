@@ -10,7 +10,7 @@ import pytest
 from rlm_jobs.config import Settings
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing import ScriptedProvider
-from tests.support import Stack, Worker, sandbox_pids, wait_for, workers_answer_ping
+from tests.support import Stack, Worker, wait_for, wait_sandboxes_gone, workers_answer_ping
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
 
@@ -66,4 +66,4 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
         for worker in workers:
             worker.stop()
         provider.stop()
-    wait_for(lambda: not sandbox_pids(marker), 15, "sandbox processes to exit")
+    wait_sandboxes_gone(marker)

@@ -19,7 +19,7 @@ from rlm_jobs.models import JobSpec, JobStatus, Limits
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing.policies.sub import NEGATIVE_WORDS, POSITIVE_WORDS
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.support import sandbox_pids, wait_for
+from tests.support import sandbox_pids, wait_for, wait_sandboxes_gone
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,7 +48,7 @@ def make_rlm(settings: Settings, redis_server: RedisServer) -> Iterator[type[RLM
     yield factory  # type: ignore[misc]
     for rlm in made:
         rlm.close()
-    wait_for(lambda: not sandbox_pids(marker), 15, "sandbox processes to exit")
+    wait_sandboxes_gone(marker)
 
 
 def assert_usage_matches_provider(result: RLMCompletion, provider: ScriptedProvider) -> None:
@@ -197,7 +197,7 @@ def test_cancelling_a_running_job_stops_it(
     control.repls.interrupt()
     thread.join(timeout=30)
     assert box == [JobStatus.CANCELLED]
-    wait_for(lambda: not sandbox_pids(marker), 15, "the sandbox to be gone")
+    wait_sandboxes_gone(marker)
     services.close()
     dispatcher.close()
     router.close()

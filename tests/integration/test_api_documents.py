@@ -16,7 +16,7 @@ from rlm_jobs.ingest import Ingestor
 from rlm_jobs.models import JobStatus
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.support import sandbox_pids, wait_for
+from tests.support import wait_sandboxes_gone
 from tests.support.documents import INVOICE_SCHEMA, corpus_folder, invoices
 
 pytestmark = pytest.mark.timeout(180)
@@ -34,7 +34,7 @@ def library_settings(
             "ingest_cache_dir": tmp_path / "cache",
         }
     )
-    wait_for(lambda: not sandbox_pids(str(redis_server.workdir)), 15, "sandboxes to exit")
+    wait_sandboxes_gone(str(redis_server.workdir))
 
 
 def test_library_mode_takes_documents_and_returns_structured_values(

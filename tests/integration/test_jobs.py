@@ -20,7 +20,7 @@ from rlm_jobs.models import JobStatus, Limits
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.submitter import Document
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.support import Cluster, needle_context, runtime_pids, sandbox_pids, wait_for
+from tests.support import Cluster, needle_context, runtime_pids, wait_for, wait_sandboxes_gone
 from workers.names import LLM_TASK, ORCHESTRATE_QUEUE, RUN_JOB_TASK
 
 pytestmark = pytest.mark.timeout(240)
@@ -43,7 +43,7 @@ def cluster(
     yield c
     c.stop()
     # Nothing a job started may outlive the workers.
-    wait_for(lambda: not sandbox_pids(c.marker), 15, "sandbox processes to exit")
+    wait_sandboxes_gone(c.marker)
 
 
 def test_a_job_runs_end_to_end_with_sub_calls_on_the_llm_pool(cluster: Cluster) -> None:
@@ -94,7 +94,10 @@ def test_recursion_cannot_deadlock_a_full_orchestrator_pool(cluster: Cluster) ->
         )
         for i in range(6)
     ]
-    records = [h.wait(timeout_s=180) for h in handles]
+    try:
+        records = [h.wait(timeout_s=180) for h in handles]
+    except TimeoutError:
+        pytest.fail("\n".join(cluster.describe(h.id) for h in handles if not h.status().finished))
     assert [r.status for r in records] == [JobStatus.COMPLETED] * 6
     for handle in handles:
         children = cluster.submitter.store.children(handle.id)
@@ -171,6 +174,36 @@ def test_cancelling_a_job_a_parent_and_a_batch(cluster: Cluster) -> None:
     wait_for(
         lambda: len(runtime_pids(cluster.marker)) <= pool_size, 15, "the jobs' sandboxes to stop"
     )
+
+
+def test_cancelling_a_job_stops_its_background_root_call_at_the_provider(
+    cluster: Cluster,
+) -> None:
+    # Given root calls made as background responses, one of which the provider takes a
+    # minute to generate
+    background = {"RLM_JOBS_BACKGROUND_CALLS": "root"}
+    cluster.provider.configure(root_latency_s=60)
+    cluster.start(ORCHESTRATE_QUEUE, concurrency=2, **background)
+    cluster.start("rlm.llm", concurrency=2, **background)
+    handle = cluster.submitter.submit("go", "ctx", model="scripted/stall")
+
+    def polled() -> bool:  # accepted, its id kept, and the worker waiting for it
+        entry = cluster.provider.ledger().get("scripted/stall")
+        return entry is not None and entry.retrievals >= 1
+
+    wait_for(polled, 30, "the root call to be polled")
+    # When the job is cancelled meanwhile
+    handle.cancel()
+    assert handle.wait(timeout_s=30).status is JobStatus.CANCELLED
+
+    # Then the llm worker stops waiting for that response and cancels it at the provider,
+    # instead of paying for it to the end
+    def cancellations() -> int:
+        entry = cluster.provider.ledger().get("scripted/stall")
+        return 0 if entry is None else entry.cancellations
+
+    wait_for(cancellations, 15, "the response to be cancelled")
+    assert [r.wire for r in cluster.provider.requests()] == ["responses"]
 
 
 def test_progress_reaches_the_event_stream_flower_reads(cluster: Cluster) -> None:

@@ -21,7 +21,7 @@ from rlm_jobs import keys
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.submitter import JobHandle
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.support import Cluster, Worker, needle_context, sandbox_pids, wait_for
+from tests.support import Cluster, Worker, needle_context, wait_for, wait_sandboxes_gone
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
 pytestmark = pytest.mark.timeout(240)
@@ -35,7 +35,7 @@ def cluster(
         c = Cluster(redis_server, provider, tmp_path)
         yield c
         c.stop()
-        wait_for(lambda: not sandbox_pids(c.marker), 15, "sandbox processes to exit")
+        wait_sandboxes_gone(c.marker)
 
 
 def calls(cluster: Cluster, role: str) -> int:
@@ -82,8 +82,14 @@ def test_killed_during_a_root_call_the_job_resumes_and_repeats_only_that_call(
     orchestrator = cluster.start(ORCHESTRATE_QUEUE)
     cluster.start(LLM_QUEUE, concurrency=8)
     handle = submit_needle(cluster)
-    # When the orchestrator dies while the second root call is in flight
+
+    def root_call_claimed() -> bool:  # taken by an llm worker: on its way to the provider
+        return any(b".r." in k for k in cluster.client.keys(keys.subcall_claim("*")))
+
+    # When the orchestrator dies while the second root call is in flight (not merely
+    # placed in the journal: that one would be asked afresh, and paid once all the same)
     wait_for(lambda: progress_iteration(handle) >= 2, 30, "the second turn to start")
+    wait_for(root_call_claimed, 30, "an llm worker to take the second root call")
     assert calls(cluster, "root") == 1
     kill_and_replace(cluster, orchestrator)
     # Then another orchestrator resumes it: both replies from the journal (the second was
@@ -93,7 +99,7 @@ def test_killed_during_a_root_call_the_job_resumes_and_repeats_only_that_call(
     assert calls(cluster, "root") == ROOT_CALLS
     assert calls(cluster, "sub") == 6
     assert row["attempts"] == 2
-    assert any("2 steps replayed" in n for n in resumed_notes(handle))
+    assert any("2 steps replayed" in n for n in resumed_notes(handle)), resumed_notes(handle)
     # Usage is counted once per call
     assert row["usage"]["calls"] == ROOT_CALLS + 6
 
@@ -181,6 +187,35 @@ def test_llm_worker_killed_holding_chunks_the_job_goes_on_within_seconds(
     assert 8 <= calls(cluster, "sub") <= 8 + 4
     assert ROOT_CALLS <= calls(cluster, "root") <= ROOT_CALLS + 1  # one, if it ran there
     assert took < 30
+
+
+def test_llm_worker_killed_during_a_background_root_call_leaves_it_to_the_next(
+    cluster: Cluster,
+) -> None:
+    # Given root calls made as background responses, and an llm worker killed while the
+    # provider generates the first one (accepted, its id kept with the call)
+    background = {"RLM_JOBS_BACKGROUND_CALLS": "root"}
+    cluster.provider.configure(root_latency_s=3.0)
+    cluster.start(ORCHESTRATE_QUEUE, **background)
+    doomed = cluster.start(LLM_QUEUE, concurrency=4, **background)
+    handle = submit_needle(cluster, code="BG-7")
+
+    def kept_response() -> bool:
+        records = [k for k in cluster.client.keys(keys.subcall("*")) if not k.endswith(b":claim")]
+        return any(cluster.client.hget(r, "response") for r in records)
+
+    wait_for(kept_response, 30, "the first root call to be accepted")
+    doomed.kill()
+    # (before the provider could have answered it to the dead worker)
+    assert time.time() < cluster.provider.requests()[0].timestamp + 3.0
+    cluster.start(LLM_QUEUE, concurrency=4, **background)
+    # Then the job finishes, and the root call the dead worker was waiting for was fetched
+    # by the next worker, not asked again: every call paid once
+    row = finished_once(handle)
+    assert row["answer"] == "BG-7"
+    assert calls(cluster, "root") == ROOT_CALLS
+    assert calls(cluster, "sub") == 6
+    assert [r.wire for r in cluster.provider.requests() if r.role == "root"] == ["responses"] * 3
 
 
 def test_a_warm_shutdown_hands_running_jobs_back_at_once(cluster: Cluster) -> None:

@@ -221,7 +221,9 @@ def test_a_batch_bigger_than_a_chunk_is_answered_in_order_over_several_tasks(
 
 def test_a_chunk_of_a_job_cancelled_mid_way_calls_the_provider_no_more(stack: LlmStack) -> None:
     # One provider call at a time: the first chunk's later prompts queue behind its first.
-    stack.provider.configure(sub_latency_s=0.2)
+    # A call lasts long enough for the cancel to land before the second one ends, even on a
+    # loaded machine.
+    stack.provider.configure(sub_latency_s=0.5)
     stack.start(concurrency=1, RLM_JOBS_LLM_WORKER_CONCURRENCY="1")
     n = 40
     cancelled = threading.Event()
@@ -436,3 +438,43 @@ def test_prompts_a_worker_has_no_slot_for_go_to_a_worker_that_has(stack: LlmStac
     assert {w.split("@", 1)[0] for w in served} == {first.name, second.name}
     assert sorted(stack.wait_tasks_finished(2, 10)) == ["'forwarded 4, ok 4'", "'ok 4'"]
     assert stack.provider_calls() == 8
+
+
+def test_background_calls_of_a_killed_llm_worker_are_fetched_not_paid_again(
+    stack: LlmStack,
+) -> None:
+    # Given an llm worker making every call a background response, four at a time, and a
+    # batch waiting on eight of them
+    stack.provider.configure(sub_latency_s=3.0)
+    first = stack.start(
+        concurrency=4, RLM_JOBS_LLM_WORKER_CONCURRENCY="4", RLM_JOBS_BACKGROUND_CALLS="all"
+    )
+    n = 8
+    results: list[SubcallResult] = []
+    batch = threading.Thread(target=lambda: results.extend(stack.run(n)))
+    batch.start()
+
+    def kept_responses() -> int:
+        records = stack.client.keys(keys.subcall("*"))
+        found = [stack.client.hget(r, "response") for r in records if not r.endswith(b":claim")]
+        return sum(1 for f in found if f)
+
+    # When it is killed with four calls accepted by the provider and none answered yet
+    wait_for(lambda: kept_responses() >= 4, 20, "four background responses kept")
+    first.kill()
+    killed_at = time.time()
+    assert stack.provider_calls() == 4
+    # (killed before any of the four could have been answered to it)
+    assert killed_at < min(r.timestamp for r in stack.provider.requests()) + 3.0
+    stack.start(concurrency=4, RLM_JOBS_LLM_WORKER_CONCURRENCY="4", RLM_JOBS_BACKGROUND_CALLS="all")
+    batch.join(timeout=60)
+    # Then every call is answered, in order, and the provider was asked once per prompt:
+    # the new worker fetched the four responses the dead one left
+    assert not batch.is_alive()
+    assert [r.text for r in results] == [f"C{i}" for i in range(n)]
+    assert stack.provider_calls() == n
+    requests = stack.provider.requests()
+    assert [r.wire for r in requests] == ["responses"] * n
+    assert stack.provider.ledger()[MODEL].retrievals >= n
+    # and no record is left holding a response
+    assert kept_responses() == 0

@@ -9,6 +9,9 @@ still be running, and no model call may be paid twice.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import pytest
 from rlm_jobs.models import JobStatus
 from rlm_jobs.submitter import BatchHandle, Document
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.support import Cluster, needle_context, sandbox_pids, wait_for
+from tests.support import Cluster, needle_context, runtime_pids, wait_for, wait_sandboxes_gone
 from tests.support.faults import CrashableRedis, while_redis_is_up
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
 
@@ -37,7 +40,7 @@ def cluster(
     c.env["RLM_JOBS_PROGRESS_INTERVAL_S"] = "0"
     yield c
     c.stop()
-    wait_for(lambda: not sandbox_pids(c.marker), 15, "sandbox processes to exit")
+    wait_sandboxes_gone(c.marker)
 
 
 def _queued_while_others_run(batch: BatchHandle) -> bool:
@@ -89,8 +92,12 @@ def test_a_batch_rides_out_redis_crashes_and_restarts(
     # Then every job completes with its own document's answer, without anyone stepping in
     progress = batch.wait(timeout_s=180)
     assert progress["by_status"] == {JobStatus.COMPLETED.value: DOCUMENTS}
-    answers = {row["id"]: row["answer"] for row in batch.results()}
-    assert answers == {f"doc-{i}": f"RR-{i}" for i in range(DOCUMENTS)}
+    rows = batch.results()
+    answers = {row["id"]: row["answer"] for row in rows}
+    wrong = [row["job_id"] for row in rows if row["answer"] != f"RR-{row['id'][4:]}"]
+    assert answers == {f"doc-{i}": f"RR-{i}" for i in range(DOCUMENTS)}, "\n".join(
+        cluster.describe(job_id) for job_id in wrong
+    )
     # ... once each: one run per job, none restarted, one result written
     for job in batch.jobs():
         record = job.record()
@@ -105,3 +112,29 @@ def test_a_batch_rides_out_redis_crashes_and_restarts(
     for worker in workers:
         assert worker.alive(), f"{worker.name} exited:\n{worker.log()[-3000:]}"
         assert "Unrecoverable error" not in worker.log()
+
+
+def test_a_worker_stopped_while_redis_is_down_ends_with_its_sandboxes(
+    cluster: Cluster, crashable_redis: CrashableRedis
+) -> None:
+    # Given an orchestrator that ran a job (its warm pool of sandboxes is up)
+    orchestrator = cluster.start(ORCHESTRATE_QUEUE, concurrency=2)
+    cluster.start(LLM_QUEUE, concurrency=4)
+    context = needle_context(2, "RD-1", 1)
+    handle = cluster.submitter.submit("What is the secret code?", context, model="scripted/needle")
+    assert handle.wait(timeout_s=60).status is JobStatus.COMPLETED
+    wait_for(lambda: runtime_pids(cluster.marker), 30, "the warm pool's sandboxes")
+    # When Redis dies for good and the worker is stopped (a deploy during an outage)
+    crashable_redis.crash()
+    try:
+        os.killpg(orchestrator.proc.pid, signal.SIGTERM)
+        # Then it ends, with its sandboxes, well before one Redis command would have
+        # waited out the outage (redis_retry_s): their teardowns skip what needs Redis
+        try:
+            orchestrator.proc.wait(timeout=cluster.settings.redis_retry_s * 0.75)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker did not end with Redis down:\n{orchestrator.log()[-3000:]}")
+        wait_sandboxes_gone(cluster.marker)
+        assert "Redis does not answer: stopping this worker's sandboxes" in orchestrator.log()
+    finally:
+        crashable_redis.restart()  # for the cluster's own teardown

@@ -13,7 +13,7 @@ import redis
 
 from rlm_jobs.redis_server import RedisServer
 from rlm_jobs.testing.provider import ScriptedProvider
-from tests.support import Cluster, sandbox_pids, wait_for
+from tests.support import Cluster, wait_for, wait_sandboxes_gone
 from tests.support import tools as tooldefs
 from tests.support.tools import INVOICES, invoice_total
 from workers.names import LLM_QUEUE, ORCHESTRATE_QUEUE
@@ -31,7 +31,7 @@ def cluster(
         c = Cluster(redis_server, provider, tmp_path)
         yield c
         c.stop()
-        wait_for(lambda: not sandbox_pids(c.marker), 15, "sandbox processes to exit")
+        wait_sandboxes_gone(c.marker)
 
 
 def tool_entries(trajectory: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -178,6 +178,34 @@ def sandbox_pids(marker: str) -> set[int]:
     return pids
 
 
+def wait_sandboxes_gone(marker: str, timeout_s: float = 30.0) -> None:
+    """Wait until no sandbox of ``marker``'s Redis server is left; on a timeout, fail
+    naming each one left, its state, age and parents (so a flaky leak can be read)."""
+    try:
+        wait_for(lambda: not sandbox_pids(marker), timeout_s, "sandbox processes to exit")
+    except AssertionError as exc:
+        left = "\n".join(_describe(pid) for pid in sorted(sandbox_pids(marker)))
+        raise AssertionError(f"{exc}; left:\n{left or '(none by now)'}") from None
+
+
+def _describe(pid: int) -> str:
+    lines, ancestor = [], pid
+    for _ in range(4):
+        if ancestor <= 1:
+            break
+        try:
+            started = int(
+                (Path("/proc") / str(ancestor) / "stat").read_text().rsplit(")", 1)[1].split()[19]
+            )
+            age_s = time.clock_gettime(time.CLOCK_BOOTTIME) - started / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            age_s = float("nan")
+        cmdline = _cmdline(ancestor).decode(errors="replace")[:160]
+        lines.append(f"  pid {ancestor} [{_state(ancestor)}] {age_s:.1f}s old: {cmdline}")
+        ancestor = _parent(ancestor)
+    return "\n".join(lines)
+
+
 def runtime_pids(marker: str) -> set[int]:
     """The sandbox runtimes themselves (one per sandbox), without their bubblewrap parents."""
     return {pid for pid in sandbox_pids(marker) if b"bwrap" not in _cmdline(pid)}
@@ -228,6 +256,25 @@ class Cluster:
     def log_count(self, text: str) -> int:
         """How many times ``text`` appears in the logs of this cluster's workers."""
         return sum(w.log().count(text) for w in self.workers)
+
+    def describe(self, job_id: str, max_chars: int = 6000) -> str:
+        """A failed assertion's evidence about one job: its record, its children, what its
+        trajectory says went wrong, and the worker log lines that name it."""
+        store = self.submitter.store
+        record = store.get(job_id)
+        lines = [f"job {job_id}: {record.status.value}, attempts {record.attempts}"]
+        if record.result is not None:
+            lines.append(f"  answer {record.result.answer!r}, reason {record.result.reason!r}")
+        for child in store.children(job_id):
+            child_record = store.get(child)
+            lines.append(f"  child {child}: {child_record.status.value}")
+        for entry in store.trajectory(job_id):
+            if entry.get("type") == "iteration" or entry.get("error") or entry.get("resumed"):
+                lines.append("  " + json.dumps(entry, default=str)[:400])
+        for worker in self.workers:
+            named = [line for line in worker.log().splitlines() if job_id in line]
+            lines += [f"  [{worker.name}] {line[:300]}" for line in named[-40:]]
+        return "\n".join(lines)[-max_chars:]
 
     def stop(self) -> None:
         for worker in self.workers:
