@@ -427,3 +427,39 @@ def test_a_forked_child_of_the_host_does_not_keep_its_sandboxes_alive(
         os.waitpid(child, 0)
         os.close(hold)
         os.close(release)
+
+
+def test_a_fork_after_a_sandbox_ended_reports_nothing_from_the_fork_handler(
+    open_session: OpenSession,
+) -> None:
+    # Given a sandbox that ended (its lifeline closed) and one still running
+    first = open_session()
+    assert run(first, "print(1)").stdout == "1\n"
+    ended = first.process
+    assert isinstance(ended, ProcessSandbox)
+    ended.kill()
+    assert run(open_session(), "print(2)").stdout == "2\n"
+    # When the host forks (as every sandbox launch does: subprocess runs the fork handlers
+    # in its child when given a preexec_fn)
+    read_end, write_end = os.pipe()
+
+    def report(unraisable: Any) -> None:
+        os.write(write_end, b"raised ")
+
+    previous = sys.unraisablehook
+    sys.unraisablehook = report
+    try:
+        child = os.fork()
+        if child == 0:
+            os.write(write_end, b"forked")
+            os._exit(0)
+    finally:
+        sys.unraisablehook = previous
+    os.waitpid(child, 0)
+    os.close(write_end)
+    try:
+        # Then the handler raised nothing: what it raises is printed, and printing takes
+        # locks another thread may hold at the fork (the child then hangs before its exec)
+        assert os.read(read_end, 100) == b"forked"
+    finally:
+        os.close(read_end)

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,25 +19,37 @@ log = logging.getLogger(__name__)
 
 WAIT_AFTER_KILL_S = 10.0
 
-# Started sandboxes of this process, for the fork handler (weak: a dropped one is gone).
-_started: weakref.WeakSet[ProcessSandbox] = weakref.WeakSet()
+# The host's write ends of this process's sandbox lifelines (descriptor -> the pipe's inode),
+# for the fork handler. Plain numbers: the handler runs in the forked child, where it must
+# not raise, print, lock, or read objects another thread of the parent was changing.
+_lifelines: dict[int, int] = {}
 
 
 def _drop_lifelines_in_child() -> None:
     """After fork, in the child: a copy of a sandbox's lifeline would keep the sandbox alive
     after this process died, as long as the child lives (close-on-exec covers only exec).
-    Each copy is pointed at /dev/null: no lock is taken (another thread of the parent may
-    have held one), and the descriptor number stays the file object's own."""
-    fds = [s._popen.stdin.fileno() for s in list(_started) if s._popen.stdin is not None]
-    if not fds:
-        return
-    null = os.open(os.devnull, os.O_WRONLY)
+    Each copy is pointed at /dev/null, the descriptor number staying the file object's own.
+
+    It also runs in every child ``subprocess`` forks with a ``preexec_fn`` (our own sandbox
+    launches), before that child's pipes are in place: a number whose pipe closed meanwhile
+    may already name one of them, so only a descriptor that is still the same pipe (inode)
+    is touched. Nothing may escape: a handler that raises is reported on stderr, which
+    takes locks (Celery's stderr is a logger) another thread may have held at the fork,
+    and the child would hang before its exec, with the launching thread waiting on it."""
     try:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.dup2(null, fd)
-    finally:
-        os.close(null)
+        held = list(_lifelines.items())
+        if not held:
+            return
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            for fd, inode in held:
+                with contextlib.suppress(OSError):
+                    if os.fstat(fd).st_ino == inode:
+                        os.dup2(null, fd)
+        finally:
+            os.close(null)
+    except BaseException:  # see above: never report from here
+        return
 
 
 os.register_at_fork(after_in_child=_drop_lifelines_in_child)
@@ -68,7 +79,10 @@ class ProcessSandbox:
         self._oom_kills = 0
         self._log_tail = ""
         self._released = False
-        _started.add(self)
+        self._lifeline: int | None = None
+        if popen.stdin is not None:
+            self._lifeline = popen.stdin.fileno()
+            _lifelines[self._lifeline] = os.fstat(self._lifeline).st_ino
 
     def alive(self) -> bool:
         return self._popen.poll() is None
@@ -90,6 +104,9 @@ class ProcessSandbox:
                 self._oom_kills = self._groups.oom_kills()
                 self._groups.destroy()
             if self._popen.stdin is not None:  # the lifeline: nobody waits on it any more
+                # Forgotten before it closes: its number may be reused from then on.
+                if self._lifeline is not None:
+                    _lifelines.pop(self._lifeline, None)
                 with contextlib.suppress(OSError):
                     self._popen.stdin.close()
             self._log_tail = self._output.text(wait_s=1.0)
