@@ -18,7 +18,9 @@ error, so it escapes Celery's reconnect loop.
   ``unacked`` hash, where the messages' own acknowledgements find them);
 - connection parameters are kept from the channel's first connection, so a task that was
   running through the outage can still acknowledge its message on the old channel once
-  Redis is back, instead of leaving it to be redelivered after the visibility timeout.
+  Redis is back, instead of leaving it to be redelivered after the visibility timeout, and
+  a pooled producer whose channel that cleanup closed still publishes (kombu's own code
+  fails it with an AttributeError, which its publish retries do not catch).
 
 ``QoS`` closes a hole that loses messages: kombu takes a message off its queue with
 ``BRPOP`` and only then records it in its ``unacked`` hash; when Redis dies between the two,
@@ -106,7 +108,12 @@ class Channel(kombu_redis.Channel):
         cached = self._rlm_connparams
         if cached is None:
             cached = self._rlm_connparams = {}
-        if asynchronous not in cached or self.connection.client is not None:
+        # A closed channel has no transport at all (``connection`` None); a pooled producer
+        # can still hold one after the cleanup of a lost connection, and its next publish
+        # must reach Redis (or fail as a connection error kombu retries), not raise an
+        # AttributeError that fails the job sending it.
+        transport = self.connection
+        if asynchronous not in cached or (transport is not None and transport.client is not None):
             params = super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
             cached[asynchronous] = params
         return dict(cached[asynchronous])

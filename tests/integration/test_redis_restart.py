@@ -91,13 +91,12 @@ def test_a_batch_rides_out_redis_crashes_and_restarts(
 
     # Then every job completes with its own document's answer, without anyone stepping in
     progress = batch.wait(timeout_s=180)
-    assert progress["by_status"] == {JobStatus.COMPLETED.value: DOCUMENTS}
-    rows = batch.results()
-    answers = {row["id"]: row["answer"] for row in rows}
+    rows = list(batch.results())
     wrong = [row["job_id"] for row in rows if row["answer"] != f"RR-{row['id'][4:]}"]
-    assert answers == {f"doc-{i}": f"RR-{i}" for i in range(DOCUMENTS)}, "\n".join(
-        cluster.describe(job_id) for job_id in wrong
-    )
+    evidence = "\n".join(cluster.describe(job_id) for job_id in wrong)
+    assert progress["by_status"] == {JobStatus.COMPLETED.value: DOCUMENTS}, evidence
+    answers = {row["id"]: row["answer"] for row in rows}
+    assert answers == {f"doc-{i}": f"RR-{i}" for i in range(DOCUMENTS)}, evidence
     # ... once each: one run per job, none restarted, one result written
     for job in batch.jobs():
         record = job.record()

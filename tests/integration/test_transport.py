@@ -16,6 +16,7 @@ import redis
 from kombu import Connection, Queue
 from kombu.transport import redis as kombu_redis
 
+from rlm_jobs.redis_server import RedisServer
 from tests.support.faults import CrashableRedis
 
 pytestmark = pytest.mark.timeout(60)
@@ -65,3 +66,18 @@ def test_a_message_taken_as_redis_dies_is_kept_and_delivered(
         message.ack()
         assert client.hlen("unacked") == 0
     client.close()
+
+
+def test_a_producer_whose_channel_was_closed_still_publishes(redis_server: RedisServer) -> None:
+    # A worker riding out a Redis restart handed a job a pooled producer whose channel the
+    # cleanup of the lost connection had closed: its publish raised an AttributeError
+    # (not a connection error, so not retried) and the job sending sub-calls failed.
+    queue = Queue("rlm.test.closed-channel")
+    client = redis.Redis.from_url(redis_server.url)
+    client.delete(queue.name)
+    url = redis_server.url
+    with Connection(url, transport="workers.transport:Transport") as conn, conn.Producer() as out:
+        out.publish({"n": 1}, routing_key=queue.name, declare=[queue])
+        out.channel.close()
+        out.publish({"n": 2}, routing_key=queue.name, retry=True)
+    assert client.llen(queue.name) == 2
