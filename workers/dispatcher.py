@@ -59,7 +59,10 @@ def send_llm_task(
         create_sent_event=False,
         ignore_result=True,
     )
-    amqp.send_task_message(producer, LLM_TASK, message, queue=LLM_QUEUE)
+    # No declare: Celery sends to a direct queue through the anonymous exchange, which
+    # kombu's Redis transport turns into an LPUSH on the queue's list, declared or not;
+    # checking its declaration cache cost a tenth of a millisecond per send.
+    amqp.send_task_message(producer, LLM_TASK, message, queue=LLM_QUEUE, declare=[])
 
 
 def chunk_sizes(n: int, max_chunk: int, spread: int = SPREAD_TASKS) -> list[int]:
