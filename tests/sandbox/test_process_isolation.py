@@ -386,16 +386,23 @@ def _remove_when_empty(group: Path) -> None:
     group.rmdir()
 
 
-def test_a_sandbox_whose_host_end_of_stdin_closes_exits(open_session: OpenSession) -> None:
-    # The stdin lifeline: what a host killed while bwrap was still starting leaves behind
-    # (bwrap alive, --die-with-parent never armed) is a closed pipe, and the runtime must
-    # end on that alone
+def _running_sandbox(open_session: OpenSession) -> ProcessSandbox:
+    """The process of a fresh session that has run a cell, its lifeline (stdin) open."""
     session = open_session()
     assert run(session, "print(1 + 1)").stdout == "2\n"
     proc = session.process
     assert isinstance(proc, ProcessSandbox)
+    assert proc._popen.stdin is not None and proc._popen.poll() is None
+    return proc
+
+
+def test_a_sandbox_whose_host_end_of_stdin_closes_exits(open_session: OpenSession) -> None:
+    # The stdin lifeline: what a host killed while bwrap was still starting leaves behind
+    # (bwrap alive, --die-with-parent never armed) is a closed pipe, and the runtime must
+    # end on that alone
+    proc = _running_sandbox(open_session)
     popen = proc._popen
-    assert popen.stdin is not None and popen.poll() is None
+    assert popen.stdin is not None
     popen.stdin.close()
     assert eventually(lambda: popen.poll() is not None, timeout_s=10)
     assert popen.returncode == runtime.EXIT_PARENT_LOST, proc.describe_exit()
@@ -405,10 +412,7 @@ def test_a_forked_child_of_the_host_does_not_keep_its_sandboxes_alive(
     open_session: OpenSession,
 ) -> None:
     # Given a host process that forks (multiprocessing in a library user's program)
-    session = open_session()
-    assert run(session, "print(3)").stdout == "3\n"
-    proc = session.process
-    assert isinstance(proc, ProcessSandbox)
+    proc = _running_sandbox(open_session)
     popen = proc._popen
     assert popen.stdin is not None
     hold, release = os.pipe()
@@ -433,12 +437,8 @@ def test_a_fork_after_a_sandbox_ended_reports_nothing_from_the_fork_handler(
     open_session: OpenSession,
 ) -> None:
     # Given a sandbox that ended (its lifeline closed) and one still running
-    first = open_session()
-    assert run(first, "print(1)").stdout == "1\n"
-    ended = first.process
-    assert isinstance(ended, ProcessSandbox)
-    ended.kill()
-    assert run(open_session(), "print(2)").stdout == "2\n"
+    _running_sandbox(open_session).kill()
+    _running_sandbox(open_session)
     # When the host forks (as every sandbox launch does: subprocess runs the fork handlers
     # in its child when given a preexec_fn)
     read_end, write_end = os.pipe()
