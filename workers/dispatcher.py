@@ -61,7 +61,7 @@ def send_llm_task(
     )
     # No declare: Celery sends to a direct queue through the anonymous exchange, which
     # kombu's Redis transport turns into an LPUSH on the queue's list, declared or not;
-    # checking its declaration cache cost a tenth of a millisecond per send.
+    # checking its declaration cache cost some 60 µs of CPU per send.
     amqp.send_task_message(producer, LLM_TASK, message, queue=LLM_QUEUE, declare=[])
 
 

@@ -18,9 +18,11 @@ error, so it escapes Celery's reconnect loop.
   ``unacked`` hash, where the messages' own acknowledgements find them);
 - connection parameters are kept from the channel's first connection, so a task that was
   running through the outage can still acknowledge its message on the old channel once
-  Redis is back, instead of leaving it to be redelivered after the visibility timeout, and
-  a pooled producer whose channel that cleanup closed still publishes (kombu's own code
-  fails it with an AttributeError, which its publish retries do not catch).
+  Redis is back, instead of leaving it to be redelivered after the visibility timeout;
+- a closed channel, which a pooled producer can still hold after that cleanup, fails its
+  next publish as a connection error, which kombu's retries answer by moving the producer
+  to a fresh channel (kombu's own code raises an AttributeError there, which they do not
+  catch, and the job that was sending failed).
 
 ``QoS`` closes a hole that loses messages: kombu takes a message off its queue with
 ``BRPOP`` and only then records it in its ``unacked`` hash; when Redis dies between the two,
@@ -105,15 +107,16 @@ class Channel(kombu_redis.Channel):
         super().close()  # type: ignore[no-untyped-call]
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection is None:
+            # A closed channel, which a pooled producer can still hold after the cleanup of
+            # a lost connection: a connection error, which kombu's publish retries answer
+            # by moving the producer to a fresh channel (kombu's own code raised an
+            # AttributeError here, which nothing retries, and failed the job sending).
+            raise redis.ConnectionError("the broker channel was closed with its connection")
         cached = self._rlm_connparams
         if cached is None:
             cached = self._rlm_connparams = {}
-        # A closed channel has no transport at all (``connection`` None); a pooled producer
-        # can still hold one after the cleanup of a lost connection, and its next publish
-        # must reach Redis (or fail as a connection error kombu retries), not raise an
-        # AttributeError that fails the job sending it.
-        transport = self.connection
-        if asynchronous not in cached or (transport is not None and transport.client is not None):
+        if asynchronous not in cached or self.connection.client is not None:
             params = super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
             cached[asynchronous] = params
         return dict(cached[asynchronous])

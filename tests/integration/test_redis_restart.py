@@ -90,7 +90,11 @@ def test_a_batch_rides_out_redis_crashes_and_restarts(
     crashable_redis.crash_and_restart(down_s=0.5)
 
     # Then every job completes with its own document's answer, without anyone stepping in
-    progress = batch.wait(timeout_s=180)
+    try:
+        progress = batch.wait(timeout_s=180)
+    except TimeoutError:
+        unfinished = [job.id for job in batch.jobs() if not job.status().finished]
+        pytest.fail("\n".join(cluster.describe(job_id) for job_id in unfinished))
     rows = list(batch.results())
     wrong = [row["job_id"] for row in rows if row["answer"] != f"RR-{row['id'][4:]}"]
     evidence = "\n".join(cluster.describe(job_id) for job_id in wrong)

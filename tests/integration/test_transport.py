@@ -71,7 +71,8 @@ def test_a_message_taken_as_redis_dies_is_kept_and_delivered(
 def test_a_producer_whose_channel_was_closed_still_publishes(redis_server: RedisServer) -> None:
     # A worker riding out a Redis restart handed a job a pooled producer whose channel the
     # cleanup of the lost connection had closed: its publish raised an AttributeError
-    # (not a connection error, so not retried) and the job sending sub-calls failed.
+    # (not a connection error, so not retried) and the job sending sub-calls failed. It
+    # must be retried, on a new channel.
     queue = Queue("rlm.test.closed-channel")
     client = redis.Redis.from_url(redis_server.url)
     client.delete(queue.name)
@@ -80,4 +81,6 @@ def test_a_producer_whose_channel_was_closed_still_publishes(redis_server: Redis
         out.publish({"n": 1}, routing_key=queue.name, declare=[queue])
         out.channel.close()
         out.publish({"n": 2}, routing_key=queue.name, retry=True)
+        # ... on a fresh channel: one the connection tracks and closes, not the dead one
+        assert not out.channel.closed
     assert client.llen(queue.name) == 2

@@ -433,12 +433,14 @@ def test_a_forked_child_of_the_host_does_not_keep_its_sandboxes_alive(
         os.close(release)
 
 
-def test_a_fork_after_a_sandbox_ended_reports_nothing_from_the_fork_handler(
+def test_a_fork_after_a_sandbox_ended_drops_the_live_lifelines_and_reports_nothing(
     open_session: OpenSession,
 ) -> None:
     # Given a sandbox that ended (its lifeline closed) and one still running
     _running_sandbox(open_session).kill()
-    _running_sandbox(open_session)
+    live = _running_sandbox(open_session)
+    assert live._popen.stdin is not None
+    lifeline = live._popen.stdin.fileno()
     # When the host forks (as every sandbox launch does: subprocess runs the fork handlers
     # in its child when given a preexec_fn)
     read_end, write_end = os.pipe()
@@ -451,15 +453,19 @@ def test_a_fork_after_a_sandbox_ended_reports_nothing_from_the_fork_handler(
     try:
         child = os.fork()
         if child == 0:
-            os.write(write_end, b"forked")
+            dropped = os.path.samestat(os.fstat(lifeline), os.stat(os.devnull))
+            os.write(write_end, b"dropped" if dropped else b"kept")
             os._exit(0)
     finally:
         sys.unraisablehook = previous
     os.waitpid(child, 0)
     os.close(write_end)
     try:
-        # Then the handler raised nothing: what it raises is printed, and printing takes
-        # locks another thread may hold at the fork (the child then hangs before its exec)
-        assert os.read(read_end, 100) == b"forked"
+        # Then the child's copy of the live lifeline points at /dev/null, and the handler
+        # raised nothing: what it raises is printed, and printing takes a lock another
+        # thread may hold at the fork (the child then hangs before its exec)
+        assert os.read(read_end, 100) == b"dropped"
     finally:
         os.close(read_end)
+    # ... while the host's own end is untouched
+    assert live.alive() and not os.path.samestat(os.fstat(lifeline), os.stat(os.devnull))

@@ -269,7 +269,24 @@ class Cluster:
             child_record = store.get(child)
             lines.append(f"  child {child}: {child_record.status.value}")
         for entry in store.trajectory(job_id):
-            if entry.get("type") == "iteration" or entry.get("error") or entry.get("resumed"):
+            if entry.get("type") == "iteration":
+                results = [block.get("result", {}) for block in entry.get("code_blocks", [])]
+                brief = {
+                    "iteration": entry.get("iteration"),
+                    "reply": str(entry.get("response", ""))[:150],
+                    "cells": [
+                        (str(r.get("stdout", ""))[-200:], str(r.get("stderr", ""))[-200:])
+                        for r in results
+                    ],
+                    "sub_call_errors": [
+                        str(call.get("response", ""))[:150]
+                        for r in results
+                        for call in r.get("rlm_calls", [])
+                        if str(call.get("response", "")).startswith("Error")
+                    ],
+                }
+                lines.append("  " + json.dumps(brief, default=str))
+            elif entry.get("error") or entry.get("resumed"):
                 lines.append("  " + json.dumps(entry, default=str)[:400])
         for worker in self.workers:
             named = [line for line in worker.log().splitlines() if job_id in line]

@@ -19,10 +19,15 @@ log = logging.getLogger(__name__)
 
 WAIT_AFTER_KILL_S = 10.0
 
-# The host's write ends of this process's sandbox lifelines (descriptor -> the pipe's inode),
-# for the fork handler. Plain numbers: the handler runs in the forked child, where it must
-# not raise, print, lock, or read objects another thread of the parent was changing.
-_lifelines: dict[int, int] = {}
+# The host's write ends of this process's sandbox lifelines (descriptor -> the pipe's device
+# and inode), for the fork handler. Plain numbers: the handler runs in the forked child,
+# where it must not raise, print, lock, or read objects another thread was changing.
+_lifelines: dict[int, tuple[int, int]] = {}
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    stat = os.fstat(fd)
+    return stat.st_dev, stat.st_ino
 
 
 def _drop_lifelines_in_child() -> None:
@@ -32,19 +37,20 @@ def _drop_lifelines_in_child() -> None:
 
     It also runs in every child ``subprocess`` forks with a ``preexec_fn`` (our own sandbox
     launches), before that child's pipes are in place: a number whose pipe closed meanwhile
-    may already name one of them, so only a descriptor that is still the same pipe (inode)
-    is touched. Nothing may escape: a handler that raises is reported on stderr, which
-    takes locks (Celery's stderr is a logger) another thread may have held at the fork,
-    and the child would hang before its exec, with the launching thread waiting on it."""
+    may already name one of them, so only a descriptor that is still the same pipe is
+    touched. Nothing may escape: a handler that raises is reported on stderr, which takes
+    the stream's lock (in a Celery worker, through its logger) that another thread may
+    have held at the fork, and the child would hang before its exec, with the launching
+    thread waiting on it."""
     try:
         held = list(_lifelines.items())
         if not held:
             return
         null = os.open(os.devnull, os.O_WRONLY)
         try:
-            for fd, inode in held:
+            for fd, pipe in held:
                 with contextlib.suppress(OSError):
-                    if os.fstat(fd).st_ino == inode:
+                    if _identity(fd) == pipe:
                         os.dup2(null, fd)
         finally:
             os.close(null)
@@ -79,10 +85,11 @@ class ProcessSandbox:
         self._oom_kills = 0
         self._log_tail = ""
         self._released = False
-        self._lifeline: int | None = None
+        self._lifeline: tuple[int, tuple[int, int]] | None = None
         if popen.stdin is not None:
-            self._lifeline = popen.stdin.fileno()
-            _lifelines[self._lifeline] = os.fstat(self._lifeline).st_ino
+            fd = popen.stdin.fileno()
+            self._lifeline = fd, _identity(fd)
+            _lifelines[fd] = self._lifeline[1]
 
     def alive(self) -> bool:
         return self._popen.poll() is None
@@ -104,9 +111,12 @@ class ProcessSandbox:
                 self._oom_kills = self._groups.oom_kills()
                 self._groups.destroy()
             if self._popen.stdin is not None:  # the lifeline: nobody waits on it any more
-                # Forgotten before it closes: its number may be reused from then on.
+                # Forgotten before it closes (its number may be reused from then on), and
+                # only if the entry is still ours: a newer sandbox may hold that number now.
                 if self._lifeline is not None:
-                    _lifelines.pop(self._lifeline, None)
+                    fd, pipe = self._lifeline
+                    if _lifelines.get(fd) == pipe:
+                        del _lifelines[fd]
                 with contextlib.suppress(OSError):
                     self._popen.stdin.close()
             self._log_tail = self._output.text(wait_s=1.0)
