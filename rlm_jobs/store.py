@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import cached_property
 from typing import Any
 
 import redis
@@ -50,8 +51,9 @@ class JobRecord:
     def status(self) -> JobStatus:
         return JobStatus(self.fields["status"])
 
-    @property
+    @cached_property
     def spec(self) -> JobSpec:
+        """Parsed once per record (a worker reads it several times per job)."""
         return JobSpec.model_validate_json(self.fields["spec"])
 
     @property

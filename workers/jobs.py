@@ -63,11 +63,13 @@ def run_job(self: RLMTask, job_id: str) -> str:
         outcome = execute_job(job_id, runtime, task_emitter(self))
     except Exception as exc:  # a bug or an outage: the job must end, not stay QUEUED
         log.exception("job %s: orchestrator error", job_id)
+        session_id = None
+        with contextlib.suppress(Exception):  # a record it cannot read still gets its result
+            session_id = session_of(runtime.store.get(job_id))
         with contextlib.suppress(Exception):
             failed = JobResult(
                 job_id=job_id, status=JobStatus.FAILED, reason=f"internal error: {exc!r}"
             )
-            session_id = session_of(runtime.store.get(job_id))
             runtime.finish_job(failed, session_id=session_id)
         return f"failed: {exc!r}"
     log.info("job %s: %s", job_id, outcome)

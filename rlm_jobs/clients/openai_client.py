@@ -124,8 +124,7 @@ class OpenAIClient:
             if wait_s is None:
                 # Stuck at the provider: stop it (unless the call is someone else's now, who
                 # may be polling it too), and let the next attempt ask afresh.
-                if not handle.keep(None):
-                    raise CallAbandoned(f"call given up or taken over; {response_id} left")
+                self._forget(handle, response_id)
                 self._cancel(response_id)
                 raise ProviderRetryableError(
                     f"{self._provider} response {response_id} not done within {self._timeout_s:g}s",

@@ -110,15 +110,14 @@ class ProcessSandbox:
                 # Catches anything that left the process group (setsid) before it could run on.
                 self._oom_kills = self._groups.oom_kills()
                 self._groups.destroy()
-            if self._popen.stdin is not None:  # the lifeline: nobody waits on it any more
+            if self._lifeline is not None:  # nobody waits on it any more
                 # Forgotten before it closes (its number may be reused from then on), and
                 # only if the entry is still ours: a newer sandbox may hold that number now.
-                if self._lifeline is not None:
-                    fd, pipe = self._lifeline
-                    if _lifelines.get(fd) == pipe:
-                        del _lifelines[fd]
+                fd, pipe = self._lifeline
+                if _lifelines.get(fd) == pipe:
+                    del _lifelines[fd]
                 with contextlib.suppress(OSError):
-                    self._popen.stdin.close()
+                    self._popen.stdin.close()  # type: ignore[union-attr]
             self._log_tail = self._output.text(wait_s=1.0)
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
