@@ -9,10 +9,11 @@ still be running, and no model call may be paid twice.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,23 @@ def _a_cell_waits_on_sub_calls(batch: BatchHandle) -> bool:
     return any(job.progress().get("subcalls_in_flight", 0) > 0 for job in batch.jobs())
 
 
+def _wait_or_describe(
+    cluster: Cluster, batch: BatchHandle, condition: Callable[[], object], what: str
+) -> None:
+    """``wait_for`` whose failure shows where every job of the batch stands."""
+    try:
+        wait_for(while_redis_is_up(condition), 60, what)
+    except AssertionError as exc:
+        states = [
+            f"{job.id}: {job.status().value} {json.dumps(job.progress(), sort_keys=True)}"
+            for job in batch.jobs()
+        ]
+        stuck = [job.id for job in batch.jobs() if not job.status().finished]
+        details = [cluster.describe(job_id, max_chars=2000) for job_id in stuck[:3]]
+        logs = [f"[{w.name}] ...{w.log()[-1500:]}" for w in cluster.workers]
+        raise AssertionError("\n".join([str(exc), *states, *details, *logs])) from None
+
+
 def _between_turns(batch: BatchHandle) -> bool:
     """Some job is past its first turn with no sub-call out: it waits on its root model."""
     for job in batch.jobs():
@@ -65,7 +83,8 @@ def test_a_batch_rides_out_redis_crashes_and_restarts(
     cluster: Cluster, crashable_redis: CrashableRedis
 ) -> None:
     # Given a cluster as the README runs it, and a batch larger than its orchestrator slots
-    cluster.provider.configure(root_latency_s=0.5, sub_latency_s=0.2)
+    # (sub-calls slow enough that a cell waiting on them is seen however busy the machine)
+    cluster.provider.configure(root_latency_s=0.5, sub_latency_s=0.5)
     workers = [cluster.start(ORCHESTRATE_QUEUE, concurrency=4) for _ in range(2)]
     workers += [cluster.start(LLM_QUEUE, concurrency=16) for _ in range(2)]
     docs = [
@@ -79,15 +98,14 @@ def test_a_batch_rides_out_redis_crashes_and_restarts(
 
     # When Redis is killed while jobs wait in the queue, twice while cells wait on their
     # sub-calls, and between turns, coming back on its AOF each time
-    queued = while_redis_is_up(lambda: _queued_while_others_run(batch))
-    wait_for(queued, 60, "jobs queued behind running ones")
-    crashable_redis.crash_and_restart(down_s=0.5)
-    for _ in range(2):
-        on_sub_calls = while_redis_is_up(lambda: _a_cell_waits_on_sub_calls(batch))
-        wait_for(on_sub_calls, 60, "a cell waiting on its sub-calls")
+    def crash_when(condition: Callable[[], object], what: str) -> None:
+        _wait_or_describe(cluster, batch, condition, what)
         crashable_redis.crash_and_restart(down_s=0.5)
-    wait_for(while_redis_is_up(lambda: _between_turns(batch)), 60, "a job between turns")
-    crashable_redis.crash_and_restart(down_s=0.5)
+
+    crash_when(lambda: _queued_while_others_run(batch), "jobs queued behind running ones")
+    for _ in range(2):
+        crash_when(lambda: _a_cell_waits_on_sub_calls(batch), "a cell waiting on its sub-calls")
+    crash_when(lambda: _between_turns(batch), "a job between turns")
 
     # Then every job completes with its own document's answer, without anyone stepping in
     try:
