@@ -124,8 +124,11 @@ class OpenAIClient:
             if wait_s is None:
                 # Stuck at the provider: stop it (unless the call is someone else's now, who
                 # may be polling it too), and let the next attempt ask afresh.
-                self._forget(handle, response_id)
-                self._cancel(response_id)
+                ours = handle.keep(None)
+                if ours or handle.standing() == "gone":
+                    self._cancel(response_id)
+                if not ours:
+                    raise CallAbandoned(f"call given up or taken over; {response_id} ended")
                 raise ProviderRetryableError(
                     f"{self._provider} response {response_id} not done within {self._timeout_s:g}s",
                     code="timeout",

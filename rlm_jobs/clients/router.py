@@ -108,16 +108,19 @@ class LLMRouter:
         started = time.monotonic()
         controls = self.controls
         budget_batch = None
+        # Why the batch may ask for nothing new, when this call goes on only to fetch a
+        # response already asked for.
+        spent = None
         digest = None
         if controls is not None:
             if ctx.batch_id is not None:
                 state = controls.budgets.state(ctx.batch_id)
                 if state is not None:
-                    reason = state.exhausted()
+                    spent = state.exhausted()
                     # A response already asked for (a call taken over) is paid for: it is
                     # fetched and counted, not refused.
-                    if reason and (handle is None or handle.response_id is None):
-                        raise JobStopped(JobStatus.BUDGET_EXCEEDED, reason)
+                    if spent and (handle is None or handle.response_id is None):
+                        raise JobStopped(JobStatus.BUDGET_EXCEEDED, spent)
                     budget_batch = ctx.batch_id
             if self.settings.cache if ctx.cache is None else ctx.cache:
                 digest = request_digest(model_name, messages, max_out)
@@ -126,7 +129,7 @@ class LLMRouter:
                     return self._from_cache(model_name, ctx, hit, started)
         reserved = message_tokens(messages)
         completion, waited = self._attempts(
-            client, model_name, model, messages, max_out, reserved, on_wait, handle
+            client, model_name, model, messages, max_out, reserved, on_wait, handle, spent
         )
         cost = cost_usd(model_name, completion.input_tokens, completion.output_tokens, self._prices)
         if controls is not None:
@@ -187,17 +190,22 @@ class LLMRouter:
         reserved_tokens: int,
         on_wait: OnWait | None,
         handle: ResponseHandle | None,
+        spent: str | None,
     ) -> tuple[Completion, float]:
         """The call with its retries; returns the completion and the seconds spent waiting
         for rate-limit slots. Every attempt that asks the provider takes its own slot; one
         that fetches a background response already asked for (a call taken over, a poll
-        that failed) does not: it generates nothing.
+        that failed) does not: it generates nothing. ``spent``: the batch's budget ran out,
+        so an attempt that would ask anew (the response taken over is gone) is refused.
         """
         limiter = self.controls.limiter if self.controls is not None else None
         waited = 0.0
         attempt = 0
         while True:
-            if limiter is not None and (handle is None or handle.response_id is None):
+            asks = handle is None or handle.response_id is None
+            if asks and spent:
+                raise JobStopped(JobStatus.BUDGET_EXCEEDED, spent)
+            if limiter is not None and asks:
                 wait_s = limiter.acquire(model_name, reserved_tokens, on_wait)
                 if wait_s > 0:
                     waited += wait_s

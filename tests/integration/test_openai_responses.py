@@ -130,6 +130,33 @@ def test_a_response_not_done_in_time_is_cancelled_and_forgotten(
     client.close()
 
 
+class GoneAtTheDeadline(Handle):
+    """A call given up between its last poll and its deadline: its record is gone."""
+
+    def keep(self, response_id: str | None) -> bool:
+        super().keep(response_id)
+        return response_id is not None
+
+    def standing(self) -> Standing:
+        return "gone" if self.kept[-1:] == [None] else "ours"
+
+
+def test_a_response_not_done_in_time_whose_call_was_given_up_is_cancelled(
+    scripted_settings: Settings, scripted_provider: ScriptedProvider, sdk: openai.OpenAI
+) -> None:
+    scripted_provider.configure(sub_latency_s=30)
+    settings = scripted_settings.model_copy(update={"request_timeout_s": 0.5, "max_retries": 0})
+    client = make_client("scripted", settings)
+    handle = GoneAtTheDeadline()
+    with pytest.raises(CallAbandoned):
+        client.complete(SUB, model="generic", max_output_tokens=100, handle=handle)
+    # Nobody will fetch it: the provider stops generating it
+    created = handle.kept[0]
+    assert created is not None
+    assert sdk.responses.retrieve(created).status == "cancelled"
+    client.close()
+
+
 @pytest.mark.parametrize(
     ("setting", "root_wire", "sub_wire"),
     [
@@ -283,6 +310,24 @@ def test_a_response_already_asked_for_is_fetched_past_a_spent_budget(
     assert done.text == "hello there"
     state = BatchBudgets(redis_client).state("spent")
     assert state is not None and state.tokens == 2 * (done.input_tokens + done.output_tokens)
+
+
+def test_a_response_taken_over_that_is_gone_is_not_asked_anew_past_a_spent_budget(
+    scripted_settings: Settings, scripted_provider: ScriptedProvider, redis_client: redis.Redis
+) -> None:
+    settings = scripted_settings.model_copy(update={"background_calls": "all"})
+    BatchBudgets(redis_client).set("spent", max_cost_usd=1e-9, max_tokens=None)
+    controls = ProviderControls.from_settings(redis_client, settings)
+    in_batch = CallContext(batch_id="spent", kind="sub")
+    with LLMRouter(settings, controls=controls) as router:
+        router.complete("scripted/generic", SUB, context=in_batch, handle=Handle())
+        # A call taken over whose response the provider no longer has (expired): fetching
+        # it fails, and asking anew would be a new call, which the spent budget refuses
+        handle = Handle("resp_the_provider_never_made")
+        with pytest.raises(JobStopped, match="budget"):
+            router.complete("scripted/generic", SUB, context=in_batch, handle=handle)
+    assert handle.kept == [None]
+    assert calls(scripted_provider)[0] == 1
 
 
 def test_a_hung_poll_is_cut_at_the_deadline(
