@@ -125,9 +125,10 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
         return f"skipped: job {job_id} is running on {store.lease_holder(job_id)}"
     keeper = runtime.lease_keeper()
     lease = keeper.register(job_id, holder)
-    # A session takes its next question as its job ends (one transaction), however it ends.
-    session_id = session_of(record)
     try:
+        # A session takes its next question as its job ends (one transaction), however
+        # an orchestrator ends it.
+        session_id = session_of(record)
         attempt = store.mark_running(job_id, runtime.worker_id)
         if attempt is None:  # cancelled while queued (JobHandle.cancel), say
             if session_id is not None:

@@ -62,6 +62,8 @@ class Reaper:
         next_sandbox_sweep = 0.0
         while True:
             _guarded(self.sweep)
+            if self._stop.is_set():  # a sandbox sweep cut off by the exit would be half done
+                return
             if time.monotonic() >= next_sandbox_sweep:
                 next_sandbox_sweep = time.monotonic() + settings.sandbox_sweep_interval_s
                 _guarded(self.sweep_sandboxes)
