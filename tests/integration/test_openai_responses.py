@@ -3,6 +3,7 @@ over real HTTP, against the scripted provider."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -288,25 +289,34 @@ def test_failed_polls_are_polled_again_without_spending_a_retry(
     ]
 
 
+IN_BATCH = CallContext(batch_id="spent", kind="sub")
+
+
+@contextlib.contextmanager
+def router_past_a_spent_budget(settings: Settings, client: redis.Redis) -> Iterator[LLMRouter]:
+    """A router for background calls whose first call in ``IN_BATCH`` spent its budget."""
+    settings = settings.model_copy(update={"background_calls": "all"})
+    BatchBudgets(client).set("spent", max_cost_usd=1e-9, max_tokens=None)
+    controls = ProviderControls.from_settings(client, settings)
+    with LLMRouter(settings, controls=controls) as router:
+        router.complete("scripted/generic", SUB, context=IN_BATCH, handle=Handle())
+        yield router
+
+
 def test_a_response_already_asked_for_is_fetched_past_a_spent_budget(
     scripted_settings: Settings,
     scripted_provider: ScriptedProvider,
     sdk: openai.OpenAI,
     redis_client: redis.Redis,
 ) -> None:
-    settings = scripted_settings.model_copy(update={"background_calls": "all"})
-    BatchBudgets(redis_client).set("spent", max_cost_usd=1e-9, max_tokens=None)
-    controls = ProviderControls.from_settings(redis_client, settings)
-    in_batch = CallContext(batch_id="spent", kind="sub")
-    with LLMRouter(settings, controls=controls) as router:
-        router.complete("scripted/generic", SUB, context=in_batch, handle=Handle())
+    with router_past_a_spent_budget(scripted_settings, redis_client) as router:
         # A new call is refused once the budget is spent...
         with pytest.raises(JobStopped):
-            router.complete("scripted/generic", SUB, context=in_batch, handle=Handle())
+            router.complete("scripted/generic", SUB, context=IN_BATCH, handle=Handle())
         # ...but one the provider is already generating (a call taken over) is paid for:
         # it is fetched and counted against the batch
         left = sdk.responses.create(model="scripted/generic", input="hello there", background=True)
-        done = router.complete("scripted/generic", SUB, context=in_batch, handle=Handle(left.id))
+        done = router.complete("scripted/generic", SUB, context=IN_BATCH, handle=Handle(left.id))
     assert done.text == "hello there"
     state = BatchBudgets(redis_client).state("spent")
     assert state is not None and state.tokens == 2 * (done.input_tokens + done.output_tokens)
@@ -315,17 +325,12 @@ def test_a_response_already_asked_for_is_fetched_past_a_spent_budget(
 def test_a_response_taken_over_that_is_gone_is_not_asked_anew_past_a_spent_budget(
     scripted_settings: Settings, scripted_provider: ScriptedProvider, redis_client: redis.Redis
 ) -> None:
-    settings = scripted_settings.model_copy(update={"background_calls": "all"})
-    BatchBudgets(redis_client).set("spent", max_cost_usd=1e-9, max_tokens=None)
-    controls = ProviderControls.from_settings(redis_client, settings)
-    in_batch = CallContext(batch_id="spent", kind="sub")
-    with LLMRouter(settings, controls=controls) as router:
-        router.complete("scripted/generic", SUB, context=in_batch, handle=Handle())
+    with router_past_a_spent_budget(scripted_settings, redis_client) as router:
         # A call taken over whose response the provider no longer has (expired): fetching
         # it fails, and asking anew would be a new call, which the spent budget refuses
         handle = Handle("resp_the_provider_never_made")
         with pytest.raises(JobStopped, match="budget"):
-            router.complete("scripted/generic", SUB, context=in_batch, handle=handle)
+            router.complete("scripted/generic", SUB, context=IN_BATCH, handle=handle)
     assert handle.kept == [None]
     assert calls(scripted_provider)[0] == 1
 
