@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 from redis.typing import EncodableT, FieldT
 
 from rlm_jobs import keys
@@ -55,6 +56,15 @@ class JobRecord:
     def spec(self) -> JobSpec:
         """Parsed once per record (a worker reads it several times per job)."""
         return JobSpec.model_validate_json(self.fields["spec"])
+
+    @property
+    def session_id(self) -> str | None:
+        """The session the job belongs to, if any (None too when its spec cannot be read)."""
+        try:
+            spec = self.spec
+        except ValidationError:
+            return None
+        return spec.session.id if spec.session is not None else None
 
     @property
     def result(self) -> JobResult | None:

@@ -86,8 +86,10 @@ def _spec(**fields: Any) -> JobSpec:
 
 
 class JobHandle:
-    def __init__(self, store: Store, job_id: str) -> None:
+    def __init__(self, store: Store, job_id: str, sessions: SessionStore | None = None) -> None:
         self._store = store
+        # Where a job of a session, cancelled while queued, gives its session back.
+        self._sessions = sessions
         self.id = job_id
 
     def record(self) -> JobRecord:
@@ -119,8 +121,18 @@ class JobHandle:
     def cancel(self, reason: str = "cancelled by user") -> None:
         """Ask the job (and its children) to stop; a job still queued ends at once."""
         self._store.request_cancel(self.id, reason)
-        if self.status() is JobStatus.QUEUED:
-            self._store.finish(JobResult(job_id=self.id, status=JobStatus.CANCELLED, reason=reason))
+        record = self.record()
+        if record.status is not JobStatus.QUEUED:
+            return
+        result = JobResult(job_id=self.id, status=JobStatus.CANCELLED, reason=reason)
+        session_id, sessions = record.session_id, self._sessions
+        if session_id is None or sessions is None:
+            self._store.finish(result)
+            return
+        # Its session takes the next question at once, in the transaction that ends it.
+        self._store.finish(
+            result, also=lambda pipe: sessions.release(session_id, self.id, pipe=pipe)
+        )
 
 
 class BatchHandle:
@@ -209,7 +221,7 @@ class SessionHandle:
         return self._sessions.info(self.id)
 
     def jobs(self) -> list[JobHandle]:
-        return [JobHandle(self._store, j) for j in self.info()["jobs"]]
+        return [JobHandle(self._store, j, self._sessions) for j in self.info()["jobs"]]
 
     def end(self, reason: str = "ended on request") -> str:
         """End the session: no more questions; an unfinished job of it is cancelled."""
@@ -217,7 +229,7 @@ class SessionHandle:
         if busy is None:
             return f"session {self.id}: ended"
         try:
-            JobHandle(self._store, busy).cancel(f"its session ended ({reason})")
+            JobHandle(self._store, busy, self._sessions).cancel(f"its session ended ({reason})")
         except StorageError:  # never recorded: nothing to cancel
             return f"session {self.id}: ended"
         return f"session {self.id}: ended; its unfinished job {busy} was cancelled"
@@ -277,7 +289,7 @@ class Submitter:
         spec = self._job_spec(query, ref, description, **fields)
         if self.store.create_job(job_id, spec):
             self._enqueue(job_id)
-        return JobHandle(self.store, job_id)
+        return JobHandle(self.store, job_id, self.sessions)
 
     def _submit_in_session(
         self,
@@ -299,7 +311,7 @@ class Submitter:
             self.sessions.release(session_id, job_id, recorded=False)
             raise SpecError(f"job id {job_id!r} is taken; a session's job needs a new one")
         self._enqueue(job_id)
-        return JobHandle(self.store, job_id)
+        return JobHandle(self.store, job_id, self.sessions)
 
     def open_session(self, session_id: str | None = None) -> SessionHandle:
         """Open a session (a new id unless ``session_id`` names one): ``submit(...,
@@ -336,7 +348,7 @@ class Submitter:
         self.store.finish(
             JobResult(job_id=job_id, status=JobStatus.FAILED, reason=f"{UNREADABLE}: {doc.error}")
         )
-        return JobHandle(self.store, job_id)
+        return JobHandle(self.store, job_id, self.sessions)
 
     def submit_batch(
         self,
@@ -417,7 +429,7 @@ class Submitter:
 
     def job(self, job_id: str) -> JobHandle:
         self.store.get(job_id)  # fail now, with a clear message, on an unknown id
-        return JobHandle(self.store, job_id)
+        return JobHandle(self.store, job_id, self.sessions)
 
     def batch(self, batch_id: str) -> BatchHandle:
         self.store.batch_meta(batch_id)

@@ -21,7 +21,7 @@ from rlm_jobs.engine import JobControl, LoopObserver
 from rlm_jobs.errors import JobHandedOver, StorageError
 from rlm_jobs.models import JobResult, JobSpec, JobStatus
 from rlm_jobs.sessions import runner
-from rlm_jobs.store import JobRecord, Store
+from rlm_jobs.store import Store
 from workers.base import RLMTask
 from workers.leases import JobLease
 from workers.messages import valid_id
@@ -65,7 +65,7 @@ def run_job(self: RLMTask, job_id: str) -> str:
         log.exception("job %s: orchestrator error", job_id)
         session_id = None
         with contextlib.suppress(Exception):  # a record it cannot read still gets its result
-            session_id = session_of(runtime.store.get(job_id))
+            session_id = runtime.store.get(job_id).session_id
         with contextlib.suppress(Exception):
             failed = JobResult(
                 job_id=job_id, status=JobStatus.FAILED, reason=f"internal error: {exc!r}"
@@ -128,7 +128,7 @@ def execute_job(job_id: str, runtime: WorkerRuntime, emit: EmitEvent) -> str:
     try:
         # A session takes its next question as its job ends (one transaction), however
         # an orchestrator ends it.
-        session_id = session_of(record)
+        session_id = record.session_id
         attempt = store.mark_running(job_id, runtime.worker_id)
         if attempt is None:  # cancelled while queued (JobHandle.cancel), say
             if session_id is not None:
@@ -183,15 +183,6 @@ def _hand_back(runtime: WorkerRuntime, job_id: str, lease: JobLease, reason: str
     runtime.requeue(job_id)
     log.warning("job %s handed back to the queue: %s", job_id, reason)
     return f"handed over: {reason}; another worker resumes it from its journal"
-
-
-def session_of(record: JobRecord) -> str | None:
-    """The session a job belongs to, if any (None too when its spec cannot be read)."""
-    try:
-        spec = record.spec
-    except ValidationError:
-        return None
-    return spec.session.id if spec.session is not None else None
 
 
 def _finish_early(
