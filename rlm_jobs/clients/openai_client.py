@@ -124,11 +124,11 @@ class OpenAIClient:
             if wait_s is None:
                 # Stuck at the provider: stop it (unless the call is someone else's now, who
                 # may be polling it too), and let the next attempt ask afresh.
-                ours = handle.keep(None)
-                if ours or handle.standing() == "gone":
+                # Asked while the handle still holds the id: a handle that forgot it has
+                # nothing to look up, and would always answer "ours".
+                if handle.standing() != "theirs":
                     self._cancel(response_id)
-                if not ours:
-                    raise CallAbandoned(f"call given up or taken over; {response_id} ended")
+                self._forget(handle, response_id)
                 raise ProviderRetryableError(
                     f"{self._provider} response {response_id} not done within {self._timeout_s:g}s",
                     code="timeout",

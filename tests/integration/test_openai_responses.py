@@ -131,15 +131,12 @@ def test_a_response_not_done_in_time_is_cancelled_and_forgotten(
     client.close()
 
 
-class GoneAtTheDeadline(Handle):
-    """A call given up between its last poll and its deadline: its record is gone."""
+class GivenUpAtTheDeadline(Handle):
+    """A call given up as its deadline passed: forgetting its response finds it gone."""
 
     def keep(self, response_id: str | None) -> bool:
         super().keep(response_id)
         return response_id is not None
-
-    def standing(self) -> Standing:
-        return "gone" if self.kept[-1:] == [None] else "ours"
 
 
 def test_a_response_not_done_in_time_whose_call_was_given_up_is_cancelled(
@@ -148,7 +145,7 @@ def test_a_response_not_done_in_time_whose_call_was_given_up_is_cancelled(
     scripted_provider.configure(sub_latency_s=30)
     settings = scripted_settings.model_copy(update={"request_timeout_s": 0.5, "max_retries": 0})
     client = make_client("scripted", settings)
-    handle = GoneAtTheDeadline()
+    handle = GivenUpAtTheDeadline()
     with pytest.raises(CallAbandoned):
         client.complete(SUB, model="generic", max_output_tokens=100, handle=handle)
     # Nobody will fetch it: the provider stops generating it
